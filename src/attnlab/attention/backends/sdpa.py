@@ -1,0 +1,48 @@
+"""The SDPA backend: ``torch.nn.functional.scaled_dot_product_attention``.
+
+PyTorch picks its fastest kernel (flash, memory-efficient, cuDNN, math). We pass
+``is_causal=True`` instead of a dense mask whenever the mask is plain causal with
+Tq == Tk (SDPA aligns ``is_causal`` top-left, so it is wrong for Tq != Tk); a single
+decode query under a causal mask needs no mask at all. Anything else becomes a dense
+boolean (or, with a bias, float) mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnlab.attention.backends.base import AttentionCall, unmask_empty_rows
+from attnlab.attention.masks import is_kind
+
+
+def unsupported(call: AttentionCall) -> str | None:
+    """Why SDPA cannot serve ``call``, or None when it can."""
+    if call.return_weights:
+        return "SDPA kernels do not return attention weights (use backend='eager' or 'auto')"
+    return None
+
+
+def run(call: AttentionCall) -> torch.Tensor:
+    q, k, v = call.q, call.k, call.v
+    tq, tk = q.shape[-2], k.shape[-2]
+    gqa = q.shape[1] != k.shape[1]
+    kwargs = dict(dropout_p=call.dropout_p, scale=call.softmax_scale, enable_gqa=gqa)
+    if call.bias is None and (call.mask is None or (is_kind(call.mask, "causal") and tq == 1)):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)  # (B, H, Tq, Dv)
+    if call.bias is None and is_kind(call.mask, "causal") and tq == tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
+    allowed = call.dense_mask()
+    empty = None
+    if allowed is not None:
+        allowed, empty = unmask_empty_rows(allowed)
+    if call.bias is None:
+        attn_mask = allowed
+    else:
+        attn_mask = call.bias.to(q.dtype)
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kwargs)
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
+    return out

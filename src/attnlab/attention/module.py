@@ -1,0 +1,108 @@
+"""Multi-head attention as a module: projections, heads, positions, cache."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from attnlab.attention.cache import LayerCache
+from attnlab.attention.functional import attention
+from attnlab.attention.masks import Mask
+from attnlab.attention.positions import Rotary
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with grouped key/value heads (MHA, GQA, MQA).
+
+    ``n_kv_head == n_head`` is classic multi-head attention, ``1`` is multi-query,
+    anything between is grouped-query attention: query head h reads key/value head
+    ``h // (n_head // n_kv_head)``. Pass ``context`` for cross attention.
+
+    Args:
+        d_model: input (and output) width.
+        n_head: query heads.
+        n_kv_head: key/value heads (default ``n_head``).
+        d_context: width of the cross-attention context (default ``d_model``).
+        bias: biases on the projections.
+        dropout: dropout on the attention weights (training only).
+        backend: attention backend passed to :func:`~attnlab.attention.attention`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        n_kv_head: Optional[int] = None,
+        *,
+        d_context: Optional[int] = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        n_kv_head = n_kv_head or n_head
+        if d_model % n_head or n_head % n_kv_head:
+            raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, got {d_model}, {n_head}, {n_kv_head}")
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = d_model // n_head
+        self.dropout = dropout
+        self.backend = backend
+        d_context = d_context or d_model
+        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: Optional[torch.Tensor] = None,
+        *,
+        mask: Optional[Union[Mask, torch.Tensor]] = None,
+        bias: Optional[torch.Tensor] = None,
+        rotary: Optional[Rotary] = None,
+        cache: Optional[LayerCache] = None,
+        return_weights: bool = False,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attend from ``x`` to itself (or to ``context``).
+
+        Args:
+            x: (B, Tq, d_model) queries' input.
+            context: (B, Tk, d_context) for cross attention, else None.
+            mask: allowed (query, key) pairs; see :mod:`attnlab.attention.masks`.
+            bias: additive score bias broadcastable to (B, H, Tq, Tk).
+            rotary: RoPE rotation for this step's positions (self attention only).
+            cache: this layer's KV cache. Self attention appends the new keys and
+                values; cross attention computes the context's once and reuses them.
+            return_weights: also return (B, H, Tq, Tk) weights.
+
+        Returns:
+            (B, Tq, d_model), or ``(output, weights)``.
+        """
+        b, tq, _ = x.shape
+        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, Tq, D)
+        if context is not None and cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # cross attention: context already projected
+        else:
+            src = x if context is None else context
+            k = self._heads(self.k_proj(src), self.n_kv_head)  # (B, Hkv, Tk, D)
+            v = self._heads(self.v_proj(src), self.n_kv_head)
+            if rotary is not None:
+                q, k = rotary(q, k)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, Hkv, Tcache + Tk, D)
+        out = attention(
+            q, k, v, mask=mask, bias=bias, dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend, return_weights=return_weights,
+        )
+        weights = None
+        if return_weights:
+            out, weights = out
+        out = self.o_proj(out.transpose(1, 2).reshape(b, tq, self.n_head * self.head_dim))  # (B, Tq, d_model)
+        return (out, weights) if return_weights else out

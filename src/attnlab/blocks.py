@@ -1,0 +1,45 @@
+"""Residual blocks assembled from attention, norms and MLPs."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from attnlab.attention import LayerCache, Mask, MultiHeadAttention
+from attnlab.attention.positions import Rotary
+from attnlab.config import ModelConfig
+from attnlab.layers import build_mlp, build_norm
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.attn = MultiHeadAttention(
+            cfg.d_model, cfg.n_head, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout, backend=cfg.attn_backend
+        )
+        self.mlp_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.mlp = build_mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.bias, cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: Optional[Mask] = None,
+        rotary: Optional[Rotary] = None,
+        cache: Optional[LayerCache] = None,
+        return_weights: bool = False,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x: (B, T, d_model) → (B, T, d_model) (and (B, H, T, Tk) weights if asked)."""
+        a = self.attn(self.attn_norm(x), mask=mask, rotary=rotary, cache=cache, return_weights=return_weights)
+        weights = None
+        if return_weights:
+            a, weights = a
+        x = x + self.resid_dropout(a)
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, weights) if return_weights else x

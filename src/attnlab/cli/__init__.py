@@ -1,0 +1,39 @@
+"""The ``attnlab`` command line.
+
+Each subcommand lives in its own module with two functions: ``add_parser(subparsers)``
+registers its arguments and ``run(args) -> int`` does the work. User errors
+(:class:`attnlab.errors.AttnlabError`) are printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from attnlab.errors import AttnlabError
+
+SUBCOMMANDS = ["train", "eval", "generate", "tokenizer"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="attnlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"attnlab.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``attnlab`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AttnlabError as e:
+        print(f"attnlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"attnlab {args.command}: interrupted", file=sys.stderr)
+        return 130

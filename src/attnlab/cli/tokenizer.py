@@ -1,0 +1,58 @@
+"""``attnlab tokenizer``: train a byte-level BPE tokenizer, or encode text with one.
+
+    attnlab tokenizer train builtin:shakespeare my_texts/ --vocab-size 4096 --out tokenizer.json
+    attnlab tokenizer encode tokenizer.json --text "To be, or not to be"
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from attnlab.data.corpus import read_documents
+from attnlab.data.tokenizer import Tokenizer
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``tokenizer train`` and ``tokenizer encode``."""
+    parser = subparsers.add_parser(
+        "tokenizer",
+        help="train a BPE tokenizer or encode text with one",
+        description=__doc__.splitlines()[0],
+    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    train = sub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
+    train.add_argument("paths", nargs="+", metavar="PATH", help="text files, directories, or builtin:shakespeare")
+    train.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary (default 4096)")
+    train.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge (default 2)")
+    train.add_argument("--out", default="tokenizer.json", help="file to write (default tokenizer.json)")
+    train.add_argument("--glob", default="**/*.txt", help="file pattern inside directories (default **/*.txt)")
+
+    encode = sub.add_parser("encode", help="print the token ids and pieces of a text")
+    encode.add_argument("tokenizer", help="tokenizer.json, or a directory with it or GPT-2's encoder.json + vocab.bpe")
+    encode.add_argument("--text", required=True, help="text to encode")
+
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _show(tok: Tokenizer, text: str) -> None:
+    ids = tok.encode(text)
+    print(f"text:   {text!r}")
+    print(f"ids:    {ids}  ({len(ids)} tokens, {len(text.encode('utf-8'))} bytes)")
+    print(f"pieces: {tok.token_strings(ids)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tokenizer train`` or ``tokenizer encode``."""
+    if args.action == "encode":
+        _show(Tokenizer.load(args.tokenizer), args.text)
+        return 0
+    docs = [doc for path in args.paths for doc in read_documents(path, args.glob)]
+    tok = Tokenizer.train_bpe((text for _, text in docs), args.vocab_size, min_frequency=args.min_frequency)
+    out = tok.save(args.out)
+    n_chars = sum(len(t) for _, t in docs)
+    print(f"trained on {len(docs)} document(s), {n_chars:,} characters; vocab size {tok.vocab_size}; wrote {out}")
+    sample = next((line.strip() for _, t in docs for line in t.splitlines() if len(line.strip()) > 20), docs[0][1][:60])
+    _show(tok, sample[:80])
+    return 0

@@ -1,0 +1,41 @@
+"""``attnlab train CONFIG [section.key=value ...] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from attnlab.config import list_presets, load
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="pretrain a language model from a YAML config",
+        description="Pretrain a model. CONFIG is a preset name or a YAML file; any field can be "
+        "overridden as section.key=value (e.g. train.max_steps=200 model.n_layer=2). "
+        "Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.",
+        epilog=f"presets: {', '.join(list_presets())}",
+    )
+    p.add_argument("config", help="preset name or path to a YAML config")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnlab.train import train  # heavy imports only when needed
+
+    cfg = load(args.config, args.overrides)
+    s = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if s["interrupted"]:
+        return 130
+    print(f"\nfinished {s['step']} steps in {cfg.train.out_dir}")
+    if "val_loss" in s:
+        print(
+            f"validation loss {s['val_loss']:.4f} nats/token (perplexity {s['val_ppl']:.2f}), "
+            f"{s['val_bpb']:.3f} bits/byte\n"
+            f"unigram entropy of the corpus {s['unigram_entropy']:.4f} nats/token, {s['unigram_bpb']:.3f} bits/byte"
+        )
+    print(f"checkpoint: {s['checkpoint']}\nloss curve: {s['loss_curve']}")
+    return 0

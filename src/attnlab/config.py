@@ -1,0 +1,363 @@
+"""Typed configs: dataclasses, YAML presets and dotted overrides.
+
+A run is described by one :class:`Config` with three sections, ``model``, ``data``
+and ``train``. Presets live in ``configs/*.yaml``; any field can be overridden from
+the command line with ``section.field=value`` (the value is parsed as YAML)::
+
+    cfg = attnlab.config.load("gpt-tiny", ["train.max_steps=200", "model.n_layer=2"])
+
+Unknown keys and wrong types are reported with the field name and, for typos, the
+closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from attnlab.errors import ConfigError, did_you_mean
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder-only transformer.
+
+    Attributes:
+        arch: model family; only ``"decoder"`` (GPT / Llama style) so far.
+        vocab_size: number of token ids; set from the tokenizer when ``0``.
+        block_size: maximum context length in tokens.
+        n_layer: number of transformer blocks.
+        n_head: number of query heads.
+        n_kv_head: key/value heads (``None`` = ``n_head``: MHA; 1: MQA; else GQA).
+        d_model: residual stream width.
+        d_ff: MLP hidden width (``None``: 4·d_model for GELU, 8/3·d_model rounded to 64 for SwiGLU).
+        norm: ``"layernorm"`` or ``"rmsnorm"``.
+        norm_eps: epsilon of the norm layers.
+        mlp: ``"gelu"`` or ``"swiglu"``.
+        position: ``"learned"``, ``"sinusoidal"``, ``"rope"`` or ``"none"``.
+        rope_theta: RoPE base frequency.
+        bias: whether linear layers and LayerNorms carry a bias.
+        tie_embeddings: share the token embedding with the LM head.
+        dropout: dropout on embeddings, attention weights and residual branches.
+        attn_backend: attention backend: ``"auto"``, ``"eager"`` or ``"sdpa"``.
+    """
+
+    arch: Literal["decoder"] = "decoder"
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: Optional[int] = None
+    d_model: int = 768
+    d_ff: Optional[int] = None
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    position: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
+    rope_theta: float = 10000.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    attn_backend: Literal["auto", "eager", "sdpa"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "d_model"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
+                "pick a head count that divides the width"
+            )
+        kv = self.kv_heads
+        if kv <= 0 or self.n_head % kv:
+            raise ConfigError(
+                f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head} "
+                "(use null for multi-head, 1 for multi-query)"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head dim, got {self.head_dim}; change d_model or n_head")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads actually used."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        """MLP hidden width after applying the default rule."""
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return 64 * ((8 * self.d_model // 3 + 63) // 64)
+        return 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    """Where text comes from and how it becomes tokens.
+
+    Attributes:
+        source: ``"builtin:shakespeare"`` (ships with attnlab), a text file, or a directory.
+        glob: file pattern used when ``source`` is a directory.
+        tokenizer: ``"bpe:N"`` trains a byte-level BPE of N tokens on the training text;
+            a path loads a saved tokenizer (``tokenizer.json``) or GPT-2's
+            ``encoder.json`` + ``vocab.bpe`` directory.
+        val_fraction: share of the text held out for validation (taken from the end).
+        cache_dir: where tokenized ``.bin`` files are kept (reused when inputs match).
+    """
+
+    source: str = "builtin:shakespeare"
+    glob: str = "**/*.txt"
+    tokenizer: str = "bpe:4096"
+    val_fraction: float = 0.05
+    cache_dir: str = ".attnlab-cache"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, evaluation and checkpointing.
+
+    Attributes:
+        out_dir: run folder (checkpoints, metrics.jsonl, loss curve).
+        seed: seeds the model init and the batch order.
+        batch_size: sequences per micro-batch.
+        seq_len: tokens per sequence (``0``: the model's block size).
+        grad_accum: micro-batches per optimizer step.
+        max_steps: optimizer steps.
+        lr: peak learning rate.
+        min_lr: final learning rate of the cosine decay.
+        warmup_steps: linear warmup steps.
+        weight_decay: AdamW decay on matrices (not on norms, biases, embeddings of positions).
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        grad_clip: max global grad norm (``0`` disables clipping).
+        eval_every: steps between validations (``0``: only at the end).
+        eval_batches: batches per validation.
+        ckpt_every: steps between checkpoints (``0``: only at the end and on Ctrl-C).
+        log_every: steps between metric records.
+        device: ``"auto"`` (cuda if available), ``"cpu"`` or ``"cuda"``.
+        dtype: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"float32"`` or ``"bfloat16"``.
+        compile: wrap the model in ``torch.compile``.
+        threads: CPU threads for torch (``0``: torch's default).
+    """
+
+    out_dir: str = "runs/default"
+    seed: int = 1337
+    batch_size: int = 16
+    seq_len: int = 0
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 20
+    ckpt_every: int = 250
+    log_every: int = 10
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    compile: bool = False
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_batches"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+
+
+@dataclass
+class Config:
+    """A whole run: model, data and training sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, suitable for YAML."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with type checks and helpful errors.
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; allow int→float. Raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+                + (did_you_mean(value, map(str, choices)) if isinstance(value, str) else "")
+            )
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r} ({type(value).__name__})")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {where}")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, checking names and types recursively.
+
+    Raises:
+        ConfigError: on an unknown key (with the closest valid name) or a wrong type.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{did_you_mean(str(key), names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``"train.lr=3e-4"`` into ``("train.lr", 3e-4)`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. train.max_steps=200")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads "3e-4" as a string; accept it as a float.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") and value.strip() else value
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def preset_dir() -> Path:
+    """Folder holding the YAML presets shipped with attnlab."""
+    return Path(str(resources.files("attnlab") / "configs"))
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (``gpt-tiny``, ``gpt2-124m``, ...)."""
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """Find a config file by path or by preset name."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"config file '{p}' not found; presets: {', '.join(list_presets())}")
+        return p
+    candidate = preset_dir() / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    raise ConfigError(
+        f"no config file or preset named '{name_or_path}'{did_you_mean(str(name_or_path), list_presets())}; "
+        f"presets: {', '.join(list_presets())}"
+    )
+
+
+def load(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a typed :class:`Config` from a preset name or YAML path, then apply overrides.
+
+    Args:
+        name_or_path: preset name (``"gpt-tiny"``), path to a YAML file, or ``None`` for defaults.
+        overrides: dotted ``section.key=value`` strings applied on top.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: for a missing file, malformed YAML, unknown key or wrong type.
+    """
+    tree: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_path(name_or_path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return from_dict(Config, tree)
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuild a :class:`ModelConfig` (e.g. from a checkpoint)."""
+    return from_dict(ModelConfig, data, "model")

@@ -1,0 +1,26 @@
+"""Models assembled from blocks by config: ``build(config) -> nn.Module``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from attnlab.config import Config, ModelConfig
+from attnlab.models.decoder import DecoderLM
+
+ARCHS: dict[str, type[nn.Module]] = {"decoder": DecoderLM}
+
+
+def build(config: Config | ModelConfig) -> nn.Module:
+    """Build the model a config describes (randomly initialised).
+
+    Args:
+        config: a whole :class:`~attnlab.config.Config` or just its ``model`` section.
+
+    Returns:
+        An ``nn.Module`` whose ``forward(input_ids, ...)`` returns (B, T, V) logits.
+    """
+    cfg = config.model if isinstance(config, Config) else config
+    return ARCHS[cfg.arch](cfg)
+
+
+__all__ = ["ARCHS", "DecoderLM", "build"]

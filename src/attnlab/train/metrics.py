@@ -1,0 +1,85 @@
+"""Throughput and MFU accounting, metric files and the loss-curve plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from attnlab.config import ModelConfig
+
+# Dense bf16 tensor-core peak (FLOP/s) by device name, for MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, n_params: int) -> float:
+    """Training FLOPs per token: 6·N for the matmuls plus 12·L·d·T for attention scores.
+
+    (The PaLM-paper estimate, as used by nanoGPT; embeddings of positions are included in N
+    but cost nothing, a small overcount.)
+    """
+    return 6 * n_params + 12 * cfg.n_layer * cfg.d_model * seq_len
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    """Peak bf16 FLOP/s of a known CUDA device, or None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+class MetricsFile:
+    """Append-only JSONL of training records (``step`` in every record)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records newer than ``step`` (used on resume, so the file reads as one run)."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Training and validation loss against step, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
