@@ -218,6 +218,8 @@ class TokenData:
             ``(x, y)`` int64 tensors of shape (B, T), as :meth:`get_batch`.
         """
         data = self._checked(split, seq_len, batch_size)
+        if max_batches <= 0:
+            return
         room = len(data) - seq_len - 1  # last valid window start
         fit = (len(data) - 1) // seq_len  # non-overlapping windows that fit
         n = min(max_batches, fit // batch_size) * batch_size or fit

@@ -1,0 +1,78 @@
+"""Shared fixtures: a small corpus and a tiny, fast training config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnlab import config
+from attnlab.data import read_documents
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """~60 kB of the embedded Shakespeare as a plain text file."""
+    text = read_documents("builtin:shakespeare")[0][1][:60_000]
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One tokenized-data cache shared by the whole session (tokenize once)."""
+    return tmp_path_factory.mktemp("data-cache")
+
+
+def _tiny_overrides(out_dir: Path, corpus: Path, cache: Path, **extra) -> list[str]:
+    """Dotted overrides for a tiny model on the small corpus (seconds on a CPU)."""
+    base = {
+        "model.vocab_size": 0, "model.block_size": 64, "model.n_layer": 2, "model.n_head": 2,
+        "model.d_model": 64, "data.source": str(corpus), "data.tokenizer": "bpe:512",
+        "data.cache_dir": str(cache), "train.out_dir": str(out_dir), "train.batch_size": 4,
+        "train.seq_len": 32, "train.max_steps": 8, "train.warmup_steps": 2, "train.lr": 3e-3,
+        "train.eval_every": 0, "train.eval_batches": 2, "train.ckpt_every": 0, "train.log_every": 1,
+        "train.device": "cpu", "train.threads": 1,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, small_corpus, data_cache):
+    """A function building the tiny config, with extra overrides as keyword args."""
+
+    def make(out_dir: Path | None = None, **extra):
+        return config.load("gpt-tiny", _tiny_overrides(out_dir or tmp_path / "run", small_corpus, data_cache, **extra))
+
+    return make
+
+
+@pytest.fixture
+def tiny_overrides(small_corpus, data_cache):
+    """A function ``(out_dir, **extra) -> ["section.key=value", ...]`` for CLI runs."""
+    return lambda out_dir, **extra: _tiny_overrides(out_dir, small_corpus, data_cache, **extra)
+
+
+def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "attnlab", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_cli():
+    """A function running ``python -m attnlab ARGS`` in a subprocess (text output captured)."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_corpus, data_cache) -> Path:
+    """A finished tiny training run (checkpoint + tokenizer) shared by generate/eval/CLI tests."""
+    from attnlab.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = config.load("gpt-tiny", _tiny_overrides(out, small_corpus, data_cache, **{"train.max_steps": 30}))
+    train(cfg, progress=False, log=lambda s: None)
+    return out

@@ -1,0 +1,91 @@
+"""Exact resume: a run killed with SIGKILL and resumed computes the same losses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnlab import config
+from attnlab.data import prepare
+
+pytestmark = pytest.mark.slow
+
+# Big enough that a step takes a few milliseconds, so the kill lands mid-run.
+MODEL = {"model.d_model": 128, "model.n_layer": 3, "model.n_head": 4, "model.dropout": 0.1,
+         "train.batch_size": 8, "train.seq_len": 64, "train.grad_accum": 2, "train.max_steps": 80,
+         "train.ckpt_every": 5}
+
+
+def losses(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            out[r["step"]] = r["loss"]
+    return out
+
+
+def launch(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "attnlab", "train", "gpt-tiny", *args, "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(run: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
+    metrics = run / "metrics.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines() if l):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {proc.stderr.read()}")
+        time.sleep(0.005)
+    raise AssertionError("timed out waiting for the run")
+
+
+def test_sigkill_then_resume_reproduces_losses(tmp_path, tiny_overrides):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    prepare(config.load("gpt-tiny", tiny_overrides(ref_dir, **MODEL)).data, progress=False)  # tokenize once
+
+    ref = launch(tiny_overrides(ref_dir, **MODEL))
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    reference = losses(ref_dir)
+    assert sorted(reference) == list(range(1, 81))
+
+    cut = launch(tiny_overrides(cut_dir, **MODEL))
+    wait_for_step(cut_dir, cut, 23)
+    cut.send_signal(signal.SIGKILL)
+    assert cut.wait(timeout=60) == -signal.SIGKILL
+    saved = int((cut_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 20 <= saved < 80, saved
+    latest = cut_dir / "checkpoints" / f"step_{saved:07d}"
+    assert (latest / "meta.json").exists() and (latest / "model.safetensors").exists()  # 'latest' is always complete
+
+    resumed = launch(tiny_overrides(cut_dir, **MODEL) + ["--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    got = losses(cut_dir)
+    assert sorted(got) == list(range(1, 81)), "metrics file must read as one run"
+    for step in range(saved + 1, 81):
+        assert got[step] == reference[step], f"step {step}: {got[step]} != {reference[step]}"
+
+
+def test_sigint_saves_checkpoint_and_resume_finishes(tmp_path, tiny_overrides):
+    run = tmp_path / "run"
+    args = tiny_overrides(run, **{**MODEL, "train.ckpt_every": 0, "train.max_steps": 400})
+    proc = launch(args)
+    wait_for_step(run, proc, 3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    err = proc.stderr.read()
+    assert "continue with --resume" in err or "continue with --resume" in proc.stdout.read()
+    step = int((run / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 3 <= step < 400
+    again = launch(args + ["--resume", "train.max_steps=" + str(step + 3)])
+    # Changing max_steps changes only the schedule length, which is allowed.
+    assert again.wait(timeout=120) == 0, again.stderr.read()
+    assert max(losses(run)) == step + 3
+    assert os.path.exists(run / "loss.png")
