@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+DEMO_DIR := runs/demo
+
+# The demo starts a fresh run each time (it removes $(DEMO_DIR) first).
 demo: $(STAMP)
-	$(PY) -m attnlab demo
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/attnlab train gpt-tiny train.out_dir=$(DEMO_DIR)
+	@echo
+	@echo "=== a sample from the trained model ==="
+	$(VENV)/bin/attnlab generate $(DEMO_DIR) --prompt "ROMEO." --max-new-tokens 100 --temperature 0.8 --top-k 100 --seed 1
 
 test: $(STAMP)
 	$(PY) -m pytest
