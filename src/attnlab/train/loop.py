@@ -249,7 +249,8 @@ def train(
     else:
         last_val = validate(step)
     records = metrics.read()
-    plot_losses(records, run_dir / "loss.png", title=f"{run_dir.name}: {n_params / 1e6:.2f}M params")
+    plot_losses(records, run_dir / "loss.png", title=f"{run_dir.name}: {n_params / 1e6:.2f}M params",
+                baseline=entropy)
     summary = {
         "step": step,
         "interrupted": interrupted,

@@ -60,8 +60,16 @@ class MetricsFile:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Training and validation loss against step, saved as PNG."""
+def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "",
+                baseline: Optional[float] = None) -> Path:
+    """Training and validation loss against step, saved as PNG.
+
+    Args:
+        records: metric records (``loss`` and/or ``val_loss`` with ``step``).
+        path: PNG to write.
+        title: plot title.
+        baseline: a reference loss drawn as a dashed line (e.g. the unigram entropy).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +82,8 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
         ax.plot(*zip(*train), label="train", lw=1)
     if val:
         ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", ls="--", lw=1, label=f"unigram entropy {baseline:.2f}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title)
