@@ -137,6 +137,9 @@ def document(doc_ids: torch.Tensor) -> Mask:
     )
 
 
-def is_kind(mask: Optional[Mask], kind: str) -> bool:
-    """True when ``mask`` is exactly the named single kind (e.g. plain ``"causal"``)."""
-    return mask is not None and mask.kind == kind
+def is_kind(mask: Optional[Mask | torch.Tensor], kind: str) -> bool:
+    """True when ``mask`` is exactly the named single kind (e.g. plain ``"causal"``).
+
+    A dense tensor mask (or None) is never a named kind.
+    """
+    return isinstance(mask, Mask) and mask.kind == kind

@@ -85,6 +85,8 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, Tq, d_model), or ``(output, weights)``.
         """
+        if rotary is not None and context is not None:
+            raise ValueError("rotary positions apply to self attention only; pass rotary=None with a context")
         b, tq, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_head)  # (B, H, Tq, D)
         if context is not None and cache is not None and cache.k is not None:

@@ -92,7 +92,7 @@ def record_dispatch(backend: str, reason: str, call: AttentionCall) -> None:
     """Remember (and log once at INFO) each new backend/shape/mask combination."""
     if torch.compiler.is_compiling():
         return
-    key = (backend, call.mask_kind, tuple(call.q.shape), tuple(call.k.shape), call.q.dtype, call.q.device.type)
+    key = (backend, call.mask_kind, call.bias is not None, tuple(call.q.shape), tuple(call.k.shape), call.q.dtype, call.q.device.type)
     if key in _records:
         _records[key]["count"] += 1
         return
@@ -114,7 +114,7 @@ def record_dispatch(backend: str, reason: str, call: AttentionCall) -> None:
 
 
 def dispatch_log(clear: bool = False) -> list[dict]:
-    """Which backend ran for each distinct call seen so far (newest last).
+    """Which backend ran for each distinct call seen so far, in first-seen order.
 
     Args:
         clear: forget the records after returning them.
