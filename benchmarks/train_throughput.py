@@ -112,14 +112,38 @@ def main() -> None:
         "mfu": round(mfu, 4) if mfu else None,
         "warmup_s": round(warmup_s, 1),
         "iters": args.iters,
+        "ms_per_iter_all": [round(t * 1000, 2) for t in times],
     }
     print(f"{'preset':<12}{'device':<28}{'params':>12}{'B x T':>12}{'ms/iter':>10}{'tokens/s':>12}{'MFU':>8}")
     print(f"{args.preset:<12}{dev_name[:27]:<28}{n_params:>12,}{f'{args.batch_size}x{seq_len}':>12}{ms:>10.1f}"
           f"{tok_s:>12,.0f}{(f'{mfu:.1%}' if mfu else '-'):>8}")
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"train_throughput-{'cuda' if on_cuda else 'cpu'}-{args.preset}.json"
+    tag = f"{'cuda' if on_cuda else 'cpu'}-{args.preset}{'-compiled' if args.compile else ''}"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"train_throughput-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    png = out.with_suffix(".png")
+    plot(times, result, png)
+    print(f"wrote {out} and {png.name}")
+
+
+def plot(times: list[float], result: dict, path: Path) -> None:
+    """Per-iteration step time after warm-up, with the median marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(times) + 1), [t * 1000 for t in times], "o-", ms=3)
+    ax.axhline(result["ms_per_iter_median"], color="gray", ls="--", label=f"median {result['ms_per_iter_median']} ms")
+    ax.set_xlabel("iteration (after warm-up)")
+    ax.set_ylabel("ms / iteration")
+    ax.set_title(f"{result['preset']} on {result['device'][:30]}: {result['tokens_per_s']:,} tokens/s")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
