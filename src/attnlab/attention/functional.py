@@ -8,6 +8,7 @@ import torch
 
 from attnlab.attention.backends import AttentionCall, run
 from attnlab.attention.masks import Mask
+from attnlab.attention.score_mods import ScoreMod
 
 
 def attention(
@@ -21,6 +22,8 @@ def attention(
     dropout_p: float = 0.0,
     backend: str = "auto",
     return_weights: bool = False,
+    score_mod: Optional[ScoreMod] = None,
+    topk: Optional[int] = None,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Scaled dot-product attention: softmax(scale · q kᵀ + bias, masked) · v.
 
@@ -36,6 +39,9 @@ def attention(
         dropout_p: dropout on the weights (pass 0 at eval time).
         backend: ``"auto"``, ``"eager"`` or ``"sdpa"``.
         return_weights: also return the attention weights.
+        score_mod: a :class:`~attnlab.attention.score_mods.ScoreMod` applied to the scaled
+            scores before masking (ALiBi, relative position bias, soft-capping).
+        topk: keep only each query's ``topk`` best-scoring keys (eager only).
 
     Returns:
         (B, H, Tq, Dv) output, or ``(output, weights)`` with weights (B, H, Tq, Tk).
@@ -49,6 +55,8 @@ def attention(
         raise ValueError(f"incompatible shapes q={tuple(q.shape)} k={tuple(k.shape)} v={tuple(v.shape)}")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if topk is not None and topk <= 0:
+        raise ValueError(f"topk must be positive, got {topk}")
     call = AttentionCall(q, k, v, mask=mask, bias=bias, scale=scale, dropout_p=dropout_p,
-                         return_weights=return_weights)
+                         return_weights=return_weights, score_mod=score_mod, topk=topk)
     return run(call, backend)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from attnlab.attention.cache import LayerCache
 from attnlab.attention.functional import attention
 from attnlab.attention.masks import Mask
 from attnlab.attention.positions import Rotary
+from attnlab.attention.score_mods import ScoreMod
 
 
 class MultiHeadAttention(nn.Module):
@@ -54,6 +55,9 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
+        # When set, called with this layer's (B, H, Tq, Tk) weights on every forward;
+        # only then does the layer run the weight-returning (eager) path.
+        self.capture: Optional[Callable[[torch.Tensor], None]] = None
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         b, t, _ = x.shape
@@ -69,6 +73,8 @@ class MultiHeadAttention(nn.Module):
         rotary: Optional[Rotary] = None,
         cache: Optional[LayerCache] = None,
         return_weights: bool = False,
+        score_mod: Optional[ScoreMod] = None,
+        topk: Optional[int] = None,
     ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attend from ``x`` to itself (or to ``context``).
 
@@ -81,6 +87,8 @@ class MultiHeadAttention(nn.Module):
             cache: this layer's KV cache. Self attention appends the new keys and
                 values; cross attention computes the context's once and reuses them.
             return_weights: also return (B, H, Tq, Tk) weights.
+            score_mod: score modification (ALiBi, relative bias, soft-capping).
+            topk: keep each query's k best keys.
 
         Returns:
             (B, Tq, d_model), or ``(output, weights)``.
@@ -99,12 +107,16 @@ class MultiHeadAttention(nn.Module):
                 q, k = rotary(q, k)
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, Hkv, Tcache + Tk, D)
+        want_weights = return_weights or self.capture is not None
         out = attention(
             q, k, v, mask=mask, bias=bias, dropout_p=self.dropout if self.training else 0.0,
-            backend=self.backend, return_weights=return_weights,
+            backend=self.backend,
+            return_weights=want_weights, score_mod=score_mod, topk=topk,
         )
         weights = None
-        if return_weights:
+        if want_weights:
             out, weights = out
+            if self.capture is not None:
+                self.capture(weights.detach())
         out = self.o_proj(out.transpose(1, 2).reshape(b, tq, self.n_head * self.head_dim))  # (B, Tq, d_model)
         return (out, weights) if return_weights else out

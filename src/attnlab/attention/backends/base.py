@@ -10,6 +10,7 @@ from typing import Optional, Union
 import torch
 
 from attnlab.attention.masks import Mask
+from attnlab.attention.score_mods import ScoreMod
 
 logger = logging.getLogger("attnlab.attention")
 
@@ -28,6 +29,9 @@ class AttentionCall:
         scale: multiplier of q·k (default 1/sqrt(D)).
         dropout_p: dropout on the attention weights.
         return_weights: also return the (B, H, Tq, Tk) weights.
+        score_mod: a :class:`ScoreMod` applied to the scaled scores (ALiBi, relative bias,
+            soft-capping), before masking.
+        topk: keep only each query's k highest-scoring allowed keys (content-dependent sparsity).
     """
 
     q: torch.Tensor
@@ -38,6 +42,8 @@ class AttentionCall:
     scale: Optional[float] = None
     dropout_p: float = 0.0
     return_weights: bool = False
+    score_mod: Optional[ScoreMod] = None
+    topk: Optional[int] = None
 
     @property
     def softmax_scale(self) -> float:
@@ -45,9 +51,12 @@ class AttentionCall:
 
     @property
     def mask_kind(self) -> str:
-        if self.mask is None:
-            return "none"
-        return self.mask.kind if isinstance(self.mask, Mask) else "dense"
+        kind = "none" if self.mask is None else self.mask.kind if isinstance(self.mask, Mask) else "dense"
+        if self.score_mod is not None:
+            kind += f"+{self.score_mod.kind}"
+        if self.topk is not None:
+            kind += f"+top{self.topk}"
+        return kind
 
     def dense_mask(self) -> Optional[torch.Tensor]:
         """The mask as a bool tensor (B|1, H|1, Tq, Tk), or None when there is none."""

@@ -1,6 +1,6 @@
 """The eager backend: the readable reference that every fast backend is tested against.
 
-scores = scale · q kᵀ + bias  →  mask  →  softmax  →  dropout  →  weights · v
+scores = scale · q kᵀ + bias  →  score_mod  →  mask  →  top-k  →  softmax  →  dropout  →  weights · v
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ def run(call: AttentionCall) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]
     scores = (q.to(work) @ k.to(work).transpose(-2, -1)) * call.softmax_scale  # (B, H, Tq, Tk)
     if call.bias is not None:
         scores = scores + call.bias.to(work)
+    if call.score_mod is not None:
+        scores = call.score_mod.apply_dense(scores)
     allowed = call.dense_mask()
     empty = None
     if allowed is not None:
         allowed, empty = unmask_empty_rows(allowed)
         scores = scores.masked_fill(~allowed, float("-inf"))
+    if call.topk is not None and call.topk < scores.shape[-1]:
+        # Content-dependent sparsity: keep each row's k best scores (ties may keep more).
+        kth = scores.topk(call.topk, dim=-1).values[..., -1:]  # (B, H, Tq, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk)
     if empty is not None:
         weights = weights.masked_fill(empty, 0.0)

@@ -29,6 +29,9 @@ def choose(call: AttentionCall, backend: str = "auto") -> tuple[str, str]:
     if backend == "auto":
         if call.return_weights:
             return "eager", "auto: weights requested"
+        why = sdpa.unsupported(call)
+        if why:
+            return "eager", f"auto: {why}"
         return "sdpa", "auto: fused kernel"
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}")

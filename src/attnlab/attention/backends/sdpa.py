@@ -20,6 +20,10 @@ def unsupported(call: AttentionCall) -> str | None:
     """Why SDPA cannot serve ``call``, or None when it can."""
     if call.return_weights:
         return "SDPA kernels do not return attention weights (use backend='eager' or 'auto')"
+    if call.score_mod is not None and not call.score_mod.additive:
+        return f"score mod '{call.score_mod.kind}' is not additive; SDPA can only add a bias (use eager or flex)"
+    if call.topk is not None:
+        return "top-k attention is content-dependent; only the eager backend computes it"
     return None
 
 
@@ -28,18 +32,22 @@ def run(call: AttentionCall) -> torch.Tensor:
     tq, tk = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
     kwargs = dict(dropout_p=call.dropout_p, scale=call.softmax_scale, enable_gqa=gqa)
-    if call.bias is None and (call.mask is None or (is_kind(call.mask, "causal") and tq == 1)):
+    bias = call.bias
+    if call.score_mod is not None:  # additive (checked in unsupported): materialise it
+        mod = call.score_mod.dense_bias(q.shape[0], q.shape[1], tq, tk, q.device, q.dtype)
+        bias = mod if bias is None else bias + mod
+    if bias is None and (call.mask is None or (is_kind(call.mask, "causal") and tq == 1)):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)  # (B, H, Tq, Dv)
-    if call.bias is None and is_kind(call.mask, "causal") and tq == tk:
+    if bias is None and is_kind(call.mask, "causal") and tq == tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
     allowed = call.dense_mask()
     empty = None
     if allowed is not None:
         allowed, empty = unmask_empty_rows(allowed)
-    if call.bias is None:
+    if bias is None:
         attn_mask = allowed
     else:
-        attn_mask = call.bias.to(q.dtype)
+        attn_mask = bias.to(q.dtype)
         if allowed is not None:
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kwargs)
