@@ -70,3 +70,27 @@ def test_derived_sizes():
     assert m.head_dim == 64 and m.kv_heads == 12 and m.ff_dim == 3072
     assert ModelConfig(d_model=768, n_head=12, mlp="swiglu").ff_dim == 2048
     assert ModelConfig(d_model=64, n_head=4, n_kv_head=1).kv_heads == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["model.attention.window=0"], "model.attention.window must be positive"),
+        (["model.attention.global_tokens=4"], "global_tokens needs model.attention.window"),
+        (["model.mixer=linear", "model.attention.window=16"], "model.attention.window acts on softmax scores"),
+        (["model.mixer=linear", "model.position=alibi"], "model.position=alibi acts on softmax scores"),
+        (["model.rope_scaling=linear"], "model.rope_scaling needs model.position=rope"),
+        (["model.attention.backnd=eager"], "unknown config key 'model.attention.backnd' (did you mean 'backend'?)"),
+    ],
+)
+def test_attention_section_validation(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        config.load("gpt-tiny", overrides)
+    assert needle in str(e.value)
+
+
+def test_attention_section_parses():
+    cfg = config.load("gpt-tiny", ["model.attention.window=64", "model.attention.global_tokens=2",
+                                   "model.attention.backend=eager", "model.position=alibi"])
+    assert cfg.model.attention.window == 64 and cfg.model.attention.global_tokens == 2
+    assert cfg.model.attention.backend == "eager" and cfg.model.position == "alibi"

@@ -20,7 +20,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.attn_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.attn = MultiHeadAttention(
-            cfg.d_model, cfg.n_head, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout, backend=cfg.attn_backend
+            cfg.d_model, cfg.n_head, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout, backend=cfg.attention.backend
         )
         self.mlp_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.mlp = build_mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.bias, cfg.dropout)

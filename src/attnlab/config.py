@@ -26,6 +26,36 @@ from attnlab.errors import ConfigError, did_you_mean
 
 
 @dataclass
+class AttentionConfig:
+    """How the model's attention layers attend.
+
+    Attributes:
+        backend: ``"auto"`` (chosen per call), ``"eager"``, ``"sdpa"``, ``"flex"`` or ``"chunked"``.
+        window: sliding-window size in tokens (each token sees itself and the window-1 before it);
+            ``None`` for full causal attention.
+        global_tokens: with a window, the first N tokens attend to and are seen by every token.
+        softcap: soft-cap the scores as ``c·tanh(s/c)`` (``None``: off).
+        topk: keep only each query's k best-scoring keys (content-dependent sparsity; eager only).
+    """
+
+    backend: Literal["auto", "eager", "sdpa", "flex", "chunked"] = "auto"
+    window: Optional[int] = None
+    global_tokens: int = 0
+    softcap: Optional[float] = None
+    topk: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window <= 0:
+            raise ConfigError(f"model.attention.window must be positive or null, got {self.window}")
+        if self.global_tokens < 0 or (self.global_tokens and self.window is None):
+            raise ConfigError("model.attention.global_tokens needs model.attention.window (local + global attention)")
+        if self.softcap is not None and self.softcap <= 0:
+            raise ConfigError(f"model.attention.softcap must be positive or null, got {self.softcap}")
+        if self.topk is not None and self.topk <= 0:
+            raise ConfigError(f"model.attention.topk must be positive or null, got {self.topk}")
+
+
+@dataclass
 class ModelConfig:
     """Architecture of a decoder-only transformer.
 
@@ -41,12 +71,19 @@ class ModelConfig:
         norm: ``"layernorm"`` or ``"rmsnorm"``.
         norm_eps: epsilon of the norm layers.
         mlp: ``"gelu"`` or ``"swiglu"``.
-        position: ``"learned"``, ``"sinusoidal"``, ``"rope"`` or ``"none"``.
+        position: ``"learned"``, ``"sinusoidal"``, ``"rope"``, ``"alibi"``, ``"relative"`` (T5
+            bucketed bias) or ``"none"`` (NoPE).
         rope_theta: RoPE base frequency.
+        rope_scaling: ``"none"``, ``"linear"`` (position interpolation) or ``"ntk"`` (base rescaling),
+            to run beyond the trained context.
+        rope_scaling_factor: how many times longer than ``block_size`` RoPE should reach.
+        relative_buckets: buckets of the T5 relative bias.
+        relative_max_distance: distance beyond which the T5 relative bias is constant.
         bias: whether linear layers and LayerNorms carry a bias.
         tie_embeddings: share the token embedding with the LM head.
         dropout: dropout on embeddings, attention weights and residual branches.
-        attn_backend: attention backend: ``"auto"``, ``"eager"`` or ``"sdpa"``.
+        mixer: ``"softmax"`` attention or ``"linear"`` attention (kernel feature map, O(T)).
+        attention: the attention section (backend, window, global tokens, soft-cap, top-k).
     """
 
     arch: Literal["decoder"] = "decoder"
@@ -60,12 +97,17 @@ class ModelConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
     mlp: Literal["gelu", "swiglu"] = "gelu"
-    position: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
+    position: Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"] = "learned"
     rope_theta: float = 10000.0
+    rope_scaling: Literal["none", "linear", "ntk"] = "none"
+    rope_scaling_factor: float = 1.0
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
     bias: bool = True
     tie_embeddings: bool = True
     dropout: float = 0.0
-    attn_backend: Literal["auto", "eager", "sdpa"] = "auto"
+    mixer: Literal["softmax", "linear"] = "softmax"
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "d_model"):
@@ -86,6 +128,17 @@ class ModelConfig:
             raise ConfigError(f"RoPE needs an even head dim, got {self.head_dim}; change d_model or n_head")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_scaling != "none" and (self.position != "rope" or self.rope_scaling_factor < 1.0):
+            raise ConfigError("model.rope_scaling needs model.position=rope and model.rope_scaling_factor >= 1")
+        a = self.attention
+        if self.mixer == "linear":
+            used = [n for n, v in (("window", a.window), ("softcap", a.softcap), ("topk", a.topk)) if v]
+            if used or self.position in ("alibi", "relative"):
+                what = f"model.attention.{used[0]}" if used else f"model.position={self.position}"
+                raise ConfigError(
+                    f"{what} acts on softmax scores and cannot be used with model.mixer=linear; "
+                    "remove it or use mixer=softmax"
+                )
 
     @property
     def head_dim(self) -> int:

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from attnlab import config
 from attnlab.attention import dispatch_log
-from attnlab.config import ModelConfig
+from attnlab.config import AttentionConfig, ModelConfig
 from attnlab.models import DecoderLM, build
 
 
@@ -61,8 +61,8 @@ def test_forward_shapes_and_causality(kw):
 @pytest.mark.parametrize("kw", VARIANTS)
 def test_eager_and_sdpa_models_agree(kw):
     torch.manual_seed(0)
-    a = build(tiny(attn_backend="eager", **kw)).double().eval()
-    b = build(tiny(attn_backend="sdpa", **kw)).double().eval()
+    a = build(tiny(attention=AttentionConfig(backend="eager"), **kw)).double().eval()
+    b = build(tiny(attention=AttentionConfig(backend="sdpa"), **kw)).double().eval()
     b.load_state_dict(a.state_dict())
     x = torch.randint(0, 97, (3, 20))
     torch.testing.assert_close(a(x), b(x), atol=1e-10, rtol=1e-10)
