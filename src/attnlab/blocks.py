@@ -8,9 +8,20 @@ import torch
 from torch import nn
 
 from attnlab.attention import LayerCache, Mask, MultiHeadAttention
+from attnlab.attention.linear import LinearAttention
 from attnlab.attention.positions import Rotary
+from attnlab.attention.score_mods import ScoreMod
 from attnlab.config import ModelConfig
 from attnlab.layers import build_mlp, build_norm
+
+
+def build_mixer(cfg: ModelConfig) -> nn.Module:
+    """The token mixer a config asks for: softmax attention or linear attention."""
+    if cfg.mixer == "linear":
+        return LinearAttention(cfg.d_model, cfg.n_head, cfg.kv_heads, bias=cfg.bias)
+    return MultiHeadAttention(
+        cfg.d_model, cfg.n_head, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout, backend=cfg.attention.backend
+    )
 
 
 class DecoderBlock(nn.Module):
@@ -19,9 +30,8 @@ class DecoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attn_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        self.attn = MultiHeadAttention(
-            cfg.d_model, cfg.n_head, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout, backend=cfg.attention.backend
-        )
+        self.attn = build_mixer(cfg)
+        self.topk = cfg.attention.topk
         self.mlp_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.mlp = build_mlp(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.bias, cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -34,9 +44,11 @@ class DecoderBlock(nn.Module):
         rotary: Optional[Rotary] = None,
         cache: Optional[LayerCache] = None,
         return_weights: bool = False,
+        score_mod: Optional[ScoreMod] = None,
     ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, T, d_model) → (B, T, d_model) (and (B, H, T, Tk) weights if asked)."""
-        a = self.attn(self.attn_norm(x), mask=mask, rotary=rotary, cache=cache, return_weights=return_weights)
+        a = self.attn(self.attn_norm(x), mask=mask, rotary=rotary, cache=cache, return_weights=return_weights,
+                      score_mod=score_mod, topk=self.topk)
         weights = None
         if return_weights:
             a, weights = a

@@ -133,6 +133,8 @@ class ModelConfig:
         a = self.attention
         if self.mixer == "linear":
             used = [n for n, v in (("window", a.window), ("softcap", a.softcap), ("topk", a.topk)) if v]
+            if a.backend != "auto":
+                used.append("backend")
             if used or self.position in ("alibi", "relative"):
                 what = f"model.attention.{used[0]}" if used else f"model.position={self.position}"
                 raise ConfigError(

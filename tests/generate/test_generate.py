@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from attnlab.config import ModelConfig
+from attnlab.config import AttentionConfig, ModelConfig
 from attnlab.generate import filter_logits, generate, stream
 from attnlab.models import build
 
@@ -9,6 +9,9 @@ VARIANTS = [
     dict(position="learned"),
     dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2),
     dict(position="sinusoidal", n_kv_head=1),
+    dict(position="alibi", attention=AttentionConfig(window=6)),
+    dict(position="relative", attention=AttentionConfig(window=5, global_tokens=2, softcap=3.0)),
+    dict(position="rope", mixer="linear", n_kv_head=2),
 ]
 
 

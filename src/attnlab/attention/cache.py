@@ -6,7 +6,7 @@ token costs one query against the cache instead of a full forward pass.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -36,16 +36,22 @@ class LayerCache:
         if self.k is not None:
             self.k, self.v = self.k[index], self.v[index]
 
+    def nbytes(self) -> int:
+        """Memory held by the cached keys and values."""
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+
 
 class KVCache:
     """A dynamic cache: one :class:`LayerCache` per layer, growing by concatenation.
 
     Args:
         n_layers: number of attention layers that will use it.
+        layer_factory: makes one layer's cache (``LayerCache``; linear attention uses its
+            recurrent ``LinearState``).
     """
 
-    def __init__(self, n_layers: int):
-        self.layers = [LayerCache() for _ in range(n_layers)]
+    def __init__(self, n_layers: int, layer_factory: Callable[[], object] = LayerCache):
+        self.layers = [layer_factory() for _ in range(n_layers)]
 
     def __getitem__(self, i: int) -> LayerCache:
         return self.layers[i]
@@ -65,4 +71,4 @@ class KVCache:
 
     def nbytes(self) -> int:
         """Memory held by the cached tensors."""
-        return sum(t.numel() * t.element_size() for l in self.layers for t in (l.k, l.v) if t is not None)
+        return sum(layer.nbytes() for layer in self.layers)

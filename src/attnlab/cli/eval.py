@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         data_cfg.source = args.data
     data = prepare(data_cfg, tokenizer=tok, progress=False)
     seq_len = args.seq_len or ckpt.config.train.seq_len or model.config.block_size
-    if seq_len > model.config.block_size:
-        raise AttnlabError(f"--seq-len {seq_len} exceeds the model's context {model.config.block_size}")
+    if seq_len > model.max_context:
+        raise AttnlabError(f"--seq-len {seq_len} exceeds the model's context {model.max_context}; lower --seq-len")
     res = evaluate_lm(model, data, split=args.split, batch_size=args.batch_size, seq_len=seq_len,
                       max_batches=args.batches, device=device, autocast=autocast_for(device, "auto"))
     res["step"] = ckpt.step

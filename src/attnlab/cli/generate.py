@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     ids = tok.encode(args.prompt)
     if not ids:
         raise AttnlabError("the prompt encodes to no tokens; pass a non-empty --prompt")
-    limit = model.config.block_size
+    limit = model.max_context
     if len(ids) + args.max_new_tokens > limit:
         raise AttnlabError(
             f"prompt is {len(ids)} tokens and --max-new-tokens is {args.max_new_tokens}, but the model's "

@@ -49,8 +49,8 @@ def next_token(
 
 
 def _context_limit(model: nn.Module) -> Optional[int]:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "block_size", None)
+    limit = getattr(model, "max_context", None)
+    return limit if limit is not None else getattr(getattr(model, "config", None), "block_size", None)
 
 
 @torch.no_grad()

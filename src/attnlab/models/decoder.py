@@ -9,6 +9,10 @@ import torch
 from torch import nn
 
 from attnlab.attention import KVCache, build_positions, causal
+from attnlab.attention.cache import LayerCache
+from attnlab.attention.linear import LinearState
+from attnlab.attention.masks import Mask, local_global, sliding_window
+from attnlab.attention.score_mods import ScoreMod, softcap
 from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
@@ -17,9 +21,10 @@ from attnlab.layers import build_norm
 class DecoderLM(nn.Module):
     """Token embedding → N pre-norm decoder blocks → final norm → LM head.
 
-    Every variant (learned / sinusoidal / RoPE positions, LayerNorm / RMSNorm,
-    GELU / SwiGLU, MHA / GQA / MQA, tied or untied head) is a field of
-    :class:`~attnlab.config.ModelConfig`, read here once.
+    Every variant (learned / sinusoidal / RoPE / ALiBi / relative-bias positions,
+    LayerNorm / RMSNorm, GELU / SwiGLU, MHA / GQA / MQA, softmax or linear mixer,
+    sliding window / local+global attention, soft-capping, top-k, tied or untied head)
+    is a field of :class:`~attnlab.config.ModelConfig`, read here once.
 
     Args:
         cfg: the architecture.
@@ -29,7 +34,16 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = build_positions(cfg.position, cfg.block_size, cfg.d_model, cfg.head_dim, cfg.rope_theta)
+        scaling = None
+        self.max_context = cfg.block_size
+        if cfg.rope_scaling != "none":
+            scaling = {"type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
+            self.max_context = int(cfg.block_size * cfg.rope_scaling_factor)
+        self.pos = build_positions(
+            cfg.position, cfg.block_size, cfg.d_model, cfg.head_dim, cfg.rope_theta, n_head=cfg.n_head,
+            rope_scaling=scaling, num_buckets=cfg.relative_buckets, max_distance=cfg.relative_max_distance,
+            bidirectional=False,
+        )
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer))
         self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
@@ -58,8 +72,25 @@ class DecoderLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def make_cache(self) -> KVCache:
-        """An empty KV cache for :meth:`forward`."""
-        return KVCache(len(self.blocks))
+        """An empty KV cache for :meth:`forward` (recurrent states for linear attention)."""
+        return KVCache(len(self.blocks), LinearState if self.config.mixer == "linear" else LayerCache)
+
+    def attention_mask(self) -> Mask:
+        """Causal, restricted to the configured window and global tokens."""
+        a = self.config.attention
+        if a.window is None:
+            return causal()
+        if a.global_tokens:
+            return local_global(a.window, a.global_tokens, causal=True)
+        return sliding_window(a.window, causal=True)
+
+    def score_mod(self) -> Optional[ScoreMod]:
+        """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
+        mod = self.pos.score_mod()
+        if self.config.attention.softcap:
+            cap = softcap(self.config.attention.softcap)
+            mod = cap if mod is None else mod.then(cap)
+        return mod
 
     def forward(
         self,
@@ -86,9 +117,10 @@ class DecoderLM(nn.Module):
         """
         b, t = input_ids.shape
         start = cache.length if cache is not None else 0
-        if start + t > self.config.block_size:
+        if start + t > self.max_context:
             raise ValueError(
-                f"sequence of {start + t} tokens exceeds the model's context of {self.config.block_size} (model.block_size)"
+                f"sequence of {start + t} tokens exceeds the model's context of {self.max_context} (model.block_size"
+                + (", times model.rope_scaling_factor)" if self.max_context != self.config.block_size else ")")
             )
         positions = torch.arange(start, start + t, device=input_ids.device)  # (T,)
         x = self.tok_emb(input_ids)  # (B, T, D)
@@ -97,11 +129,13 @@ class DecoderLM(nn.Module):
             x = x + pe.to(x.dtype)
         x = self.emb_dropout(x)
         rotary = self.pos.rotary(positions)
-        mask = causal()
+        mask = self.attention_mask()
+        score_mod = self.score_mod()
         all_weights = []
         for i, block in enumerate(self.blocks):
             layer_cache = cache[i] if cache is not None else None
-            x = block(x, mask=mask, rotary=rotary, cache=layer_cache, return_weights=return_weights)
+            x = block(x, mask=mask, rotary=rotary, cache=layer_cache, return_weights=return_weights,
+                      score_mod=score_mod)
             if return_weights:
                 x, w = x
                 all_weights.append(w)
