@@ -6,6 +6,7 @@ from torch import nn
 
 from attnlab.config import Config, ModelConfig
 from attnlab.models.decoder import DecoderLM
+from attnlab.models.gat import GAT, GATLayer
 
 ARCHS: dict[str, type[nn.Module]] = {"decoder": DecoderLM}
 
@@ -23,4 +24,4 @@ def build(config: Config | ModelConfig) -> nn.Module:
     return ARCHS[cfg.arch](cfg)
 
 
-__all__ = ["ARCHS", "DecoderLM", "build"]
+__all__ = ["ARCHS", "DecoderLM", "GAT", "GATLayer", "build"]
