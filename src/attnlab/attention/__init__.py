@@ -1,25 +1,44 @@
 """The heart of attnlab: WHAT attention computes.
 
-``attention(q, k, v, mask=..., bias=..., backend=...)`` is the one function every
-model calls; :mod:`attnlab.attention.backends` holds HOW it runs.
+``attention(q, k, v, mask=..., bias=..., score_mod=..., backend=...)`` is the one
+function every model calls; :mod:`attnlab.attention.backends` holds HOW it runs.
 """
 
 from attnlab.attention import masks
 from attnlab.attention.backends import dispatch_log
 from attnlab.attention.cache import KVCache, LayerCache
 from attnlab.attention.functional import attention
-from attnlab.attention.masks import Mask, causal, document, full, key_padding, padding
+from attnlab.attention.linear import LinearAttention, LinearState, linear_attention
+from attnlab.attention.masks import (
+    Mask,
+    adjacency,
+    block_sparse,
+    causal,
+    document,
+    full,
+    key_padding,
+    local_global,
+    padding,
+    prefix_lm,
+    sliding_window,
+    strided,
+)
 from attnlab.attention.module import MultiHeadAttention
 from attnlab.attention.positions import (
+    ALiBiPositions,
     LearnedPositions,
     PositionEncoding,
+    RelativePositionBias,
     RotaryPositions,
     SinusoidalPositions,
     build_positions,
 )
+from attnlab.attention.score_mods import ScoreMod, softcap
 
 __all__ = [
-    "KVCache", "LayerCache", "LearnedPositions", "Mask", "MultiHeadAttention", "PositionEncoding",
-    "RotaryPositions", "SinusoidalPositions", "attention", "build_positions", "causal", "dispatch_log",
-    "document", "full", "key_padding", "masks", "padding",
+    "ALiBiPositions", "KVCache", "LayerCache", "LearnedPositions", "LinearAttention", "LinearState", "Mask",
+    "MultiHeadAttention", "PositionEncoding", "RelativePositionBias", "RotaryPositions", "ScoreMod",
+    "SinusoidalPositions", "adjacency", "attention", "block_sparse", "build_positions", "causal", "dispatch_log",
+    "document", "full", "key_padding", "linear_attention", "local_global", "masks", "padding", "prefix_lm",
+    "sliding_window", "softcap", "strided",
 ]
