@@ -20,11 +20,11 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "eval", "generate", "tokenizer"):
+    for cmd in ("train", "eval", "generate", "tokenizer", "viz", "bench"):
         assert cmd in out
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "generate", "tokenizer"])
+@pytest.mark.parametrize("cmd", ["train", "eval", "generate", "tokenizer", "viz", "bench"])
 def test_each_subcommand_has_help(capsys, cmd):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     ids = tok.encode(args.text)
     if not ids:
         raise AttnlabError("--text encodes to no tokens; pass a non-empty text")
-    limit = model.config.block_size
+    limit = model.max_context
     if len(ids) > limit:
         raise AttnlabError(f"--text is {len(ids)} tokens but the model's context is {limit} tokens; shorten it")
     mods = attention_layers(model)

@@ -190,7 +190,7 @@ def attention_heatmap(
     ids = tokenizer.encode(text)
     if not ids:
         raise ValueError("the text encodes to no tokens; pass a non-empty text")
-    limit = getattr(getattr(model, "config", None), "block_size", None)
+    limit = getattr(model, "max_context", None) or getattr(getattr(model, "config", None), "block_size", None)
     if limit is not None and len(ids) > limit:
         raise ValueError(f"the text is {len(ids)} tokens but the model's context is {limit}; shorten it")
     device = next(model.parameters()).device
