@@ -4,7 +4,7 @@
 function every model calls; :mod:`attnlab.attention.backends` holds HOW it runs.
 """
 
-from attnlab.attention import masks
+from attnlab.attention import masks, scoring
 from attnlab.attention.backends import dispatch_log
 from attnlab.attention.cache import KVCache, LayerCache
 from attnlab.attention.functional import attention
@@ -31,14 +31,18 @@ from attnlab.attention.positions import (
     RelativePositionBias,
     RotaryPositions,
     SinusoidalPositions,
+    alibi_slopes,
     build_positions,
+    relative_position_bucket,
 )
-from attnlab.attention.score_mods import ScoreMod, softcap
+from attnlab.attention.score_mods import ScoreMod, alibi, softcap
+from attnlab.attention.scoring import attend, build_scoring
 
 __all__ = [
     "ALiBiPositions", "KVCache", "LayerCache", "LearnedPositions", "LinearAttention", "LinearState", "Mask",
     "MultiHeadAttention", "PositionEncoding", "RelativePositionBias", "RotaryPositions", "ScoreMod",
     "SinusoidalPositions", "adjacency", "attention", "block_sparse", "build_positions", "causal", "dispatch_log",
     "document", "full", "key_padding", "linear_attention", "local_global", "masks", "padding", "prefix_lm",
-    "sliding_window", "softcap", "strided",
+    "sliding_window", "softcap", "strided", "alibi", "alibi_slopes", "attend", "build_scoring",
+    "relative_position_bucket", "scoring",
 ]

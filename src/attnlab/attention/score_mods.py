@@ -78,7 +78,8 @@ class ScoreMod:
         if not self.additive:
             raise ValueError(f"score mod '{self.kind}' is not additive and cannot become a bias tensor")
         nb = batch if self.per_batch else 1
-        zero = torch.zeros((), device=device, dtype=torch.float32)
+        # Computed in float32 at least (float64 stays float64), then cast.
+        zero = torch.zeros((), device=device, dtype=torch.promote_types(dtype, torch.float32))
         out = self.fn(zero, *self._indices(nb, heads, tq, tk, device))
         return out.expand(nb, heads, tq, tk).to(dtype)
 
@@ -88,3 +89,21 @@ def softcap(cap: float) -> ScoreMod:
     if cap <= 0:
         raise ValueError(f"softcap needs cap > 0, got {cap}")
     return ScoreMod(lambda s, b, h, q, k: cap * torch.tanh(s / cap), "softcap", additive=False, key=("softcap", cap))
+
+
+def alibi(slopes: torch.Tensor, *, symmetric: bool = False) -> ScoreMod:
+    """ALiBi (Press et al. 2022): head h adds ``-slopes[h] · (q_idx - kv_idx)`` to its scores.
+
+    Args:
+        slopes: (H,) per-head slopes, e.g. :func:`~attnlab.attention.positions.alibi_slopes`.
+        symmetric: use the distance ``|q_idx - kv_idx|`` (for bidirectional attention);
+            the default is the causal form, meant to be used with a causal mask.
+    """
+    if slopes.dim() != 1:
+        raise ValueError(f"alibi needs a 1-D tensor of per-head slopes, got shape {tuple(slopes.shape)}")
+
+    def fn(s, b, h, q, k):
+        dist = (q - k).abs() if symmetric else q - k  # (.., Tq, Tk)
+        return s - slopes.to(s.dtype)[h] * dist.to(s.dtype)
+
+    return ScoreMod(fn, "alibi", additive=True, key=("alibi", slopes.numel(), symmetric))
