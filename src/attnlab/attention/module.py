@@ -12,6 +12,9 @@ from attnlab.attention.functional import attention
 from attnlab.attention.masks import Mask
 from attnlab.attention.positions import Rotary
 from attnlab.attention.score_mods import ScoreMod
+from attnlab.attention.scoring import build_scoring
+
+SCORINGS = ("scaled_dot", "dot", "general", "additive", "concat")
 
 
 class MultiHeadAttention(nn.Module):
@@ -29,6 +32,12 @@ class MultiHeadAttention(nn.Module):
         bias: biases on the projections.
         dropout: dropout on the attention weights (training only).
         backend: attention backend passed to :func:`~attnlab.attention.attention`.
+        scoring: how a query and a key are compared: ``"scaled_dot"`` (q·k/√d, the default,
+            fused kernels), ``"dot"`` (q·k), or a parameterised score from
+            :mod:`attnlab.attention.scoring` (``"general"`` Luong qᵀWk, ``"additive"``
+            Bahdanau, ``"concat"``), shared by all heads. The parameterised scores are
+            computed as a (B, H, Tq, Tk) tensor and enter the backend as an additive bias on
+            zero-width dot products, so masks, caches and backends work unchanged.
     """
 
     def __init__(
@@ -41,8 +50,11 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         backend: str = "auto",
+        scoring: str = "scaled_dot",
     ):
         super().__init__()
+        if scoring not in SCORINGS:
+            raise ValueError(f"unknown scoring '{scoring}'; choose one of {', '.join(SCORINGS)}")
         n_kv_head = n_kv_head or n_head
         if d_model % n_head or n_head % n_kv_head:
             raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, got {d_model}, {n_head}, {n_kv_head}")
@@ -55,9 +67,24 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
+        self.scoring = scoring
+        self.scorer = (
+            build_scoring(scoring, self.head_dim, self.head_dim) if scoring in ("general", "additive", "concat") else None
+        )
         # When set, called with this layer's (B, H, Tq, Tk) weights on every forward;
         # only then does the layer run the weight-returning (eager) path.
         self.capture: Optional[Callable[[torch.Tensor], None]] = None
+
+    def _parameterised_scores(
+        self, q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores from ``self.scorer`` as a bias; q and k become zero-width so q·k adds nothing."""
+        b, h, tq, d = q.shape
+        tk = k.shape[-2]
+        k_full = k.repeat_interleave(h // k.shape[1], dim=1)  # (B, H, Tk, D)
+        scores = self.scorer(q.reshape(b * h, tq, d), k_full.reshape(b * h, tk, d)).view(b, h, tq, tk)
+        bias = scores if bias is None else scores + bias
+        return q.new_zeros(b, h, tq, 1), k.new_zeros(b, k.shape[1], tk, 1), bias  # (B, H, Tq, 1), (B, Hkv, Tk, 1)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         b, t, _ = x.shape
@@ -107,11 +134,13 @@ class MultiHeadAttention(nn.Module):
                 q, k = rotary(q, k)
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, Hkv, Tcache + Tk, D)
+        scale = 1.0 if self.scoring == "dot" else None
+        if self.scorer is not None:
+            q, k, bias = self._parameterised_scores(q, k, bias)
         want_weights = return_weights or self.capture is not None
         out = attention(
-            q, k, v, mask=mask, bias=bias, dropout_p=self.dropout if self.training else 0.0,
-            backend=self.backend,
-            return_weights=want_weights, score_mod=score_mod, topk=topk,
+            q, k, v, mask=mask, bias=bias, scale=scale, dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend, return_weights=want_weights, score_mod=score_mod, topk=topk,
         )
         weights = None
         if want_weights:
