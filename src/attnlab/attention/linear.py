@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab.attention.functional import check_qkv
 from attnlab.attention.masks import Mask, is_kind
 from attnlab.attention.positions import Rotary
+from attnlab.attention.projections import HeadProjections
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -90,12 +92,7 @@ class LinearState:
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be 4-D (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"incompatible shapes q={tuple(q.shape)} k={tuple(k.shape)} v={tuple(v.shape)}")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    check_qkv(q, k, v)
     if causal and q.shape[2] > k.shape[2]:
         raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq positions), got {q.shape[2]} > {k.shape[2]}")
 
@@ -246,7 +243,7 @@ def linear_attention_quadratic(
     return out.to(q.dtype)
 
 
-class LinearAttention(nn.Module):
+class LinearAttention(HeadProjections):
     """A drop-in replacement for :class:`~attnlab.attention.MultiHeadAttention` with linear cost.
 
     Same projections, heads and GQA grouping; the mixer is :func:`linear_attention`. Only
@@ -281,29 +278,15 @@ class LinearAttention(nn.Module):
         chunk_size: int = DEFAULT_CHUNK,
         eps: float = 1e-6,
     ):
-        super().__init__()
-        n_kv_head = n_kv_head or n_head
-        if d_model % n_head or n_head % n_kv_head:
-            raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, got {d_model}, {n_head}, {n_kv_head}")
         if dropout:
             raise ValueError(f"linear attention has no attention weights to drop out; pass dropout=0.0, got {dropout}")
         if backend != "auto":
             raise ValueError(f"linear attention runs its own kernel; pass backend='auto', got '{backend}'")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.n_head, self.n_kv_head = n_head, n_kv_head
-        self.head_dim = d_model // n_head
+        super().__init__(d_model, n_head, n_kv_head, d_context=d_context, bias=bias)
         self.feature_map = _resolve_feature_map(feature_map)
         self.chunk_size, self.eps = chunk_size, eps
-        d_context = d_context or d_model
-        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
-
-    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
 
     @staticmethod
     def _validate(mask, bias, return_weights, score_mod, topk, context, rotary, cache) -> bool:
@@ -359,7 +342,7 @@ class LinearAttention(nn.Module):
         """
         causal = self._validate(mask, bias, return_weights, score_mod, topk, context, rotary, cache)
         b, tq, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, Tq, D)
+        q = self.project_q(x)  # (B, H, Tq, D)
         S0 = z0 = None
         if cache is not None and cache.S is not None:
             S0, z0 = cache.S, cache.z
@@ -371,15 +354,14 @@ class LinearAttention(nn.Module):
             out = (num / (den + self.eps)).reshape(b, self.n_head, tq, -1).to(q.dtype)
         else:
             src = x if context is None else context
-            k = self._heads(self.k_proj(src), self.n_kv_head)  # (B, Hkv, Tk, D)
-            v = self._heads(self.v_proj(src), self.n_kv_head)
+            k, v = self.project_kv(src)  # (B, Hkv, Tk, D)
             if rotary is not None:
                 q, k = rotary(q, k)
             out, S, z = _linear_attention(q, k, v, causal=causal, feature_map=self.feature_map,
                                           chunk_size=self.chunk_size, eps=self.eps, S0=S0, z0=z0)
             if cache is not None:
                 cache.update(S, z, k.shape[2])
-        return self.o_proj(out.transpose(1, 2).reshape(b, tq, self.n_head * self.head_dim))  # (B, Tq, d_model)
+        return self.project_out(out)  # (B, Tq, d_model)
 
 
 __all__ = [

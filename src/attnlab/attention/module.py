@@ -11,13 +11,14 @@ from attnlab.attention.cache import LayerCache
 from attnlab.attention.functional import attention
 from attnlab.attention.masks import Mask
 from attnlab.attention.positions import Rotary
+from attnlab.attention.projections import HeadProjections
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.attention.scoring import build_scoring
 
 SCORINGS = ("scaled_dot", "dot", "general", "additive", "concat")
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(HeadProjections):
     """Multi-head attention with grouped key/value heads (MHA, GQA, MQA).
 
     ``n_kv_head == n_head`` is classic multi-head attention, ``1`` is multi-query,
@@ -52,21 +53,11 @@ class MultiHeadAttention(nn.Module):
         backend: str = "auto",
         scoring: str = "scaled_dot",
     ):
-        super().__init__()
         if scoring not in SCORINGS:
             raise ValueError(f"unknown scoring '{scoring}'; choose one of {', '.join(SCORINGS)}")
-        n_kv_head = n_kv_head or n_head
-        if d_model % n_head or n_head % n_kv_head:
-            raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, got {d_model}, {n_head}, {n_kv_head}")
-        self.n_head, self.n_kv_head = n_head, n_kv_head
-        self.head_dim = d_model // n_head
+        super().__init__(d_model, n_head, n_kv_head, d_context=d_context, bias=bias)
         self.dropout = dropout
         self.backend = backend
-        d_context = d_context or d_model
-        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_context, n_kv_head * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
         self.scoring = scoring
         self.scorer = (
             build_scoring(scoring, self.head_dim, self.head_dim) if scoring in ("general", "additive", "concat") else None
@@ -85,10 +76,6 @@ class MultiHeadAttention(nn.Module):
         scores = self.scorer(q.reshape(b * h, tq, d), k_full.reshape(b * h, tk, d)).view(b, h, tq, tk)
         bias = scores if bias is None else scores + bias
         return q.new_zeros(b, h, tq, 1), k.new_zeros(b, k.shape[1], tk, 1), bias  # (B, H, Tq, 1), (B, Hkv, Tk, 1)
-
-    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
 
     def forward(
         self,
@@ -122,14 +109,11 @@ class MultiHeadAttention(nn.Module):
         """
         if rotary is not None and context is not None:
             raise ValueError("rotary positions apply to self attention only; pass rotary=None with a context")
-        b, tq, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, Tq, D)
+        q = self.project_q(x)  # (B, H, Tq, D)
         if context is not None and cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # cross attention: context already projected
         else:
-            src = x if context is None else context
-            k = self._heads(self.k_proj(src), self.n_kv_head)  # (B, Hkv, Tk, D)
-            v = self._heads(self.v_proj(src), self.n_kv_head)
+            k, v = self.project_kv(x if context is None else context)  # (B, Hkv, Tk, D)
             if rotary is not None:
                 q, k = rotary(q, k)
             if cache is not None:
@@ -147,5 +131,5 @@ class MultiHeadAttention(nn.Module):
             out, weights = out
             if self.capture is not None:
                 self.capture(weights.detach())
-        out = self.o_proj(out.transpose(1, 2).reshape(b, tq, self.n_head * self.head_dim))  # (B, Tq, d_model)
+        out = self.project_out(out)  # (B, Tq, d_model)
         return (out, weights) if return_weights else out
