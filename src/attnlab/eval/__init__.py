@@ -1,5 +1,22 @@
-"""Evaluation: language-model loss, perplexity and bits per byte."""
+"""Evaluation: language-model loss and perplexity, classification, SQuAD, BLEU and ROUGE."""
 
-from attnlab.eval.perplexity import evaluate_lm
+from attnlab.eval.metrics import (
+    METRICS,
+    accuracy,
+    bleu,
+    compute,
+    confusion_matrix,
+    exact_match,
+    f1,
+    normalize_answer,
+    perplexity,
+    precision_recall_f1,
+    rouge,
+    squad_scores,
+)
+from attnlab.eval.lm import evaluate_lm
 
-__all__ = ["evaluate_lm"]
+__all__ = [
+    "METRICS", "accuracy", "bleu", "compute", "confusion_matrix", "evaluate_lm", "exact_match", "f1",
+    "normalize_answer", "perplexity", "precision_recall_f1", "rouge", "squad_scores",
+]
