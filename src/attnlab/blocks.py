@@ -1,4 +1,12 @@
-"""Residual blocks assembled from attention, norms and MLPs."""
+"""Residual blocks assembled from attention, norms and MLPs.
+
+One block class serves decoders and encoders: the mask passed to ``forward`` decides
+whether it is causal (decoder) or bidirectional (encoder), and ``cfg.norm_placement``
+decides where the norms sit:
+
+- ``"pre"`` (GPT-2, Llama): ``x + attn(norm(x))``, then ``x + mlp(norm(x))``;
+- ``"post"`` (original Transformer, BERT): ``norm(x + attn(x))``, then ``norm(x + mlp(x))``.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +32,16 @@ def build_mixer(cfg: ModelConfig) -> nn.Module:
     )
 
 
-class DecoderBlock(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+class Block(nn.Module):
+    """Attention then MLP, each in a residual branch, pre- or post-norm per ``cfg.norm_placement``.
+
+    Args:
+        cfg: the architecture (mixer, norm, MLP, dropout, norm placement, top-k).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.post_norm = cfg.norm_placement == "post"
         self.attn_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.attn = build_mixer(cfg)
         self.topk = cfg.attention.topk
@@ -46,12 +59,27 @@ class DecoderBlock(nn.Module):
         return_weights: bool = False,
         score_mod: Optional[ScoreMod] = None,
     ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x: (B, T, d_model) → (B, T, d_model) (and (B, H, T, Tk) weights if asked)."""
-        a = self.attn(self.attn_norm(x), mask=mask, rotary=rotary, cache=cache, return_weights=return_weights,
+        """x: (B, T, d_model) → (B, T, d_model) (and (B, H, T, Tk) weights if asked).
+
+        ``mask=None`` is bidirectional attention (every token sees every token).
+        """
+        h = x if self.post_norm else self.attn_norm(x)
+        a = self.attn(h, mask=mask, rotary=rotary, cache=cache, return_weights=return_weights,
                       score_mod=score_mod, topk=self.topk)
         weights = None
         if return_weights:
             a, weights = a
-        x = x + self.resid_dropout(a)
-        x = x + self.mlp(self.mlp_norm(x))
+        if self.post_norm:
+            x = self.attn_norm(x + self.resid_dropout(a))
+            x = self.mlp_norm(x + self.mlp(x))
+        else:
+            x = x + self.resid_dropout(a)
+            x = x + self.mlp(self.mlp_norm(x))
         return (x, weights) if return_weights else x
+
+
+DecoderBlock = Block
+"""A block under a causal mask (kept as the name decoders import)."""
+
+EncoderBlock = Block
+"""A block under a bidirectional (padding-only) mask."""

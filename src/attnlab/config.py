@@ -57,10 +57,11 @@ class AttentionConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture of a decoder-only transformer.
+    """Architecture of a transformer (decoder-only or encoder-only).
 
     Attributes:
-        arch: model family; only ``"decoder"`` (GPT / Llama style) so far.
+        arch: model family: ``"decoder"`` (GPT / Llama style, causal) or ``"encoder"``
+            (BERT style, bidirectional; :func:`attnlab.models.build` gives it an MLM head).
         vocab_size: number of token ids; set from the tokenizer when ``0``.
         block_size: maximum context length in tokens.
         n_layer: number of transformer blocks.
@@ -70,7 +71,9 @@ class ModelConfig:
         d_ff: MLP hidden width (``None``: 4·d_model for GELU, 8/3·d_model rounded to 64 for SwiGLU).
         norm: ``"layernorm"`` or ``"rmsnorm"``.
         norm_eps: epsilon of the norm layers.
-        mlp: ``"gelu"`` or ``"swiglu"``.
+        norm_placement: ``"pre"`` (x + f(norm(x)), GPT-2 / Llama) or ``"post"``
+            (norm(x + f(x)), the original Transformer and BERT).
+        mlp: ``"gelu"`` (tanh approximation, GPT-2), ``"gelu_exact"`` (erf GELU, BERT) or ``"swiglu"``.
         position: ``"learned"``, ``"sinusoidal"``, ``"rope"``, ``"alibi"``, ``"relative"`` (T5
             bucketed bias) or ``"none"`` (NoPE).
         rope_theta: RoPE base frequency.
@@ -81,12 +84,14 @@ class ModelConfig:
         relative_max_distance: distance beyond which the T5 relative bias is constant.
         bias: whether linear layers and LayerNorms carry a bias.
         tie_embeddings: share the token embedding with the LM head.
+        type_vocab_size: token-type (segment) embeddings of an encoder, as BERT's
+            sentence A / B (``0``: none).
         dropout: dropout on embeddings, attention weights and residual branches.
         mixer: ``"softmax"`` attention or ``"linear"`` attention (kernel feature map, O(T)).
         attention: the attention section (backend, window, global tokens, soft-cap, top-k).
     """
 
-    arch: Literal["decoder"] = "decoder"
+    arch: Literal["decoder", "encoder"] = "decoder"
     vocab_size: int = 50257
     block_size: int = 1024
     n_layer: int = 12
@@ -96,7 +101,8 @@ class ModelConfig:
     d_ff: Optional[int] = None
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
-    mlp: Literal["gelu", "swiglu"] = "gelu"
+    norm_placement: Literal["pre", "post"] = "pre"
+    mlp: Literal["gelu", "gelu_exact", "swiglu"] = "gelu"
     position: Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"] = "learned"
     rope_theta: float = 10000.0
     rope_scaling: Literal["none", "linear", "ntk"] = "none"
@@ -105,6 +111,7 @@ class ModelConfig:
     relative_max_distance: int = 128
     bias: bool = True
     tie_embeddings: bool = True
+    type_vocab_size: int = 0
     dropout: float = 0.0
     mixer: Literal["softmax", "linear"] = "softmax"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
@@ -130,6 +137,14 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.rope_scaling != "none" and (self.position != "rope" or self.rope_scaling_factor < 1.0):
             raise ConfigError("model.rope_scaling needs model.position=rope and model.rope_scaling_factor >= 1")
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"model.type_vocab_size must be >= 0 (0: no token types), got {self.type_vocab_size}")
+        if self.type_vocab_size and self.arch != "encoder":
+            raise ConfigError("model.type_vocab_size needs model.arch=encoder; set it to 0 for a decoder")
+        if self.arch == "encoder" and self.mixer == "linear":
+            raise ConfigError(
+                "model.mixer=linear cannot apply an encoder's padding mask; use mixer=softmax with model.arch=encoder"
+            )
         a = self.attention
         if self.mixer == "linear":
             used = [n for n, v in (("window", a.window), ("softcap", a.softcap), ("topk", a.topk)) if v]

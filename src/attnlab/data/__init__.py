@@ -14,13 +14,17 @@ from attnlab.data.dataset import (
     split_documents,
     token_dtype,
 )
+from attnlab.data.mlm import IGNORE_INDEX, mask_tokens, mlm_loss
 from attnlab.data.tokenizer import EOS_TOKEN, Tokenizer
 
 __all__ = [
     "EOS_TOKEN",
+    "IGNORE_INDEX",
     "TokenData",
     "Tokenizer",
     "bits_per_byte",
+    "mask_tokens",
+    "mlm_loss",
     "builtin_names",
     "parse_bpe_spec",
     "prepare",

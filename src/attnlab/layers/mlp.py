@@ -8,16 +8,17 @@ from torch import nn
 
 
 class GeluMLP(nn.Module):
-    """up → GELU (tanh approximation, as GPT-2) → down."""
+    """up → GELU → down; ``approximate="tanh"`` as GPT-2, ``"none"`` (exact erf form) as BERT."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0, approximate: str = "tanh"):
         super().__init__()
+        self.approximate = approximate
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(F.gelu(self.up_proj(x), approximate="tanh")))
+        return self.dropout(self.down_proj(F.gelu(self.up_proj(x), approximate=self.approximate)))
 
 
 class SwiGLU(nn.Module):
@@ -35,9 +36,9 @@ class SwiGLU(nn.Module):
 
 
 def build_mlp(kind: str, dim: int, hidden: int, bias: bool, dropout: float) -> nn.Module:
-    """``"gelu"`` or ``"swiglu"``."""
-    if kind == "gelu":
-        return GeluMLP(dim, hidden, bias, dropout)
+    """``"gelu"`` (tanh approximation), ``"gelu_exact"`` (erf) or ``"swiglu"``."""
+    if kind in ("gelu", "gelu_exact"):
+        return GeluMLP(dim, hidden, bias, dropout, approximate="tanh" if kind == "gelu" else "none")
     if kind == "swiglu":
         return SwiGLU(dim, hidden, bias, dropout)
     raise ValueError(f"unknown mlp '{kind}'")

@@ -6,9 +6,10 @@ from torch import nn
 
 from attnlab.config import Config, ModelConfig
 from attnlab.models.decoder import DecoderLM
+from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel, MLMHead, SequenceClassifier
 from attnlab.models.gat import GAT, GATLayer
 
-ARCHS: dict[str, type[nn.Module]] = {"decoder": DecoderLM}
+ARCHS: dict[str, type[nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderForMaskedLM}
 
 
 def build(config: Config | ModelConfig) -> nn.Module:
@@ -18,10 +19,16 @@ def build(config: Config | ModelConfig) -> nn.Module:
         config: a whole :class:`~attnlab.config.Config` or just its ``model`` section.
 
     Returns:
-        An ``nn.Module`` whose ``forward(input_ids, ...)`` returns (B, T, V) logits.
+        An ``nn.Module`` whose ``forward(input_ids, ...)`` returns (B, T, V) logits: next-token
+        logits for ``arch: decoder`` (:class:`DecoderLM`), masked-token logits at every
+        position for ``arch: encoder`` (:class:`EncoderForMaskedLM`, whose ``.encoder`` gives
+        hidden states).
     """
     cfg = config.model if isinstance(config, Config) else config
     return ARCHS[cfg.arch](cfg)
 
 
-__all__ = ["ARCHS", "DecoderLM", "GAT", "GATLayer", "build"]
+__all__ = [
+    "ARCHS", "DecoderLM", "EncoderForMaskedLM", "EncoderModel", "GAT", "GATLayer", "MLMHead", "SequenceClassifier",
+    "build",
+]

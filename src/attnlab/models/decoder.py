@@ -46,7 +46,10 @@ class DecoderLM(nn.Module):
         )
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer))
-        self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        # Post-norm blocks already end in a norm; pre-norm needs one before the head.
+        self.final_norm = (
+            build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if cfg.norm_placement == "pre" else nn.Identity()
+        )
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight

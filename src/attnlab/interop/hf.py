@@ -1,0 +1,235 @@
+"""Import Hugging Face checkpoints into attnlab models, one *layout* per model family.
+
+A :class:`Layout` knows how to read a family's ``config.json`` into a
+:class:`~attnlab.config.ModelConfig`, which attnlab model to build, and how each of the
+family's weight names maps to ours. :data:`LAYOUTS` is keyed by the Hugging Face
+``model_type``; only ``"bert"`` is implemented so far (GPT-2, Llama, T5 slot in as more
+entries). ``transformers`` is only needed to pass a model object; a local directory is
+read with ``safetensors`` (or ``torch.load`` for ``pytorch_model.bin``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from attnlab.config import ModelConfig
+from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one Hugging Face model family maps onto attnlab.
+
+    Attributes:
+        name: the family (the Hugging Face ``model_type``).
+        architectures: Hugging Face classes whose weights this layout can import.
+        config: ``config.json`` dict → our :class:`ModelConfig` (raises AttnlabError when unsupported).
+        rename: Hugging Face weight name → our name, ``""`` for a weight we deliberately drop,
+            or None for a name we do not know (an error).
+        build: ``(cfg, state)`` → the model to load ``state`` (our names) into.
+    """
+
+    name: str
+    architectures: tuple[str, ...]
+    config: Callable[[Mapping[str, Any]], ModelConfig]
+    rename: Callable[[str], Optional[str]]
+    build: Callable[[ModelConfig, Mapping[str, torch.Tensor]], nn.Module]
+
+
+# -- BERT ------------------------------------------------------------------------------
+
+_BERT_ACTS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
+
+_BERT_NAMES = {  # Hugging Face suffix → ours, inside encoder layer i
+    "attention.self.query": "attn.q_proj",
+    "attention.self.key": "attn.k_proj",
+    "attention.self.value": "attn.v_proj",
+    "attention.output.dense": "attn.o_proj",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "mlp.up_proj",
+    "output.dense": "mlp.down_proj",
+    "output.LayerNorm": "mlp_norm",
+    # outside the layers
+    "embeddings.word_embeddings": "encoder.tok_emb",
+    "embeddings.position_embeddings": "encoder.pos",
+    "embeddings.token_type_embeddings": "encoder.type_emb",
+    "embeddings.LayerNorm": "encoder.emb_norm",
+    "cls.predictions.transform.dense": "head.dense",
+    "cls.predictions.transform.LayerNorm": "head.norm",
+    "cls.predictions.decoder": "head.decoder",
+}
+_BERT_DROPPED = ("embeddings.position_ids", "pooler.", "cls.seq_relationship.")
+
+
+def _bert_config(hf: Mapping[str, Any]) -> ModelConfig:
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
+    if missing:
+        raise CheckpointError(f"BERT config.json lacks '{missing[0]}'; is it a complete Hugging Face config?")
+    act = hf.get("hidden_act", "gelu")
+    if act not in _BERT_ACTS:
+        raise AttnlabError(f"BERT hidden_act '{act}' is not supported; supported: {', '.join(_BERT_ACTS)}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise AttnlabError(f"BERT position_embedding_type '{hf['position_embedding_type']}' is not supported; "
+                           "only 'absolute'")
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise AttnlabError("BERT configured as a decoder (is_decoder / add_cross_attention) is not supported")
+    return ModelConfig(
+        arch="encoder", vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 512),
+        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], d_model=hf["hidden_size"],
+        d_ff=hf.get("intermediate_size"), norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-12),
+        norm_placement="post", mlp=_BERT_ACTS[act], position="learned", bias=True,
+        tie_embeddings=hf.get("tie_word_embeddings", True), type_vocab_size=hf.get("type_vocab_size", 2),
+        dropout=hf.get("hidden_dropout_prob", 0.0),
+    )
+
+
+def _bert_rename(key: str) -> Optional[str]:
+    key = key.removeprefix("bert.")
+    key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # pre-2019 LayerNorm names
+    if key.startswith(_BERT_DROPPED):
+        return ""
+    if key == "cls.predictions.bias":
+        return "head.decoder.bias"
+    stem, _, leaf = key.rpartition(".")
+    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", stem)
+    if m:
+        ours = _BERT_NAMES.get(m.group(2))
+        if ours is None or ours.startswith(("encoder.", "head.")):
+            return None
+        return f"encoder.blocks.{m.group(1)}.{ours}.{leaf}"
+    ours = _BERT_NAMES.get(stem)
+    return None if ours is None or not ours.startswith(("encoder.", "head.")) else f"{ours}.{leaf}"
+
+
+def _bert_build(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    if any(k.startswith("head.") for k in state):
+        return EncoderForMaskedLM(cfg)
+    return _Bare(EncoderModel(cfg))
+
+
+class _Bare(nn.Module):
+    """Holds an encoder under the name ``encoder`` so both BERT builds share one naming."""
+
+    def __init__(self, encoder: EncoderModel):
+        super().__init__()
+        self.encoder = encoder
+
+
+BERT = Layout("bert", ("BertModel", "BertForMaskedLM", "BertForPreTraining"), _bert_config, _bert_rename, _bert_build)
+
+LAYOUTS: dict[str, Layout] = {"bert": BERT}
+"""Hugging Face ``model_type`` → layout."""
+
+
+# -- reading checkpoints ----------------------------------------------------------------
+
+
+WeightLoader = Callable[[], Mapping[str, torch.Tensor]]
+
+
+def _read_dir(path: Path) -> tuple[dict[str, Any], WeightLoader]:
+    """config.json of a saved Hugging Face model directory, and a loader for its weights."""
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"'{path}' has no config.json; pass a Hugging Face model directory or model object")
+    hf_cfg = json.loads((path / "config.json").read_text())
+
+    def load() -> Mapping[str, torch.Tensor]:
+        if (path / "model.safetensors").is_file():
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise AttnlabError("reading model.safetensors needs the 'safetensors' package: "
+                                   "pip install safetensors") from None
+            return load_file(str(path / "model.safetensors"))
+        if (path / "pytorch_model.bin").is_file():
+            return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        raise CheckpointError(f"'{path}' has neither model.safetensors nor pytorch_model.bin (sharded checkpoints "
+                              "are not supported yet)")
+
+    return hf_cfg, load
+
+
+def _read(model_or_path: Any) -> tuple[dict[str, Any], WeightLoader]:
+    """The Hugging Face config dict and a weight loader, from a directory or a model object."""
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        if not path.is_dir():
+            raise CheckpointError(f"'{path}' is not a directory; pass a local Hugging Face model directory "
+                                  "(hub names are not downloaded) or a transformers model")
+        return _read_dir(path)
+    cfg = getattr(model_or_path, "config", None)
+    if isinstance(model_or_path, nn.Module) and hasattr(cfg, "to_dict"):
+        return cfg.to_dict(), model_or_path.state_dict
+    raise AttnlabError(f"from_hf expects a transformers model or a directory path, got {type(model_or_path).__name__}")
+
+
+def from_hf(model_or_path: Union[str, Path, nn.Module]) -> nn.Module:
+    """Import a Hugging Face model into the matching attnlab model.
+
+    Args:
+        model_or_path: a ``transformers`` model object, or a local directory with
+            ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``).
+
+    Returns:
+        For BERT: an :class:`~attnlab.models.encoder.EncoderModel` (forward → (B, T, d)
+        hidden states, as ``BertModel``'s ``last_hidden_state``; the pooler is dropped) when
+        the checkpoint has no MLM head, else an
+        :class:`~attnlab.models.encoder.EncoderForMaskedLM` (forward → (B, T, V) logits).
+        The model is in eval mode, in float32.
+
+    Raises:
+        AttnlabError: an unsupported ``model_type``, architecture or config option.
+        CheckpointError: a missing file, an unknown weight name, a missing weight, or a shape mismatch.
+    """
+    hf_cfg, load_weights = _read(model_or_path)
+    model_type = hf_cfg.get("model_type")
+    layout = LAYOUTS.get(model_type)
+    if layout is None:
+        raise AttnlabError(f"Hugging Face model_type '{model_type}' is not supported; supported: {', '.join(LAYOUTS)}")
+    archs = hf_cfg.get("architectures") or []
+    if archs and not set(archs) & set(layout.architectures):
+        raise AttnlabError(f"architecture {archs[0]} is not supported for '{layout.name}'; supported: "
+                           f"{', '.join(layout.architectures)}")
+    cfg = layout.config(hf_cfg)
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in load_weights().items():
+        ours = layout.rename(key)
+        if ours is None:
+            raise CheckpointError(f"weight '{key}' has no place in attnlab's {layout.name} layout; "
+                                  f"is this a {'/'.join(layout.architectures)} checkpoint?")
+        if ours:
+            state[ours] = tensor
+    model = layout.build(cfg, state)
+    if cfg.tie_embeddings:
+        state.pop("head.decoder.weight", None)  # tied to the word embeddings
+    _load(model, state)
+    out = model.encoder if isinstance(model, _Bare) else model
+    return out.float().eval()
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model``, every parameter accounted for (tied ones once)."""
+    params = dict(model.named_parameters())  # tied parameters appear once
+    persistent = model.state_dict().keys()
+    own = {**params, **{n: b for n, b in model.named_buffers() if n in persistent}}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing weight '{missing[0]}'" if missing else f"unexpected weight '{unexpected[0]}'"
+        raise CheckpointError(f"checkpoint does not match the model: {what} "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if own[name].shape != tensor.shape:
+                raise CheckpointError(f"weight '{name}' has shape {tuple(tensor.shape)} in the checkpoint but "
+                                      f"{tuple(own[name].shape)} in the model")
+            own[name].copy_(tensor)

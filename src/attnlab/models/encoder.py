@@ -1,0 +1,215 @@
+"""Encoder-only transformer (BERT style): bidirectional blocks, MLM and classification heads.
+
+    enc = EncoderModel(cfg)                                   # cfg.arch == "encoder"
+    hidden = enc(input_ids, attention_mask=am)                # (B, T, d_model)
+    mlm = EncoderForMaskedLM(cfg); logits = mlm(input_ids)    # (B, T, vocab_size)
+    clf = SequenceClassifier(enc, n_classes=2); clf(input_ids, attention_mask=am)  # (B, 2)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnlab.attention import build_positions
+from attnlab.attention.masks import Mask, key_padding, local_global, sliding_window
+from attnlab.attention.score_mods import ScoreMod, softcap
+from attnlab.blocks import EncoderBlock
+from attnlab.config import ModelConfig
+from attnlab.layers import build_norm
+
+
+def _init_bert(module: nn.Module, std: float = 0.02) -> None:
+    """BERT init: N(0, std) matrices and embeddings, zero biases, unit norm gains."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            nn.init.normal_(p, mean=0.0, std=std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+        elif name.endswith("weight"):  # norm gains
+            nn.init.ones_(p)
+
+
+class EncoderModel(nn.Module):
+    """Token + position (+ token-type) embeddings → LayerNorm → N bidirectional blocks.
+
+    As in BERT the summed embeddings are normalised before the first block. With
+    ``cfg.norm_placement == "pre"`` a final norm follows the last block (each pre-norm block
+    leaves its output unnormalised); post-norm blocks already end in a norm.
+
+    Args:
+        cfg: the architecture; ``cfg.arch`` should be ``"encoder"``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = build_positions(
+            cfg.position, cfg.block_size, cfg.d_model, cfg.head_dim, cfg.rope_theta, n_head=cfg.n_head,
+            num_buckets=cfg.relative_buckets, max_distance=cfg.relative_max_distance, bidirectional=True,
+        )
+        self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.emb_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
+        pre = cfg.norm_placement == "pre"
+        self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if pre else nn.Identity()
+        _init_bert(self)
+
+    def attention_mask(self, attention_mask: Optional[torch.Tensor]) -> Optional[Mask]:
+        """Padding (from a (B, T) 1/0 mask) combined with the configured window; None = full attention."""
+        a = self.config.attention
+        mask = None
+        if a.window is not None:
+            mask = (local_global(a.window, a.global_tokens, causal=False) if a.global_tokens
+                    else sliding_window(a.window, causal=False))
+        if attention_mask is not None:
+            pad = key_padding(attention_mask.bool())
+            mask = pad if mask is None else mask & pad
+        return mask
+
+    def score_mod(self) -> Optional[ScoreMod]:
+        """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
+        mod = self.pos.score_mod()
+        if self.config.attention.softcap:
+            cap = softcap(self.config.attention.softcap)
+            mod = cap if mod is None else mod.then(cap)
+        return mod
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Contextual hidden states.
+
+        Args:
+            input_ids: (B, T) token ids.
+            attention_mask: (B, T) 1 for real tokens, 0 for padding (any side); None: no padding.
+            token_type_ids: (B, T) segment ids (zeros when None); needs ``type_vocab_size > 0``.
+
+        Returns:
+            (B, T, d_model) hidden states (rows at padding positions are not meaningful).
+
+        Raises:
+            ValueError: a sequence longer than ``block_size``, mismatched shapes, or token types
+                given to a model without token-type embeddings.
+        """
+        b, t = input_ids.shape
+        if t > self.config.block_size:
+            raise ValueError(f"sequence of {t} tokens exceeds the encoder's context of {self.config.block_size} "
+                             "(model.block_size); truncate the input")
+        for name, extra in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if extra is not None and extra.shape != input_ids.shape:
+                raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(extra.shape)}")
+        positions = torch.arange(t, device=input_ids.device)  # (T,)
+        x = self.tok_emb(input_ids)  # (B, T, D)
+        pe = self.pos.embed(positions)
+        if pe is not None:
+            x = x + pe.to(x.dtype)
+        if self.type_emb is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.type_emb(types)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but model.type_vocab_size=0; drop them or set type_vocab_size")
+        x = self.emb_dropout(self.emb_norm(x))
+        mask = self.attention_mask(attention_mask)
+        rotary = self.pos.rotary(positions)
+        score_mod = self.score_mod()
+        for block in self.blocks:
+            x = block(x, mask=mask, rotary=rotary, score_mod=score_mod)
+        return self.final_norm(x)  # (B, T, D)
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense → GELU → norm → decoder (tied to the word embeddings) + bias.
+
+    Args:
+        cfg: the architecture (the GELU is exact unless ``cfg.mlp == "gelu"``).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.approximate = "tanh" if cfg.mlp == "gelu" else "none"
+        self.norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_model) → (B, T, vocab_size) logits."""
+        h = self.norm(F.gelu(self.dense(hidden), approximate=self.approximate))
+        return self.decoder(h)
+
+
+class EncoderForMaskedLM(nn.Module):
+    """:class:`EncoderModel` + :class:`MLMHead`; what :func:`attnlab.models.build` returns for encoders.
+
+    Args:
+        cfg: the architecture; with ``cfg.tie_embeddings`` the head's decoder shares the
+            word embedding matrix.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = EncoderModel(cfg)
+        self.head = MLMHead(cfg)
+        _init_bert(self.head)
+        if cfg.tie_embeddings:
+            self.head.decoder.weight = self.encoder.tok_emb.weight
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Parameter count (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """(B, T) ids → (B, T, vocab_size) logits over the vocabulary at every position.
+
+        See :meth:`EncoderModel.forward` for the arguments; train with
+        :func:`attnlab.data.mlm.mask_tokens` and :func:`attnlab.data.mlm.mlm_loss`.
+        """
+        return self.head(self.encoder(input_ids, attention_mask, token_type_ids))
+
+
+class SequenceClassifier(nn.Module):
+    """Classify a sequence from its first ([CLS]) token: pooler (dense → tanh) → dropout → linear.
+
+    Args:
+        encoder: the :class:`EncoderModel` to fine-tune.
+        n_classes: number of labels.
+        dropout: dropout before the classifier (default: the encoder's ``cfg.dropout``).
+    """
+
+    def __init__(self, encoder: EncoderModel, n_classes: int, dropout: Optional[float] = None):
+        super().__init__()
+        if n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+        d = encoder.config.d_model
+        self.encoder = encoder
+        self.pooler = nn.Linear(d, d)
+        self.dropout = nn.Dropout(encoder.config.dropout if dropout is None else dropout)
+        self.classifier = nn.Linear(d, n_classes)
+        _init_bert(self.pooler)
+        _init_bert(self.classifier)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """(B, T) ids → (B, n_classes) logits (the first token must be real, e.g. [CLS])."""
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, D)
+        return self.classifier(self.dropout(pooled))
