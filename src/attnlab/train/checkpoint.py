@@ -44,7 +44,8 @@ TOKENIZER = "tokenizer.json"
 META = "meta.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -52,7 +53,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file to disk (so a rename after it never exposes a half-written file)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -64,7 +66,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 
@@ -146,10 +148,10 @@ def save_checkpoint(
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
         files = [p for p in tmp.iterdir()]
         for p in files:
-            _fsync(p)
-        meta = {"format_version": FORMAT_VERSION, "step": step, "sha256": {p.name: _sha256(p) for p in files}}
+            fsync_file(p)
+        meta = {"format_version": FORMAT_VERSION, "step": step, "sha256": {p.name: sha256_file(p) for p in files}}
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        _fsync(tmp / META)
+        fsync_file(tmp / META)
         if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -241,7 +243,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
             f = ckpt / fname
             if not f.exists():
                 raise CheckpointError(f"'{f}' is missing from the checkpoint; it is incomplete")
-            if _sha256(f) != digest:
+            if sha256_file(f) != digest:
                 raise CheckpointError(f"'{f}' is corrupt (checksum mismatch); use an earlier checkpoint")
     try:
         weights = load_file(str(ckpt / WEIGHTS))
