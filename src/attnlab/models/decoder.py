@@ -8,14 +8,15 @@ from typing import Optional
 import torch
 from torch import nn
 
-from attnlab.attention import KVCache, build_positions, causal
+from attnlab.attention import KVCache, causal
 from attnlab.attention.cache import LayerCache
 from attnlab.attention.linear import LinearState
 from attnlab.attention.masks import Mask, local_global, sliding_window
-from attnlab.attention.score_mods import ScoreMod, softcap
+from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
+from attnlab.models.common import positions_for, score_mod_for
 
 
 class DecoderLM(nn.Module):
@@ -34,16 +35,10 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        scaling = None
         self.max_context = cfg.block_size
         if cfg.rope_scaling != "none":
-            scaling = {"type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
             self.max_context = int(cfg.block_size * cfg.rope_scaling_factor)
-        self.pos = build_positions(
-            cfg.position, cfg.block_size, cfg.d_model, cfg.head_dim, cfg.rope_theta, n_head=cfg.n_head,
-            rope_scaling=scaling, num_buckets=cfg.relative_buckets, max_distance=cfg.relative_max_distance,
-            bidirectional=False,
-        )
+        self.pos = positions_for(cfg, bidirectional=False)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer))
         # Post-norm blocks already end in a norm; pre-norm needs one before the head.
@@ -89,11 +84,7 @@ class DecoderLM(nn.Module):
 
     def score_mod(self) -> Optional[ScoreMod]:
         """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
-        mod = self.pos.score_mod()
-        if self.config.attention.softcap:
-            cap = softcap(self.config.attention.softcap)
-            mod = cap if mod is None else mod.then(cap)
-        return mod
+        return score_mod_for(self.pos, self.config)
 
     def forward(
         self,

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention import build_positions
 from attnlab.attention.masks import Mask, key_padding, local_global, sliding_window
-from attnlab.attention.score_mods import ScoreMod, softcap
+from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import EncoderBlock
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
+from attnlab.models.common import positions_for, score_mod_for
 
 
 def _init_bert(module: nn.Module, std: float = 0.02) -> None:
@@ -48,10 +48,7 @@ class EncoderModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = build_positions(
-            cfg.position, cfg.block_size, cfg.d_model, cfg.head_dim, cfg.rope_theta, n_head=cfg.n_head,
-            num_buckets=cfg.relative_buckets, max_distance=cfg.relative_max_distance, bidirectional=True,
-        )
+        self.pos = positions_for(cfg, bidirectional=True)
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.emb_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.emb_dropout = nn.Dropout(cfg.dropout)
@@ -74,11 +71,7 @@ class EncoderModel(nn.Module):
 
     def score_mod(self) -> Optional[ScoreMod]:
         """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
-        mod = self.pos.score_mod()
-        if self.config.attention.softcap:
-            cap = softcap(self.config.attention.softcap)
-            mod = cap if mod is None else mod.then(cap)
-        return mod
+        return score_mod_for(self.pos, self.config)
 
     def forward(
         self,
