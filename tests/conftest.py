@@ -76,3 +76,19 @@ def trained_run(tmp_path_factory, small_corpus, data_cache) -> Path:
     cfg = config.load("gpt-tiny", _tiny_overrides(out, small_corpus, data_cache, **{"train.max_steps": 30}))
     train(cfg, progress=False, log=lambda s: None)
     return out
+
+
+@pytest.fixture
+def one_line_error():
+    """A check that a CLI call failed with exit code 2 and one stderr line containing ``needle``."""
+
+    def check(capsys, code, needle):
+        out = capsys.readouterr()
+        assert code == 2
+        lines = [l for l in out.err.splitlines() if l.strip()]
+        assert len(lines) == 1, out.err
+        assert "Traceback" not in out.err
+        assert needle in lines[0], lines[0]
+        return lines[0]
+
+    return check

@@ -5,16 +5,6 @@ import pytest
 from attnlab.cli import main
 
 
-def one_line_error(capsys, code, needle):
-    out = capsys.readouterr()
-    assert code == 2
-    lines = [l for l in out.err.splitlines() if l.strip()]
-    assert len(lines) == 1, out.err
-    assert "Traceback" not in out.err
-    assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
@@ -31,46 +21,46 @@ def test_each_subcommand_has_help(capsys, cmd):
     assert e.value.code == 0 and "usage" in capsys.readouterr().out
 
 
-def test_unknown_config_key_suggests_closest(capsys, tmp_path):
+def test_unknown_config_key_suggests_closest(capsys, tmp_path, one_line_error):
     code = main(["train", "gpt-tiny", "train.max_step=3", f"train.out_dir={tmp_path}/r"])
     one_line_error(capsys, code, "unknown config key 'train.max_step' (did you mean 'max_steps'?)")
     assert not (tmp_path / "r").exists()
 
 
-def test_wrong_type(capsys):
+def test_wrong_type(capsys, one_line_error):
     code = main(["train", "gpt-tiny", "model.n_layer=four"])
     one_line_error(capsys, code, "model.n_layer must be an integer, got 'four'")
 
 
-def test_missing_config_file(capsys, tmp_path):
+def test_missing_config_file(capsys, tmp_path, one_line_error):
     code = main(["train", str(tmp_path / "missing.yaml")])
     one_line_error(capsys, code, "not found")
 
 
-def test_missing_data_source(capsys, tmp_path):
+def test_missing_data_source(capsys, tmp_path, one_line_error):
     code = main(["train", "gpt-tiny", f"data.source={tmp_path}/no-such-text.txt", f"train.out_dir={tmp_path}/r"])
     one_line_error(capsys, code, "no-such-text.txt")
 
 
-def test_missing_checkpoint(capsys, tmp_path):
+def test_missing_checkpoint(capsys, tmp_path, one_line_error):
     one_line_error(capsys, main(["generate", str(tmp_path / "nope"), "--prompt", "x"]), "not found")
     one_line_error(capsys, main(["eval", str(tmp_path)]), "no checkpoint")
 
 
-def test_prompt_longer_than_context(capsys, trained_run):
+def test_prompt_longer_than_context(capsys, trained_run, one_line_error):
     code = main(["generate", str(trained_run), "--prompt", "To be, or not to be " * 40, "--max-new-tokens", "5"])
     line = one_line_error(capsys, code, "but the model's context is 64 tokens")
     assert "shorten the prompt" in line
 
 
-def test_resume_with_other_architecture(capsys, trained_run, tiny_overrides):
+def test_resume_with_other_architecture(capsys, trained_run, tiny_overrides, one_line_error):
     ckpts = sorted((trained_run / "checkpoints").iterdir())
     code = main(["train", "gpt-tiny", *tiny_overrides(trained_run, **{"model.n_layer": 3, "train.max_steps": 40}), "--resume"])
     one_line_error(capsys, code, "different model (model.n_layer: 2 there, 3 now)")
     assert sorted((trained_run / "checkpoints").iterdir()) == ckpts
 
 
-def test_train_again_without_resume_refused(capsys, trained_run, tiny_overrides):
+def test_train_again_without_resume_refused(capsys, trained_run, tiny_overrides, one_line_error):
     metrics = (trained_run / "metrics.jsonl").read_bytes()
     code = main(["train", "gpt-tiny", *tiny_overrides(trained_run)])
     one_line_error(capsys, code, "pass --resume to continue it")

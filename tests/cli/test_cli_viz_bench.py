@@ -8,15 +8,6 @@ import pytest
 from attnlab.cli import main
 
 
-def one_line_error(capsys, code, needle):
-    out = capsys.readouterr()
-    assert code == 2
-    lines = [l for l in out.err.splitlines() if l.strip()]
-    assert len(lines) == 1, out.err
-    assert "Traceback" not in out.err
-    assert needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("cmd", [["viz", "--help"], ["viz", "attention", "--help"], ["bench", "attention", "--help"]])
 def test_help(capsys, cmd):
     with pytest.raises(SystemExit) as e:
@@ -52,13 +43,13 @@ def test_viz_attention_writes_png(capsys, trained_run, tmp_path):
     (["--text", "hi", "--heads", "0,5"], "head 5 is out of range: this model has 2 heads, valid heads are 0..1"),
     (["--text", "hi", "--layers", "a"], "--layers must be comma-separated integers"),
 ])
-def test_viz_errors(capsys, trained_run, tmp_path, extra, needle):
+def test_viz_errors(capsys, trained_run, tmp_path, extra, needle, one_line_error):
     out = tmp_path / "x.png"
     one_line_error(capsys, main(["viz", "attention", str(trained_run), "--out", str(out), *extra]), needle)
     assert not out.exists()
 
 
-def test_viz_missing_checkpoint(capsys, tmp_path):
+def test_viz_missing_checkpoint(capsys, tmp_path, one_line_error):
     one_line_error(capsys, main(["viz", "attention", str(tmp_path / "nope"), "--text", "hi"]), "not found")
 
 
@@ -82,5 +73,5 @@ def test_bench_attention_writes_json_and_png(capsys, tmp_path):
     (["--seq-lens", "32,x"], "--seq-lens must be a comma-separated list of ints"),
     (["--out", "results.csv"], "--out must end in .json"),
 ])
-def test_bench_errors(capsys, extra, needle):
+def test_bench_errors(capsys, extra, needle, one_line_error):
     one_line_error(capsys, main(["bench", "attention", "--device", "cpu", *extra]), needle)
