@@ -85,3 +85,9 @@ def test_subprocess_exit_code_and_no_traceback(run_cli):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip() == "attnlab train: error: unknown config key 'train.bacth_size' (did you mean 'batch_size'?)"
+
+
+def test_train_refuses_an_encoder_instead_of_training_it_wrongly(capsys, tmp_path, one_line_error):
+    code = main(["train", "bert-tiny", f"train.out_dir={tmp_path}/r"])
+    one_line_error(capsys, code, "model.arch=encoder needs its own objective")
+    assert not (tmp_path / "r").exists()

@@ -121,6 +121,11 @@ def train(
         AttnlabError: bad config for the data, existing run without ``resume``, etc.
     """
     tc = cfg.train
+    if cfg.model.arch != "decoder":
+        raise AttnlabError(
+            f"attnlab train pretrains decoder-only language models (next-token loss); model.arch="
+            f"{cfg.model.arch} needs its own objective, which this command does not run yet"
+        )
     run_dir = Path(tc.out_dir)
     if has_checkpoint(run_dir) and not resume:
         raise AttnlabError(
