@@ -25,7 +25,6 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from attnlab.attention.functional import check_qkv
 from attnlab.attention.masks import Mask, is_kind

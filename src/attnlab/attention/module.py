@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable, Optional, Union
 
 import torch
-from torch import nn
 
 from attnlab.attention.cache import LayerCache
 from attnlab.attention.functional import attention

@@ -24,7 +24,7 @@ below), not for millions of nodes where a sparse edge-list scatter would be used
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
