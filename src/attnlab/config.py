@@ -36,6 +36,7 @@ class AttentionConfig:
         global_tokens: with a window, the first N tokens attend to and are seen by every token.
         softcap: soft-cap the scores as ``c·tanh(s/c)`` (``None``: off).
         topk: keep only each query's k best-scoring keys (content-dependent sparsity; eager only).
+        scale: multiplier of q·k before the softmax (``None``: 1/√head_dim; T5 uses ``1.0``).
     """
 
     backend: Literal["auto", "eager", "sdpa", "flex", "chunked"] = "auto"
@@ -43,6 +44,7 @@ class AttentionConfig:
     global_tokens: int = 0
     softcap: Optional[float] = None
     topk: Optional[int] = None
+    scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window <= 0:
@@ -53,18 +55,23 @@ class AttentionConfig:
             raise ConfigError(f"model.attention.softcap must be positive or null, got {self.softcap}")
         if self.topk is not None and self.topk <= 0:
             raise ConfigError(f"model.attention.topk must be positive or null, got {self.topk}")
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"model.attention.scale must be positive or null, got {self.scale}")
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of a transformer (decoder-only or encoder-only).
+    """Architecture of a transformer (decoder-only, encoder-only or encoder–decoder).
 
     Attributes:
-        arch: model family: ``"decoder"`` (GPT / Llama style, causal) or ``"encoder"``
-            (BERT style, bidirectional; :func:`attnlab.models.build` gives it an MLM head).
+        arch: model family: ``"decoder"`` (GPT / Llama style, causal), ``"encoder"``
+            (BERT style, bidirectional; :func:`attnlab.models.build` gives it an MLM head) or
+            ``"encoder_decoder"`` (original Transformer / T5: a bidirectional encoder and a causal
+            decoder that cross-attends to it).
         vocab_size: number of token ids; set from the tokenizer when ``0``.
         block_size: maximum context length in tokens.
-        n_layer: number of transformer blocks.
+        n_layer: number of transformer blocks (of the encoder, for an encoder–decoder).
+        n_decoder_layer: decoder blocks of an encoder–decoder (``None``: ``n_layer``).
         n_head: number of query heads.
         n_kv_head: key/value heads (``None`` = ``n_head``: MHA; 1: MQA; else GQA).
         d_model: residual stream width.
@@ -73,7 +80,8 @@ class ModelConfig:
         norm_eps: epsilon of the norm layers.
         norm_placement: ``"pre"`` (x + f(norm(x)), GPT-2 / Llama) or ``"post"``
             (norm(x + f(x)), the original Transformer and BERT).
-        mlp: ``"gelu"`` (tanh approximation, GPT-2), ``"gelu_exact"`` (erf GELU, BERT) or ``"swiglu"``.
+        mlp: ``"gelu"`` (tanh approximation, GPT-2), ``"gelu_exact"`` (erf GELU, BERT), ``"relu"``
+            (original Transformer, T5 v1.0), ``"swiglu"`` (Llama) or ``"geglu"`` (gated tanh-GELU, T5 v1.1).
         position: ``"learned"``, ``"sinusoidal"``, ``"rope"``, ``"alibi"``, ``"relative"`` (T5
             bucketed bias) or ``"none"`` (NoPE).
         rope_theta: RoPE base frequency.
@@ -84,6 +92,8 @@ class ModelConfig:
         relative_max_distance: distance beyond which the T5 relative bias is constant.
         bias: whether linear layers and LayerNorms carry a bias.
         tie_embeddings: share the token embedding with the LM head.
+        embed_scale: multiply token embeddings by √d_model (the original Transformer).
+        decoder_start_id: token an encoder–decoder's decoder starts from (T5: the pad id, 0).
         type_vocab_size: token-type (segment) embeddings of an encoder, as BERT's
             sentence A / B (``0``: none).
         dropout: dropout on embeddings, attention weights and residual branches.
@@ -91,10 +101,11 @@ class ModelConfig:
         attention: the attention section (backend, window, global tokens, soft-cap, top-k).
     """
 
-    arch: Literal["decoder", "encoder"] = "decoder"
+    arch: Literal["decoder", "encoder", "encoder_decoder"] = "decoder"
     vocab_size: int = 50257
     block_size: int = 1024
     n_layer: int = 12
+    n_decoder_layer: Optional[int] = None
     n_head: int = 12
     n_kv_head: Optional[int] = None
     d_model: int = 768
@@ -102,7 +113,7 @@ class ModelConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: Literal["pre", "post"] = "pre"
-    mlp: Literal["gelu", "gelu_exact", "swiglu"] = "gelu"
+    mlp: Literal["gelu", "gelu_exact", "relu", "swiglu", "geglu"] = "gelu"
     position: Literal["learned", "sinusoidal", "rope", "alibi", "relative", "none"] = "learned"
     rope_theta: float = 10000.0
     rope_scaling: Literal["none", "linear", "ntk"] = "none"
@@ -111,6 +122,8 @@ class ModelConfig:
     relative_max_distance: int = 128
     bias: bool = True
     tie_embeddings: bool = True
+    embed_scale: bool = False
+    decoder_start_id: int = 0
     type_vocab_size: int = 0
     dropout: float = 0.0
     mixer: Literal["softmax", "linear"] = "softmax"
@@ -141,6 +154,10 @@ class ModelConfig:
             raise ConfigError(f"model.type_vocab_size must be >= 0 (0: no token types), got {self.type_vocab_size}")
         if self.type_vocab_size and self.arch != "encoder":
             raise ConfigError("model.type_vocab_size needs model.arch=encoder; set it to 0 for a decoder")
+        if self.n_decoder_layer is not None and (self.arch != "encoder_decoder" or self.n_decoder_layer <= 0):
+            raise ConfigError("model.n_decoder_layer must be positive and needs model.arch=encoder_decoder")
+        if self.arch == "encoder_decoder" and self.mixer == "linear":
+            raise ConfigError("model.mixer=linear is not supported with model.arch=encoder_decoder; use mixer=softmax")
         if self.arch == "encoder" and self.mixer == "linear":
             raise ConfigError(
                 "model.mixer=linear cannot apply an encoder's padding mask; use mixer=softmax with model.arch=encoder"
@@ -172,7 +189,7 @@ class ModelConfig:
         """MLP hidden width after applying the default rule."""
         if self.d_ff:
             return self.d_ff
-        if self.mlp == "swiglu":
+        if self.mlp in ("swiglu", "geglu"):
             return 64 * ((8 * self.d_model // 3 + 63) // 64)
         return 4 * self.d_model
 
@@ -228,6 +245,13 @@ class TrainConfig:
         dtype: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"float32"`` or ``"bfloat16"``.
         compile: wrap the model in ``torch.compile``.
         threads: CPU threads for torch (``0``: torch's default).
+        objective: pretraining objective: ``"auto"`` (by ``model.arch``: next-token ``"clm"`` for
+            decoders, masked LM ``"mlm"`` for encoders, span corruption ``"span"`` for
+            encoder–decoders) or one of those three.
+        label_smoothing: label smoothing of the cross-entropy loss (teacher forcing).
+        mlm_probability: share of tokens selected for masked-LM prediction (80/10/10 masking).
+        span_noise_density: share of tokens hidden by span corruption.
+        span_mean_length: mean length of a corrupted span.
     """
 
     out_dir: str = "runs/default"
@@ -251,6 +275,11 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False
     threads: int = 0
+    objective: Literal["auto", "clm", "mlm", "span"] = "auto"
+    label_smoothing: float = 0.0
+    mlm_probability: float = 0.15
+    span_noise_density: float = 0.15
+    span_mean_length: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_batches"):
@@ -258,6 +287,13 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("mlm_probability", "span_noise_density"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.span_mean_length < 1.0:
+            raise ConfigError(f"train.span_mean_length must be >= 1, got {self.span_mean_length}")
 
 
 @dataclass

@@ -1,0 +1,272 @@
+"""Fine-tuning recipes: a typed config, a task interface and a registry of tasks.
+
+A recipe is one YAML file (``configs/finetune/*.yaml``) read into a
+:class:`FinetuneConfig`; the task named on the command line decides what the
+``options`` section means::
+
+    attnlab finetune classify configs/finetune/sentiment-minilm.yaml train.max_steps=300
+
+    task: classify                        # optional in the file; the CLI's TASK wins
+    init: hf:/path/to/all-MiniLM-L6-v2    # hf:DIR | an attnlab run/checkpoint folder | preset:NAME (from scratch)
+    tokenizer: ""                         # "" = the init's tokenizer; bpe:N trains one on the training text
+    data: {train: train.jsonl, val: val.jsonl, test: test.jsonl}
+    options: {text_column: text, label_column: label, max_length: 128}
+    lora: {rank: 8, alpha: 16, targets: [q, v]}   # optional: adapters instead of full fine-tuning
+    train: {lr: 5.0e-5, batch_size: 32, max_steps: 300, out_dir: runs/sentiment}
+
+Every task implements :class:`Task`: read and check its examples, build its model from
+the ``init`` (:mod:`attnlab.finetune.init`), turn examples into features and batches,
+compute the training loss, and evaluate with its metric. :func:`attnlab.finetune.trainer.fit`
+does the rest (optimizer, schedule, evaluation, best checkpoint, final metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import torch
+import yaml
+from torch import nn
+
+from attnlab.config import TrainConfig, from_dict, parse_override, preset_dir
+from attnlab.data.tasks import read_records, split_records
+from attnlab.errors import ConfigError, did_you_mean
+from attnlab.finetune.lora import LoRAConfig
+
+TASKS: dict[str, str] = {
+    "classify": "attnlab.finetune.tasks.classify:ClassifyTask",
+    "qa": "attnlab.finetune.tasks.qa:QATask",
+    "translate": "attnlab.finetune.tasks.seq2seq:TranslateTask",
+    "summarize": "attnlab.finetune.tasks.seq2seq:SummarizeTask",
+    "lm": "attnlab.finetune.tasks.lm:LMTask",
+    "image-classify": "attnlab.finetune.tasks.image:ImageClassifyTask",
+}
+"""Task name → ``module:Class`` (imported on use, so one task's dependencies never slow another)."""
+
+
+@dataclass
+class TaskData:
+    """Where a task's examples are.
+
+    Attributes:
+        train: training file (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, SQuAD ``.json``; may be compressed).
+        val: validation file; empty: ``val_fraction`` of ``train`` is held out.
+        test: test file for the final metrics; empty: the final metrics are on ``val``.
+        val_fraction: share of ``train`` held out when ``val`` is empty.
+        max_train: use at most this many training examples (``0``: all).
+        max_eval: evaluate on at most this many examples (``0``: all).
+    """
+
+    train: str = ""
+    val: str = ""
+    test: str = ""
+    val_fraction: float = 0.1
+    max_train: int = 0
+    max_eval: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.max_train < 0 or self.max_eval < 0:
+            raise ConfigError("data.max_train and data.max_eval must be >= 0 (0: all)")
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run (see the module docstring for the YAML layout).
+
+    Attributes:
+        task: the task name (a key of :data:`TASKS`).
+        init: where the model starts: ``hf:DIR`` (a Hugging Face checkpoint directory), an
+            attnlab run or checkpoint folder, or ``preset:NAME`` (random init from a preset).
+        tokenizer: ``""`` keeps the init's tokenizer; ``bpe:N`` trains a byte-level BPE of N
+            tokens on the training text (for models trained from scratch); a path loads one.
+        data: the example files.
+        options: the task's own options (a dataclass, ``Task.Options``).
+        lora: train low-rank adapters instead of every weight (``None``: full fine-tuning).
+        train: optimisation settings shared with pretraining (lr, batch_size, max_steps,
+            warmup_steps, eval_every, out_dir, seed, device, dtype, label_smoothing, ...).
+    """
+
+    task: str = ""
+    init: str = ""
+    tokenizer: str = ""
+    data: TaskData = field(default_factory=TaskData)
+    options: Any = None
+    lora: Optional[LoRAConfig] = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-ready)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in d.items()}
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def task_class(name: str) -> type["Task"]:
+    """The :class:`Task` subclass registered as ``name``.
+
+    Raises:
+        ConfigError: unknown task (with the closest name and the list).
+    """
+    if name not in TASKS:
+        raise ConfigError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; tasks: {', '.join(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def load_finetune_config(
+    path: Optional[str | Path], task: Optional[str] = None, overrides: Sequence[str] = ()
+) -> FinetuneConfig:
+    """Read a recipe YAML (path or name under ``configs/finetune/``), apply overrides, type-check it.
+
+    Args:
+        path: YAML file, or a recipe name such as ``"sentiment-minilm"``; ``None`` for defaults.
+        task: the task (overrides the file's ``task``); must agree with the file if both are set.
+        overrides: dotted ``key=value`` strings (``train.lr=1e-4``, ``options.max_length=64``).
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown task or key, wrong type.
+    """
+    if task:
+        task_class(task)  # an unknown task is reported before anything else
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists() and p.suffix not in (".yaml", ".yml"):
+            p = preset_dir() / "finetune" / f"{path}.yaml"
+        if not p.is_file():
+            names = sorted(q.stem for q in (preset_dir() / "finetune").glob("*.yaml"))
+            raise ConfigError(f"recipe '{path}' not found{did_you_mean(str(path), names)}; "
+                              f"give a YAML path or one of: {', '.join(names)}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"recipe '{p}' must be a mapping of sections")
+    if task and tree.get("task") and tree["task"] != task:
+        raise ConfigError(f"recipe is for task '{tree['task']}', not '{task}'; use `attnlab finetune {tree['task']} ...`")
+    tree["task"] = task or tree.get("task") or ""
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(tree, key, value)
+    return finetune_config_from_dict(tree)
+
+
+def finetune_config_from_dict(tree: dict[str, Any]) -> FinetuneConfig:
+    """Type-check a recipe given as a nested dict (``options`` per the task, ``lora`` optional)."""
+    tree = dict(tree)
+    cls = task_class(tree.get("task") or "")
+    options = tree.pop("options", None)
+    lora = tree.pop("lora", None)
+    cfg = from_dict(FinetuneConfig, tree)
+    cfg.options = from_dict(cls.Options, options, "options")
+    cfg.lora = None if lora is None else from_dict(LoRAConfig, lora, "lora")
+    return cfg
+
+
+class Task(ABC):
+    """What a fine-tuning task defines; :func:`attnlab.finetune.trainer.fit` drives it.
+
+    Subclasses set :attr:`name`, :attr:`Options` (a dataclass of task options) and
+    :attr:`metric` (the headline validation metric, higher is better), and implement the
+    abstract methods. ``self.state`` holds everything (JSON-able) needed to rebuild the
+    model's architecture later (labels, model config...); it is saved with the model.
+
+    Args:
+        cfg: the run's config.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    metric: ClassVar[str]
+    head_modules: ClassVar[tuple[str, ...]] = ()
+    """Name patterns of new (randomly initialised) modules that stay trainable under LoRA."""
+
+    def __init__(self, cfg: FinetuneConfig):
+        self.cfg = cfg
+        self.opt = cfg.options
+        self.state: dict[str, Any] = {}
+
+    # -- data ---------------------------------------------------------------
+    def read(self, path: str) -> list[dict[str, Any]]:
+        """Read one split's examples and check them (override for non-tabular data)."""
+        return read_records(path)
+
+    def splits(self) -> dict[str, list[dict[str, Any]]]:
+        """``{"train", "val", "test"}`` examples (``test`` is ``val`` when no test file is given)."""
+        d = self.cfg.data
+        if not d.train:
+            raise ConfigError("data.train is not set; give the training file (data.train=PATH)")
+        train = self.read(d.train)
+        if d.val:
+            val = self.read(d.val)
+        else:
+            val, train = split_records(train, [d.val_fraction, 1 - d.val_fraction], seed=self.cfg.train.seed)
+        test = self.read(d.test) if d.test else val
+        if d.max_train:
+            train = train[: d.max_train]
+        if d.max_eval:
+            val, test = val[: d.max_eval], test[: d.max_eval]
+        return {"train": train, "val": val, "test": test}
+
+    # -- model --------------------------------------------------------------
+    @abstractmethod
+    def build(self, train: list[dict[str, Any]]) -> tuple[nn.Module, Any]:
+        """Model (with its task head) and tokenizer, from ``cfg.init``; fills ``self.state``."""
+
+    @abstractmethod
+    def restore(self, state: dict[str, Any], tokenizer: Any) -> nn.Module:
+        """The same architecture as :meth:`build` made, from a saved ``state`` (weights loaded after)."""
+
+    # -- training -----------------------------------------------------------
+    @abstractmethod
+    def features(self, examples: list[dict[str, Any]], tokenizer: Any) -> list[Any]:
+        """Training features (one or more per example), ready for :meth:`collate`."""
+
+    @abstractmethod
+    def collate(self, features: list[Any]) -> dict[str, torch.Tensor]:
+        """A batch of tensors from features."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar training loss of a batch (use ``cfg.train.label_smoothing`` where it applies)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Any) -> dict[str, float]:
+        """Metrics on examples (must include :attr:`metric`); the model is in eval mode."""
+
+    def predict(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Any) -> list[Any]:
+        """Predictions for examples (labels, answer strings, generated text, ...)."""
+        raise NotImplementedError(f"task '{self.name}' does not implement predict")
+
+
+def seeded_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The training order of epoch ``epoch``: a permutation of ``range(n)``, a pure function of its arguments."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order

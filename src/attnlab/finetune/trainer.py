@@ -1,0 +1,225 @@
+"""Run a fine-tuning recipe: build, train, evaluate, keep the best model.
+
+    from attnlab.finetune import load_finetune_config, run
+    result = run(load_finetune_config("configs/finetune/sentiment-minilm.yaml", "classify"))
+    result["test"]["accuracy"]
+
+A finished run folder (``train.out_dir``) holds ``model/`` (the best model on the
+validation metric: weights, tokenizer, recipe, task state, metrics; written atomically),
+``metrics.jsonl`` (loss and validation metrics over steps) and ``results.json``.
+:func:`load_finetuned` rebuilds the task, model and tokenizer from ``model/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from attnlab.data.tokenizer import Tokenizer
+from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.finetune.lora import count_parameters, inject_lora
+from attnlab.finetune.recipe import FinetuneConfig, Task, finetune_config_from_dict, seeded_order, task_class
+from attnlab.train.checkpoint import fsync_file, load_weights, sha256_file, weights_state_dict
+from attnlab.train.loop import autocast_for, resolve_device
+from attnlab.train.metrics import MetricsFile
+from attnlab.train.optim import build_optimizer
+from attnlab.train.schedule import lr_at
+
+MODEL_DIR = "model"
+
+
+def _batches(task: Task, feats: list[Any], batch_size: int, seed: int, start: int = 0):
+    """Endless batches over ``feats`` in seeded epoch orders (pure function of seed and position)."""
+    pos = start
+    n = len(feats)
+    while True:
+        epoch, i = divmod(pos, n)
+        order = seeded_order(n, seed, epoch)
+        idx = order[i:i + batch_size]
+        pos += len(idx)
+        yield task.collate([feats[j] for j in idx])
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def save_finetuned(
+    folder: str | Path, model: nn.Module, tokenizer: Optional[Tokenizer], cfg: FinetuneConfig,
+    task_state: dict[str, Any], metrics: dict[str, Any],
+) -> Path:
+    """Write a fine-tuned model folder atomically (temp folder, fsync, rename).
+
+    Holds ``model.safetensors``, ``recipe.yaml``, ``task.json``, ``metrics.json``, the
+    tokenizer and ``checksums.json`` (sha256 of every file).
+    """
+    final = Path(folder)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(weights_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg.save(tmp / "recipe.yaml")
+        (tmp / "task.json").write_text(json.dumps(task_state, indent=1))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer.json")
+        files = sorted(tmp.iterdir())
+        for p in files:
+            fsync_file(p)
+        (tmp / "checksums.json").write_text(json.dumps({p.name: sha256_file(p) for p in files}, indent=1))
+        fsync_file(tmp / "checksums.json")
+        if final.exists():
+            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[Task, nn.Module, Optional[Tokenizer]]:
+    """Task, model (eval mode) and tokenizer of a fine-tuned run or its ``model/`` folder.
+
+    Raises:
+        CheckpointError: missing folder, missing file or checksum mismatch.
+    """
+    p = Path(path)
+    if (p / MODEL_DIR / "task.json").exists():
+        p = p / MODEL_DIR
+    if not (p / "task.json").exists():
+        raise CheckpointError(f"'{path}' is not a fine-tuned model (no {MODEL_DIR}/task.json); run attnlab finetune first")
+    sums = json.loads((p / "checksums.json").read_text()) if (p / "checksums.json").exists() else {}
+    for name, digest in sums.items():
+        if not (p / name).exists() or sha256_file(p / name) != digest:
+            raise CheckpointError(f"'{p / name}' is missing or corrupt (checksum mismatch); re-run the fine-tuning")
+    raw = yaml.safe_load((p / "recipe.yaml").read_text())
+    cfg = finetune_config_from_dict(raw)
+    task = task_class(cfg.task)(cfg)
+    tok = Tokenizer.load(p / "tokenizer.json") if (p / "tokenizer.json").exists() else None
+    task.state = json.loads((p / "task.json").read_text())
+    model = task.restore(task.state, tok)
+    if cfg.lora is not None:
+        inject_lora(model, cfg.lora, trainable_extra=task.head_modules)
+    load_weights(model, load_file(str(p / "model.safetensors")), source=f"fine-tuned model '{p}'")
+    return task, model.to(device).eval(), tok
+
+
+def _memory_report(model: nn.Module, device: torch.device) -> dict[str, float]:
+    trainable, total = count_parameters(model)
+    mib = 1024.0 ** 2
+    report = {
+        "params_trainable": trainable,
+        "params_total": total,
+        "weights_mib": total * 4 / mib,
+        # fp32 gradients + AdamW's two moments, only for trainable parameters
+        "grads_optimizer_mib": trainable * 12 / mib,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    if device.type == "cuda":
+        report["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / mib
+    return report
+
+
+def run(cfg: FinetuneConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune as ``cfg`` says and report the metrics.
+
+    Returns:
+        ``{"task", "val" (best validation metrics), "test" (final metrics), "best_step",
+        "memory", "seconds", "model" (folder)}``; also written to ``results.json``.
+
+    Raises:
+        AttnlabError: an existing run folder, bad data, a model that does not fit the task.
+    """
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    if (out / MODEL_DIR).exists() or (out / "results.json").exists():
+        raise AttnlabError(f"'{out}' already holds a fine-tuning run; set train.out_dir to a new folder")
+    device = resolve_device(tc.device)
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    task = task_class(cfg.task)(cfg)
+    splits = task.splits()
+    model, tok = task.build(splits["train"])
+    if cfg.lora is not None:
+        wrapped = inject_lora(model, cfg.lora, trainable_extra=task.head_modules)
+        log(f"LoRA rank {cfg.lora.rank} on {len(wrapped)} layers")
+    feats = task.features(splits["train"], tok)
+    if not feats:
+        raise AttnlabError(f"no training features from '{cfg.data.train}'; check the file and the task options")
+    model.to(device)
+    trainable, total = count_parameters(model)
+    log(f"{cfg.task}: {len(splits['train']):,} train / {len(splits['val']):,} val / {len(splits['test']):,} test "
+        f"examples | {trainable:,} trainable of {total:,} parameters | {device.type}")
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsFile(out / "metrics.jsonl")
+    optimizer = build_optimizer(model, tc, device.type)
+    amp = autocast_for(device, tc.dtype)
+    batches = _batches(task, feats, tc.batch_size, tc.seed)
+    eval_every = tc.eval_every or tc.max_steps
+    best: Optional[dict[str, float]] = None
+    best_step = -1
+    t0 = time.time()
+    bar = tqdm(total=tc.max_steps, disable=not progress, dynamic_ncols=True, unit="step")
+    model.train()
+    for step in range(tc.max_steps):
+        lr = lr_at(step, tc)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total_loss = 0.0
+        for _ in range(tc.grad_accum):
+            with amp:
+                loss = task.loss(model, _to(next(batches), device)) / tc.grad_accum
+            loss.backward()
+            total_loss += loss.item()
+        if not math.isfinite(total_loss):
+            raise AttnlabError(f"loss became {total_loss} at step {step}; lower train.lr or check the data")
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % tc.log_every == 0 or step == tc.max_steps - 1:
+            metrics.write({"step": step, "loss": total_loss, "lr": lr})
+        bar.set_postfix(loss=f"{total_loss:.4f}")
+        bar.update(1)
+        if (step + 1) % eval_every == 0 or step == tc.max_steps - 1:
+            model.eval()
+            with torch.no_grad(), amp:
+                res = task.evaluate(model, splits["val"], tok)
+            model.train()
+            metrics.write({"step": step + 1, **{f"val_{k}": v for k, v in res.items()}})
+            bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+            if best is None or res[task.metric] > best[task.metric]:
+                best, best_step = res, step + 1
+                save_finetuned(out / MODEL_DIR, model, tok, cfg, task.state, {"step": best_step, "val": best})
+    bar.close()
+    seconds = time.time() - t0
+    memory = _memory_report(model, device)
+    _, best_model, _ = load_finetuned(out / MODEL_DIR, device)
+    with torch.no_grad(), amp:
+        test = task.evaluate(best_model, splits["test"], tok)
+    result = {"task": cfg.task, "init": cfg.init, "lora": cfg.lora is not None, "best_step": best_step,
+              "val": best, "test": test, "memory": memory, "seconds": round(seconds, 1),
+              "model": str(out / MODEL_DIR)}
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "results.json")
+    log(f"{cfg.task}: test " + ", ".join(f"{k} {v:.4g}" for k, v in test.items()) + f" (best step {best_step})")
+    return result
