@@ -95,9 +95,29 @@ def test_eos_stops_rows():
     assert len(steps) == first + 1  # a single row stops right after its eos
 
 
-def test_too_long_and_beams_rejected():
+def test_too_long_rejected():
     model = model_for()
     with pytest.raises(ValueError, match="exceeds the model's context of 48"):
         generate(model, torch.zeros(1, 40, dtype=torch.long), 9)
-    with pytest.raises(ValueError, match="beam search"):
-        generate(model, torch.zeros(1, 4, dtype=torch.long), 4, num_beams=2)
+    with pytest.raises(ValueError, match="exceeds the model's context of 48"):
+        generate(model, torch.zeros(1, 40, dtype=torch.long), 9, num_beams=2)
+    assert generate(model, torch.zeros(1, 40, dtype=torch.long), 8).shape == (1, 48)
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_beam_search_cached_equals_uncached(kw):
+    model = model_for(**kw).double()
+    prompt = torch.randint(0, 61, (2, 4))
+    cached = generate(model, prompt, 6, num_beams=3, num_return_sequences=2)
+    assert cached.shape == (4, 10) and torch.equal(cached[::2, :4], prompt)
+    assert torch.equal(cached, generate(model, prompt, 6, num_beams=3, num_return_sequences=2, use_cache=False))
+
+
+def test_generation_restores_training_mode():
+    model = model_for().train()
+    generate(model, torch.zeros(1, 2, dtype=torch.long), 3, num_beams=2)
+    steps = stream(model, torch.zeros(1, 2, dtype=torch.long), 3)
+    next(steps)
+    assert torch.is_grad_enabled()  # no_grad holds only while the generator runs
+    list(steps)
+    assert model.training and torch.is_grad_enabled()

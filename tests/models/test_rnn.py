@@ -37,9 +37,9 @@ def test_seq2seq_stepwise_equals_teacher_forced(scoring, cell):
     src, tgt_in, _ = copy_task(4)
     full, w = m(src, tgt_in, return_weights=True)
     assert w.shape == (4, 7, 6) and torch.allclose(w.sum(-1), torch.ones(4, 7))
-    memory, mask = m.encode(src)
-    state = m.start_state(4, src.device)
-    steps = torch.cat([m.decode(tgt_in[:, t : t + 1], memory, mask, state) for t in range(7)], 1)
+    cache = m.make_cache(m.encode(src))
+    steps = torch.cat([m.decode(tgt_in[:, t : t + 1], cache=cache) for t in range(7)], 1)
+    assert cache.length == 7
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
@@ -49,7 +49,7 @@ def test_source_padding_gets_no_attention():
     src, tgt_in, _ = copy_task(2)
     mask = torch.ones_like(src, dtype=torch.bool)
     mask[1, 4:] = False
-    _, w = m(src, tgt_in, src_mask=mask, return_weights=True)
+    _, w = m(src, tgt_in, attention_mask=mask, return_weights=True)
     assert torch.all(w[1, :, 4:] == 0) and torch.allclose(w[1].sum(-1), torch.ones(7))
 
 
@@ -68,8 +68,9 @@ def test_seq2seq_learns_to_reverse():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     test_src, _, test_out = copy_task(32, length=5, seed=2)
-    pred = m.eval().greedy(test_src, bos_id=1, eos_id=2, max_len=6)
-    acc = (pred[:, :5] == test_out[:, :5]).float().mean().item()
+    pred = generate(m, test_src, 6, temperature=0.0, eos_token_id=2)  # starts with decoder_start_id = 1
+    assert pred.shape[0] == 32 and torch.all(pred[:, 0] == 1)
+    acc = (pred[:, 1:6] == test_out[:, :5]).float().mean().item()
     assert acc > 0.5, acc
 
 
@@ -78,3 +79,56 @@ def test_unknown_cell_and_scoring():
         RNNLanguageModel(RNNLMConfig(vocab_size=5, cell="rnn"))
     with pytest.raises(ValueError):
         Seq2SeqRNN(Seq2SeqConfig(5, 5, scoring="cosine"))
+
+
+def small_seq2seq(**kw):
+    torch.manual_seed(0)
+    return Seq2SeqRNN(Seq2SeqConfig(12, 12, d_emb=16, d_hidden=32, **kw)).eval()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_padded_source_encodes_as_alone(cell):
+    m = small_seq2seq(cell=cell)
+    src, tgt_in, _ = copy_task(2)
+    mask = torch.ones_like(src)
+    mask[1, 4:] = 0
+    memory = m.encode(src, attention_mask=mask)
+    alone = m.encode(src[1:, :4])
+    torch.testing.assert_close(memory.outputs[1, :4], alone.outputs[0], atol=1e-6, rtol=1e-6)
+    assert torch.all(memory.outputs[1, 4:] == 0) and memory.mask.dtype == torch.bool
+    torch.testing.assert_close(m(src, tgt_in, attention_mask=mask)[1], m(src[1:, :4], tgt_in[1:])[0],
+                               atol=1e-6, rtol=1e-6)
+    a = generate(m, src, 8, temperature=0.0, attention_mask=mask)
+    assert torch.equal(a, generate(m, src, 8, temperature=0.0, attention_mask=mask, use_cache=False))
+    assert torch.equal(a[1], generate(m, src[1:, :4], 8, temperature=0.0)[0])
+
+
+def test_cache_reorder_selects_and_expands_rows():
+    m = small_seq2seq(cell="lstm")
+    src, tgt_in, _ = copy_task(3)
+    cache = m.make_cache(m.encode(src))
+    m.decode(tgt_in[:, :2], cache=cache)
+    index = torch.tensor([2, 2, 0])
+    cache.reorder(index)
+    want = m(src[index], tgt_in[index, :4])[:, 2:]
+    torch.testing.assert_close(m.decode(tgt_in[index, 2:4], cache=cache), want, atol=1e-6, rtol=1e-6)
+    assert cache.length == 4 and cache.memory.outputs.shape[0] == 3
+
+
+def test_seq2seq_bad_calls_raise():
+    m = small_seq2seq(max_len=5)
+    src, tgt_in, _ = copy_task(2)
+    memory = m.encode(src)
+    with pytest.raises(ValueError, match="exactly one of cache= .* or memory="):
+        m.decode(tgt_in, cache=m.make_cache(memory), memory=memory)
+    with pytest.raises(ValueError, match="exactly one"):
+        m.decode(tgt_in)
+    with pytest.raises(ValueError, match="exceeds the model's max_len of 5"):
+        m(src, tgt_in)
+    left_padded = torch.ones_like(src)
+    left_padded[0, :2] = 0
+    with pytest.raises(ValueError, match="pad sources on the right"):
+        m.encode(src, attention_mask=left_padded)
+    with pytest.raises(ValueError, match="decoder context of 5"):
+        generate(m, src, 5)
+    assert generate(m, src, 4, temperature=0.0).shape == (2, 5)

@@ -1,5 +1,8 @@
-"""Text generation: ``generate(model, input_ids, max_new_tokens, ...)`` and streaming."""
+"""Text generation for decoder-only LMs and encoder–decoders: ``generate(model, input_ids, max_new_tokens, ...)``
+(greedy, sampling, beam search) and ``stream`` (token by token)."""
 
+from attnlab.generate.beam import beam_search
 from attnlab.generate.sampling import filter_logits, generate, next_token, stream
+from attnlab.generate.session import Session, is_encoder_decoder
 
-__all__ = ["filter_logits", "generate", "next_token", "stream"]
+__all__ = ["Session", "beam_search", "filter_logits", "generate", "is_encoder_decoder", "next_token", "stream"]

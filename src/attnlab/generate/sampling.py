@@ -1,4 +1,5 @@
-"""Autoregressive decoding: greedy, temperature, top-k, top-p, with a KV cache."""
+"""Autoregressive decoding: greedy, temperature, top-k, top-p, with a KV cache; ``generate`` also
+dispatches to beam search."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from attnlab.generate.beam import beam_search, check_beam_args
+from attnlab.generate.session import Session, eval_mode
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -48,63 +52,29 @@ def next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _context_limit(model: nn.Module) -> Optional[int]:
-    limit = getattr(model, "max_context", None)
-    return limit if limit is not None else getattr(getattr(model, "config", None), "block_size", None)
-
-
 @torch.no_grad()
-def stream(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    eos_token_id: Optional[int] = None,
-    seed: Optional[int] = None,
-    use_cache: bool = True,
+def _steps(
+    session: Session, max_new_tokens: int, *, temperature: float, top_k: Optional[int], top_p: Optional[float],
+    eos_token_id: Optional[int], seed: Optional[int],
 ) -> Iterator[torch.Tensor]:
-    """Yield the next (B,) tokens one step at a time (same arguments as :func:`generate`).
-
-    Rows that emitted ``eos_token_id`` keep yielding it; the iterator stops once every
-    row has finished or ``max_new_tokens`` were produced.
-    """
-    if input_ids.dim() != 2 or input_ids.size(1) == 0:
-        raise ValueError(f"input_ids must be (B, T) with T >= 1, got {tuple(input_ids.shape)}")
-    limit = _context_limit(model)
-    if limit is not None and input_ids.size(1) + max_new_tokens > limit:
-        raise ValueError(
-            f"prompt of {input_ids.size(1)} tokens + {max_new_tokens} new tokens exceeds the model's "
-            f"context of {limit}; shorten the prompt or ask for fewer tokens"
-        )
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    cache = model.make_cache() if use_cache else None
-    seq = input_ids
-    done = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
-    feed = input_ids
-    try:
+    """Pick, append and yield one (B,) token per step until done."""
+    device = session.tokens.device
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    done = torch.zeros(session.tokens.size(0), dtype=torch.bool, device=device)
+    with eval_mode(session.model):
         for _ in range(max_new_tokens):
-            logits = model(feed, cache=cache) if use_cache else model(seq)
-            tok = next_token(logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            logits = session.next_logits()  # (B, V)
+            tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_token_id is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
                 done |= tok == eos_token_id
+            session.append(tok)
             yield tok
-            seq = torch.cat((seq, tok[:, None]), dim=1)
-            feed = tok[:, None]
             if eos_token_id is not None and bool(done.all()):
                 break
-    finally:
-        model.train(was_training)
 
 
-def generate(
+def stream(
     model: nn.Module,
     input_ids: torch.Tensor,
     max_new_tokens: int,
@@ -116,31 +86,96 @@ def generate(
     eos_token_id: Optional[int] = None,
     seed: Optional[int] = None,
     use_cache: bool = True,
-) -> torch.Tensor:
-    """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
+    attention_mask: Optional[torch.Tensor] = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next (B,) tokens one step at a time (same arguments as :func:`generate`).
 
-    Args:
-        model: a decoder LM (``forward(ids, cache=...)`` → logits, ``make_cache()``).
-        input_ids: (B, T) prompt ids (all rows the same length).
-        max_new_tokens: how many tokens to add at most.
-        temperature: softmax temperature; ``0`` means greedy (argmax).
-        top_k: sample only among the k most likely tokens.
-        top_p: sample only from the nucleus of probability mass p.
-        num_beams: beam search width; only 1 (no beam search) is implemented so far.
-        eos_token_id: stop a row when it emits this token (later positions repeat it).
-        seed: seeds sampling for reproducible output.
-        use_cache: decode with a KV cache (same result, much faster).
-
-    Returns:
-        (B, T + n) ids, prompt included.
+    For an encoder–decoder the decoder start token is not yielded. Rows that emitted
+    ``eos_token_id`` keep yielding it; the iterator stops once every row has finished or
+    ``max_new_tokens`` were produced. Input is checked (and a source encoded) at the call,
+    not at the first token.
 
     Raises:
-        ValueError: prompt + new tokens longer than the context, or num_beams > 1.
+        ValueError: ``num_beams > 1`` (beam search only knows its tokens at the end), or
+            bad input as in :func:`generate`.
     """
     if num_beams != 1:
-        raise ValueError("beam search (num_beams > 1) is not implemented yet; use num_beams=1")
-    tokens = list(stream(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         eos_token_id=eos_token_id, seed=seed, use_cache=use_cache))
-    if not tokens:
-        return input_ids
-    return torch.cat((input_ids, torch.stack(tokens, dim=1)), dim=1)
+        raise ValueError(f"stream() yields greedy or sampled tokens one step at a time and cannot run beam search "
+                         f"(num_beams={num_beams}); use generate(..., num_beams={num_beams})")
+    with eval_mode(model), torch.no_grad():
+        session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
+    return _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                  eos_token_id=eos_token_id, seed=seed)
+
+
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool = True,
+    num_return_sequences: int = 1,
+    eos_token_id: Optional[int] = None,
+    seed: Optional[int] = None,
+    use_cache: bool = True,
+    attention_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` tokens: greedy, sampled, or by beam search.
+
+    Works with decoder-only LMs (the output continues the prompt) and with models that
+    follow the encoder–decoder protocol (``is_encoder_decoder``: ``input_ids`` is the
+    source, the output is the decoder sequence starting with ``model.decoder_start_id``);
+    see :mod:`attnlab.generate.session`.
+
+    Args:
+        model: a decoder-only LM or an encoder–decoder.
+        input_ids: (B, T) prompt ids (decoder-only; all rows the same length) or source ids.
+        max_new_tokens: how many tokens to add at most.
+        temperature: softmax temperature; ``0`` means greedy (argmax). Beam search is
+            deterministic and accepts only the defaults 1 (or 0).
+        top_k: sample only among the k most likely tokens (not with beams).
+        top_p: sample only from the nucleus of probability mass p (not with beams).
+        num_beams: beam search width; 1 is greedy / sampling.
+        length_penalty: beam search ranks finished sequences by
+            ``sum log p / n ** length_penalty`` (n: generated tokens, EOS included);
+            > 0 favours longer ones, 0 ranks by total log-probability.
+        early_stopping: beam search stops a row once ``num_beams`` sequences finished;
+            ``False`` continues while an unfinished beam could still beat them.
+        num_return_sequences: best beams returned per row (≤ ``num_beams``), best first.
+        eos_token_id: a row (beam) finishes when it emits this token; shorter outputs
+            are padded with it.
+        seed: seeds sampling for reproducible output.
+        use_cache: decode with a KV cache / recurrent state (same tokens, much faster).
+        attention_mask: (B, S) 1/0 source padding mask (encoder–decoders only).
+
+    Returns:
+        Decoder-only: (B · num_return_sequences, T + n) ids, prompt included;
+        encoder–decoder: (B · num_return_sequences, 1 + n) decoder ids, start token first.
+        n ≤ ``max_new_tokens`` (less when every row ended with EOS); returned sequences of
+        one input row are consecutive.
+
+    Raises:
+        ValueError: empty input, a sequence longer than the model's context, bad beam
+            arguments, or sampling options together with ``num_beams > 1``.
+    """
+    check_beam_args(num_beams, num_return_sequences)
+    if num_beams > 1:
+        if top_k is not None or top_p is not None or temperature not in (0.0, 1.0):
+            raise ValueError("beam search is deterministic: top_k, top_p and temperature (other than 1) only apply "
+                             "to sampling; drop them or use num_beams=1")
+        sequences, _ = beam_search(model, input_ids, max_new_tokens, num_beams=num_beams,
+                                   length_penalty=length_penalty, early_stopping=early_stopping,
+                                   num_return_sequences=num_return_sequences, eos_token_id=eos_token_id,
+                                   use_cache=use_cache, attention_mask=attention_mask)
+        return sequences
+    with eval_mode(model), torch.no_grad():
+        session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
+    for _ in _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                    eos_token_id=eos_token_id, seed=seed):
+        pass
+    return session.tokens

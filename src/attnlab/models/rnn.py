@@ -95,6 +95,9 @@ class Seq2SeqConfig:
 
     Attributes:
         scoring: ``"additive"`` (Bahdanau), ``"general"`` or ``"dot"`` (Luong), ``"concat"``.
+        decoder_start_id: the target-side token the decoder starts from (a BOS id of the
+            target vocabulary); :func:`attnlab.generate.generate` begins every output with it.
+        max_len: the longest decoder input (start token included) generation may build.
     """
 
     src_vocab_size: int
@@ -105,6 +108,46 @@ class Seq2SeqConfig:
     cell: str = "gru"
     scoring: str = "additive"
     dropout: float = 0.0
+    decoder_start_id: int = 1
+    max_len: int = 256
+
+
+@dataclass
+class RNNMemory:
+    """What the encoder hands the decoder: its outputs and which source positions are real.
+
+    Attributes:
+        outputs: (B, S, H) encoder outputs (both directions concatenated).
+        mask: (B, S) bool, True at real (non-padding) source tokens.
+    """
+
+    outputs: torch.Tensor
+    mask: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> RNNMemory:
+        """The memory of batch rows ``index`` (rows may repeat)."""
+        return RNNMemory(self.outputs[index], self.mask[index])
+
+
+class Seq2SeqState(RNNState):
+    """A seq2seq decoding state: the encoder memory, the decoder's hidden state and the
+    input-feeding vector h̃ of the previous step (zeros at the start).
+
+    Attributes:
+        memory: the :class:`RNNMemory` attended over.
+        feed: (B, H) previous attentional state.
+    """
+
+    def __init__(self, memory: RNNMemory, d_hidden: int):
+        super().__init__()
+        self.memory = memory
+        self.feed = memory.outputs.new_zeros(memory.outputs.shape[0], d_hidden)  # (B, H)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep (or repeat) batch rows ``index`` of everything, memory included (beam search)."""
+        super().reorder(index)
+        self.memory = self.memory.select(index)
+        self.feed = self.feed[index]
 
 
 class Seq2SeqRNN(nn.Module):
@@ -115,13 +158,21 @@ class Seq2SeqRNN(nn.Module):
     ``c_t = a_t · enc``, ``h̃_t = tanh(W [c_t; h_t])``, ``logits = head(h̃_t)`` — with input
     feeding of the previous attentional state h̃.
 
+    Implements the encoder–decoder protocol of :func:`attnlab.generate.generate`
+    (``is_encoder_decoder``, ``decoder_start_id``, ``max_context``, ``encode``,
+    ``make_cache``, ``decode``), so greedy, sampled and beam-search decoding come from there.
+
     Args:
         cfg: sizes, cell and score function.
     """
 
+    is_encoder_decoder = True
+
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
         self.config = cfg
+        self.decoder_start_id = cfg.decoder_start_id
+        self.max_context = cfg.max_len
         h = cfg.d_hidden
         self.src_emb = nn.Embedding(cfg.src_vocab_size, cfg.d_emb)
         self.tgt_emb = nn.Embedding(cfg.tgt_vocab_size, cfg.d_emb)
@@ -132,67 +183,95 @@ class Seq2SeqRNN(nn.Module):
         self.head = nn.Linear(h, cfg.tgt_vocab_size)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def encode(self, src_ids: torch.Tensor, src_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) source ids (and (B, S) bool mask of real tokens) → ((B, S, H) memory, mask)."""
-        if src_mask is None:
-            src_mask = torch.ones_like(src_ids, dtype=torch.bool)
-        memory, _ = self.encoder(self.drop(self.src_emb(src_ids)))  # (B, S, H): both directions concatenated
-        return memory, src_mask.bool()
+    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> RNNMemory:
+        """(B, S) source ids (and (B, S) 1/0 mask of real tokens) → the decoder's memory.
 
-    def start_state(self, batch: int, device: torch.device) -> RNNState:
-        """A fresh decoding state (with the input-feeding vector h̃ = 0)."""
-        state = RNNState()
-        state.feed = torch.zeros(batch, self.config.d_hidden, device=device)  # (B, H)
-        return state
+        Padding must sit at the end of each row. Padded rows are packed, so the backward
+        direction starts at a row's last real token: a padded row encodes exactly as it
+        would alone.
+
+        Raises:
+            ValueError: a mask that is not a run of ones followed by zeros, or an all-padding row.
+        """
+        x = self.drop(self.src_emb(input_ids))  # (B, S, E)
+        if attention_mask is None or bool(attention_mask.bool().all()):
+            outputs, _ = self.encoder(x)  # (B, S, H)
+            return RNNMemory(outputs, torch.ones_like(input_ids, dtype=torch.bool))
+        mask = attention_mask.bool()
+        lengths = mask.sum(dim=1)  # (B,)
+        right_padded = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]  # (B, S)
+        if not torch.equal(mask, right_padded) or bool((lengths == 0).any()):
+            raise ValueError("attention_mask must mark each source row as real tokens (1) followed by padding (0), "
+                             "with at least one real token; pad sources on the right")
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, _ = self.encoder(packed)
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=mask.shape[1])
+        return RNNMemory(outputs, mask)  # outputs are 0 at padding
+
+    def make_cache(self, memory: RNNMemory) -> Seq2SeqState:
+        """A fresh decoding state over ``memory`` (what :meth:`decode` continues from)."""
+        return Seq2SeqState(memory, self.config.d_hidden)
 
     def decode(
-        self, tgt_ids: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor, state: RNNState,
+        self,
+        decoder_input_ids: torch.Tensor,
+        cache: Optional[Seq2SeqState] = None,
+        *,
+        memory: Optional[RNNMemory] = None,
         return_weights: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Run the decoder over (B, T) target ids from ``state`` (updated in place).
+        """Run the decoder over (B, T) target ids.
+
+        Args:
+            decoder_input_ids: (B, T) target ids; with a ``cache`` they follow the consumed ones.
+            cache: a state from :meth:`make_cache`, updated in place.
+            memory: start from scratch over this memory instead (exactly one of the two).
+            return_weights: also return the (B, T, S) attention weights (the alignment).
 
         Returns:
             (B, T, V) logits, and (B, T, S) attention weights if asked.
+
+        Raises:
+            ValueError: neither or both of ``cache``/``memory``, or longer than ``max_len``.
         """
-        emb = self.drop(self.tgt_emb(tgt_ids))  # (B, T, E)
+        if (cache is None) == (memory is None):
+            raise ValueError("decode needs exactly one of cache= (continue) or memory= (start over)")
+        state = self.make_cache(memory) if cache is None else cache
+        if state.length + decoder_input_ids.shape[1] > self.max_context:
+            raise ValueError(f"target of {state.length + decoder_input_ids.shape[1]} tokens exceeds the model's "
+                             f"max_len of {self.max_context}; raise Seq2SeqConfig.max_len")
+        emb = self.drop(self.tgt_emb(decoder_input_ids))  # (B, T, E)
+        enc, mask = state.memory.outputs, state.memory.mask[:, None, :]  # (B, S, H), (B, 1, S)
         logits, weights = [], []
-        mask = src_mask[:, None, :]  # (B, 1, S)
-        for t in range(tgt_ids.shape[1]):
+        for t in range(decoder_input_ids.shape[1]):
             step_in = torch.cat((emb[:, t], state.feed), dim=-1)[:, None]  # (B, 1, E + H)
             out, state.hidden = self.decoder(step_in, state.hidden)  # (B, 1, H)
-            context, w = attend(self.score(out, memory), memory, mask)  # (B, 1, H), (B, 1, S)
+            context, w = attend(self.score(out, enc), enc, mask)  # (B, 1, H), (B, 1, S)
             feed = torch.tanh(self.combine(torch.cat((context, out), dim=-1)))  # (B, 1, H)
             state.feed = feed[:, 0]
             logits.append(self.head(self.drop(feed)))
             weights.append(w)
-        state.length += tgt_ids.shape[1]
+        state.length += decoder_input_ids.shape[1]
         logits_t = torch.cat(logits, dim=1)  # (B, T, V)
         return (logits_t, torch.cat(weights, dim=1)) if return_weights else logits_t
 
     def forward(
-        self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: Optional[torch.Tensor] = None,
+        self,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
         return_weights: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced logits (B, T, V) for target inputs ``tgt_ids`` given the source."""
-        memory, mask = self.encode(src_ids, src_mask)
-        state = self.start_state(src_ids.shape[0], src_ids.device)
-        return self.decode(tgt_ids, memory, mask, state, return_weights)
+        """Teacher-forced logits.
 
-    @torch.no_grad()
-    def greedy(self, src_ids: torch.Tensor, bos_id: int, eos_id: int, max_len: int,
-               src_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Greedy translation, one cached step at a time; rows stop at ``eos_id``. Returns (B, ≤ max_len)."""
-        memory, mask = self.encode(src_ids, src_mask)
-        state = self.start_state(src_ids.shape[0], src_ids.device)
-        tok = torch.full((src_ids.shape[0], 1), bos_id, dtype=torch.long, device=src_ids.device)
-        done = torch.zeros(src_ids.shape[0], dtype=torch.bool, device=src_ids.device)
-        out = []
-        for _ in range(max_len):
-            nxt = self.decode(tok, memory, mask, state)[:, -1].argmax(-1)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-            out.append(nxt)
-            done |= nxt == eos_id
-            tok = nxt[:, None]
-            if bool(done.all()):
-                break
-        return torch.stack(out, dim=1)
+        Args:
+            input_ids: (B, S) source ids.
+            decoder_input_ids: (B, T) target inputs (start token, then the target shifted right).
+            attention_mask: (B, S) 1/0, 1 at real source tokens.
+            return_weights: also return the (B, T, S) alignment matrix.
+
+        Returns:
+            (B, T, V) logits, and (B, T, S) attention weights if asked.
+        """
+        return self.decode(decoder_input_ids, memory=self.encode(input_ids, attention_mask),
+                           return_weights=return_weights)

@@ -1,0 +1,151 @@
+"""One decoding run, whatever the model family: the only place that tells them apart.
+
+Two families decode token by token:
+
+- decoder-only LMs (:class:`~attnlab.models.DecoderLM`, :class:`~attnlab.models.rnn.RNNLanguageModel`):
+  ``model(ids, cache=...)``, ``model.make_cache()``, ``model.max_context``; the output
+  continues the prompt.
+- encoder–decoders (``model.is_encoder_decoder = True``): ``encode(input_ids, attention_mask)``
+  → memory, ``make_cache(memory)``, ``decode(ids, cache=...)`` or ``decode(ids, memory=...)``,
+  ``decoder_start_id``, ``max_context`` (decoder length); the output is the decoder's
+  sequence, starting with ``decoder_start_id``.
+
+A :class:`Session` hides the difference behind ``next_logits()`` (prefill the first time,
+then one step), ``append(tokens)`` and ``reorder(index)`` (beam search).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """True for models following the encoder–decoder protocol."""
+    return bool(getattr(model, "is_encoder_decoder", False))
+
+
+def context_limit(model: nn.Module) -> Optional[int]:
+    """The longest (decoder) sequence the model takes, if it has a limit."""
+    limit = getattr(model, "max_context", None)
+    return limit if limit is not None else getattr(getattr(model, "config", None), "block_size", None)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block in eval mode (no dropout), restoring the model's mode after.
+
+    Gradients are turned off by ``@torch.no_grad()`` on the callers instead: on a generator
+    it applies only while the generator runs, not while it is suspended.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class Session:
+    """The tokens generated so far and whatever the model needs to continue them.
+
+    Args:
+        model: a decoder-only LM or an encoder–decoder (see the module docstring).
+        input_ids: (B, T) prompt (decoder-only) or source (encoder–decoder) ids.
+        max_new_tokens: tokens that will be added at most (checked against the context).
+        attention_mask: (B, S) 1/0 source padding mask (encoder–decoders only).
+        use_cache: keep a KV cache / recurrent state; otherwise every step recomputes the
+            whole (decoder) sequence from scratch. Both give the same tokens.
+
+    Attributes:
+        tokens: (N, T) the sequence so far (prompt or start token first); N = B until
+            :meth:`reorder` changes the rows.
+        prefix_len: length of the part that was not generated.
+
+    Raises:
+        ValueError: malformed input, a mask for a decoder-only model, or a sequence longer
+            than the model's context.
+    """
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
+                 attention_mask: Optional[torch.Tensor] = None, use_cache: bool = True):
+        if input_ids.dim() != 2 or input_ids.size(0) == 0 or input_ids.size(1) == 0:
+            raise ValueError(f"input_ids must be (B, T) with B >= 1 and T >= 1, got {tuple(input_ids.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        self.model = model
+        self.encoder_decoder = is_encoder_decoder(model)
+        self.use_cache = use_cache
+        if self.encoder_decoder:
+            if attention_mask is not None and attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            self.source, self.source_mask = input_ids, attention_mask
+            self.rows = torch.arange(input_ids.size(0), device=input_ids.device)  # source row of each row
+            self.memory: Any = model.encode(input_ids, attention_mask=attention_mask)
+            self.tokens = torch.full((input_ids.size(0), 1), model.decoder_start_id, dtype=torch.long,
+                                     device=input_ids.device)
+            self.cache = model.make_cache(self.memory) if use_cache else None
+        else:
+            if attention_mask is not None:
+                raise ValueError("attention_mask is only for encoder-decoder sources; decoder-only prompts must be "
+                                 "unpadded rows of equal length (generate each length separately)")
+            self.tokens = input_ids
+            self.cache = model.make_cache() if use_cache else None
+        self.prefix_len = self.tokens.size(1)
+        self.consumed = 0  # tokens the cache has seen
+        self._check_length(model, max_new_tokens)
+
+    def _check_length(self, model: nn.Module, max_new_tokens: int) -> None:
+        limit = context_limit(model)
+        if limit is None or self.prefix_len + max_new_tokens <= limit:
+            return
+        if self.encoder_decoder:
+            raise ValueError(f"the decoder start token + {max_new_tokens} new tokens exceeds the model's decoder "
+                             f"context of {limit}; ask for at most {limit - 1} new tokens")
+        raise ValueError(
+            f"prompt of {self.prefix_len} tokens + {max_new_tokens} new tokens exceeds the model's "
+            f"context of {limit}; shorten the prompt or ask for fewer tokens"
+        )
+
+    @property
+    def generated(self) -> torch.Tensor:
+        """(N, n) the tokens generated so far."""
+        return self.tokens[:, self.prefix_len:]
+
+    def _run(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (N, T, V) of ``ids``: new tokens after the cache, or a whole sequence."""
+        if self.encoder_decoder:
+            if self.cache is not None:
+                return self.model.decode(ids, cache=self.cache)
+            return self.model.decode(ids, memory=self.memory)
+        return self.model(ids, cache=self.cache) if self.cache is not None else self.model(ids)
+
+    def next_logits(self) -> torch.Tensor:
+        """(N, V) logits for the token after :attr:`tokens` (the first call is the prefill)."""
+        if self.cache is None:
+            return self._run(self.tokens)[:, -1]
+        logits = self._run(self.tokens[:, self.consumed:])[:, -1]
+        self.consumed = self.tokens.size(1)
+        return logits
+
+    def append(self, tokens: torch.Tensor) -> None:
+        """Add one (N,) token per row."""
+        self.tokens = torch.cat((self.tokens, tokens[:, None]), dim=1)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep, repeat or permute rows: row i becomes old row ``index[i]`` (beam search)."""
+        self.tokens = self.tokens[index]
+        if self.cache is not None:
+            self.cache.reorder(index)
+        elif self.encoder_decoder:
+            # Without a cache the memory is opaque: re-encode when rows map to other sources.
+            rows = self.rows[index]
+            if not torch.equal(rows, self.rows):
+                mask = None if self.source_mask is None else self.source_mask[rows]
+                self.memory = self.model.encode(self.source[rows], attention_mask=mask)
+            self.rows = rows
