@@ -1,4 +1,8 @@
-"""``attnlab generate CKPT --prompt TEXT``: sample text, printed as it is produced."""
+"""``attnlab generate CKPT --prompt TEXT``: sample text, printed as it is produced.
+
+For an encoder–decoder checkpoint the prompt is the source and the output is what the
+decoder writes; ``--num-beams N`` runs beam search (printed when finished) instead of sampling.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +24,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (with beams: best beams to print)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: sample or greedy)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**penalty")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slow)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=run)
+
+
+def _print_continuation(tok, out: list[int], new_ids: list[int], eos_id) -> None:
+    """Print ``new_ids`` after ``out`` (decoded whole, so multi-byte characters print whole)."""
+    printed = tok.decode(out)
+    for t in new_ids:
+        if eos_id is not None and t == eos_id:
+            break
+        out.append(t)
+    sys.stdout.write(tok.decode(out)[len(printed):])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,37 +47,54 @@ def run(args: argparse.Namespace) -> int:
 
     from attnlab.cli._common import load_for_inference
     from attnlab.errors import AttnlabError
-    from attnlab.generate import stream
+    from attnlab.generate import generate, is_encoder_decoder, stream
 
-    if args.max_new_tokens <= 0 or args.num_samples <= 0:
-        raise AttnlabError("--max-new-tokens and --num-samples must be positive")
+    if args.max_new_tokens <= 0 or args.num_samples <= 0 or args.num_beams <= 0:
+        raise AttnlabError("--max-new-tokens, --num-samples and --num-beams must be positive")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise AttnlabError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.num_beams > 1 and args.num_samples > args.num_beams:
+        raise AttnlabError(f"--num-samples {args.num_samples} exceeds --num-beams {args.num_beams}; "
+                           "beam search returns at most one sequence per beam")
     model, tok, _, device = load_for_inference(args.checkpoint, args.device)
     ids = tok.encode(args.prompt)
     if not ids:
         raise AttnlabError("the prompt encodes to no tokens; pass a non-empty --prompt")
+    encdec = is_encoder_decoder(model)
     limit = model.max_context
-    if len(ids) + args.max_new_tokens > limit:
+    if encdec:
+        if len(ids) > model.config.block_size:
+            raise AttnlabError(f"the source is {len(ids)} tokens but the encoder reads at most "
+                               f"{model.config.block_size}; shorten the prompt")
+        if args.max_new_tokens + 1 > limit:
+            raise AttnlabError(f"--max-new-tokens {args.max_new_tokens} exceeds the decoder's context of {limit} "
+                               f"(start token included); lower it to {limit - 1}")
+    elif len(ids) + args.max_new_tokens > limit:
         raise AttnlabError(
             f"prompt is {len(ids)} tokens and --max-new-tokens is {args.max_new_tokens}, but the model's "
             f"context is {limit} tokens; shorten the prompt or lower --max-new-tokens to {max(limit - len(ids), 0)}"
         )
+    x = torch.tensor([ids], device=device)
+    skip = 1 if encdec else len(ids)  # the decoder's start token, or the echoed prompt
+    head = [] if encdec else list(ids)
+    if args.num_beams > 1:
+        seqs = generate(model, x, args.max_new_tokens, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                        num_return_sequences=args.num_samples, eos_token_id=tok.eos_id,
+                        use_cache=not args.no_cache, temperature=0.0)
+        for i, row in enumerate(seqs.tolist()):
+            sys.stdout.write(tok.decode(head))
+            _print_continuation(tok, list(head), row[skip:], tok.eos_id)
+            sys.stdout.write("\n" + ("-" * 40 + "\n" if i + 1 < len(seqs) else ""))
+        return 0
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
-        x = torch.tensor([ids], device=device)
-        out = list(ids)
-        printed = tok.decode(out)
-        sys.stdout.write(printed)
+        out = list(head)
+        sys.stdout.write(tok.decode(out))
         for t in stream(model, x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, eos_token_id=tok.eos_id, seed=seed, use_cache=not args.no_cache):
             if tok.eos_id is not None and int(t[0]) == tok.eos_id:
                 break
-            out.append(int(t[0]))
-            text = tok.decode(out)  # decode the whole so multi-byte characters print whole
-            if text.startswith(printed):
-                sys.stdout.write(text[len(printed):])
-                sys.stdout.flush()
-                printed = text
+            _print_continuation(tok, out, [int(t[0])], tok.eos_id)
+            sys.stdout.flush()
         sys.stdout.write("\n" + ("-" * 40 + "\n" if i + 1 < args.num_samples else ""))
     return 0
