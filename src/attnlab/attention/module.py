@@ -38,6 +38,7 @@ class MultiHeadAttention(HeadProjections):
             Bahdanau, ``"concat"``), shared by all heads. The parameterised scores are
             computed as a (B, H, Tq, Tk) tensor and enter the backend as an additive bias on
             zero-width dot products, so masks, caches and backends work unchanged.
+        scale: multiplier of q·k for ``"scaled_dot"`` (None: 1/√head_dim; T5 uses 1.0).
     """
 
     def __init__(
@@ -51,13 +52,17 @@ class MultiHeadAttention(HeadProjections):
         dropout: float = 0.0,
         backend: str = "auto",
         scoring: str = "scaled_dot",
+        scale: Optional[float] = None,
     ):
         if scoring not in SCORINGS:
             raise ValueError(f"unknown scoring '{scoring}'; choose one of {', '.join(SCORINGS)}")
+        if scale is not None and scoring != "scaled_dot":
+            raise ValueError(f"scale applies to scoring='scaled_dot' only, not '{scoring}'; drop scale")
         super().__init__(d_model, n_head, n_kv_head, d_context=d_context, bias=bias)
         self.dropout = dropout
         self.backend = backend
         self.scoring = scoring
+        self.scale = 1.0 if scoring == "dot" else scale  # None: the backend's 1/sqrt(head_dim)
         self.scorer = (
             build_scoring(scoring, self.head_dim, self.head_dim) if scoring in ("general", "additive", "concat") else None
         )
@@ -117,12 +122,11 @@ class MultiHeadAttention(HeadProjections):
                 q, k = rotary(q, k)
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, Hkv, Tcache + Tk, D)
-        scale = 1.0 if self.scoring == "dot" else None
         if self.scorer is not None:
             q, k, bias = self._parameterised_scores(q, k, bias)
         want_weights = return_weights or self.capture is not None
         out = attention(
-            q, k, v, mask=mask, bias=bias, scale=scale, dropout_p=self.dropout if self.training else 0.0,
+            q, k, v, mask=mask, bias=bias, scale=self.scale, dropout_p=self.dropout if self.training else 0.0,
             backend=self.backend, return_weights=want_weights, score_mod=score_mod, topk=topk,
         )
         weights = None

@@ -3,9 +3,16 @@
 A :class:`Layout` knows how to read a family's ``config.json`` into a
 :class:`~attnlab.config.ModelConfig`, which attnlab model to build, and how each of the
 family's weight names maps to ours. :data:`LAYOUTS` is keyed by the Hugging Face
-``model_type``; only ``"bert"`` is implemented so far (GPT-2, Llama, T5 slot in as more
-entries). ``transformers`` is only needed to pass a model object; a local directory is
-read with ``safetensors`` (or ``torch.load`` for ``pytorch_model.bin``).
+``model_type``:
+
+- ``"bert"``: ``BertModel`` → :class:`~attnlab.models.encoder.EncoderModel`,
+  ``BertForMaskedLM`` / ``BertForPreTraining`` → :class:`~attnlab.models.encoder.EncoderForMaskedLM`;
+- ``"t5"``: ``T5ForConditionalGeneration`` and ``T5Model`` →
+  :class:`~attnlab.models.seq2seq.EncoderDecoder` (T5 v1.0 ``relu`` and v1.1 ``gated-gelu``).
+
+GPT-2 and Llama slot in as more entries. ``transformers`` is only needed to pass a model
+object; a local directory is read with ``safetensors`` (or ``torch.load`` for
+``pytorch_model.bin``).
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from attnlab.config import ModelConfig
+from attnlab.config import AttentionConfig, ModelConfig
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel
+from attnlab.models.seq2seq import EncoderDecoder
 
 
 @dataclass(frozen=True)
@@ -35,14 +43,18 @@ class Layout:
         config: ``config.json`` dict → our :class:`ModelConfig` (raises AttnlabError when unsupported).
         rename: Hugging Face weight name → our name, ``""`` for a weight we deliberately drop,
             or None for a name we do not know (an error).
-        build: ``(cfg, state)`` → the model to load ``state`` (our names) into.
+        build: ``(cfg, state)`` → the model to load ``state`` (our names) into; it may complete
+            ``state`` (e.g. a head the checkpoint leaves implicit) or reject it.
+        tied: our names of weights shared with the token embedding when ``cfg.tie_embeddings``
+            (dropped from the checkpoint's weights before loading).
     """
 
     name: str
     architectures: tuple[str, ...]
     config: Callable[[Mapping[str, Any]], ModelConfig]
     rename: Callable[[str], Optional[str]]
-    build: Callable[[ModelConfig, Mapping[str, torch.Tensor]], nn.Module]
+    build: Callable[[ModelConfig, dict[str, torch.Tensor]], nn.Module]
+    tied: tuple[str, ...] = ()
 
 
 # -- BERT ------------------------------------------------------------------------------
@@ -110,7 +122,7 @@ def _bert_rename(key: str) -> Optional[str]:
     return None if ours is None or not ours.startswith(("encoder.", "head.")) else f"{ours}.{leaf}"
 
 
-def _bert_build(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> nn.Module:
+def _bert_build(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
     if any(k.startswith("head.") for k in state):
         return EncoderForMaskedLM(cfg)
     return _Bare(EncoderModel(cfg))
@@ -124,9 +136,106 @@ class _Bare(nn.Module):
         self.encoder = encoder
 
 
-BERT = Layout("bert", ("BertModel", "BertForMaskedLM", "BertForPreTraining"), _bert_config, _bert_rename, _bert_build)
+BERT = Layout("bert", ("BertModel", "BertForMaskedLM", "BertForPreTraining"), _bert_config, _bert_rename, _bert_build,
+              tied=("head.decoder.weight",))
 
-LAYOUTS: dict[str, Layout] = {"bert": BERT}
+
+# -- T5 --------------------------------------------------------------------------------
+
+_T5_MLPS = {"relu": "relu", "gated-gelu": "geglu", "gated-gelu_new": "geglu", "gated-silu": "swiglu",
+            "gelu": "gelu_exact", "gelu_new": "gelu"}
+"""T5 ``feed_forward_proj`` → our ``mlp`` (``gated-gelu`` is the tanh GELU, "gelu_new")."""
+
+_T5_SUBLAYERS = {"encoder": ("attn", "mlp"), "decoder": ("attn", "cross_attn", "mlp")}
+"""Our sublayer behind each ``block.i.layer.j`` of a T5 stack."""
+_T5_MODULES = {"SelfAttention": "attn", "EncDecAttention": "cross_attn", "DenseReluDense": "mlp"}
+_T5_NORMS = {"attn": "attn_norm", "cross_attn": "cross_norm", "mlp": "mlp_norm"}
+_T5_LEAVES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+              "wi": "up_proj", "wi_0": "gate_proj", "wi_1": "up_proj", "wo": "down_proj"}
+_T5_TOP = {"shared.weight": "tok_emb.weight", "encoder.embed_tokens.weight": "tok_emb.weight",
+           "decoder.embed_tokens.weight": "tok_emb.weight", "lm_head.weight": "lm_head.weight",
+           "encoder.final_layer_norm.weight": "encoder.final_norm.weight",
+           "decoder.final_layer_norm.weight": "decoder.final_norm.weight"}
+
+
+def _t5_tied(hf: Mapping[str, Any]) -> bool:
+    """Whether T5 scales the decoder output by d_model^-0.5 before the head (attnlab: a tied head).
+
+    transformers >= 5 writes ``scale_decoder_outputs`` (and always ``tie_word_embeddings: true``);
+    older configs say ``tie_word_embeddings: false`` for T5 v1.1, which neither ties nor scales.
+    """
+    if "scale_decoder_outputs" in hf:
+        return bool(hf["scale_decoder_outputs"])
+    return bool(hf.get("tie_word_embeddings", True))
+
+
+def _t5_config(hf: Mapping[str, Any]) -> ModelConfig:
+    missing = [k for k in ("vocab_size", "d_model", "d_kv", "num_layers", "num_heads") if k not in hf]
+    if missing:
+        raise CheckpointError(f"T5 config.json lacks '{missing[0]}'; is it a complete Hugging Face config?")
+    if hf["d_kv"] * hf["num_heads"] != hf["d_model"]:
+        raise AttnlabError(f"T5 with d_kv * num_heads = {hf['d_kv']} * {hf['num_heads']} != d_model = {hf['d_model']} "
+                           "is not supported: attnlab's heads split d_model (head dim = d_model / n_head)")
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj not in _T5_MLPS:
+        raise AttnlabError(f"T5 feed_forward_proj '{proj}' is not supported; supported: {', '.join(_T5_MLPS)}")
+    start = hf.get("decoder_start_token_id")
+    return ModelConfig(
+        arch="encoder_decoder", vocab_size=hf["vocab_size"], block_size=hf.get("n_positions") or 512,
+        n_layer=hf["num_layers"], n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"],
+        n_head=hf["num_heads"], d_model=hf["d_model"], d_ff=hf.get("d_ff", 4 * hf["d_model"]), norm="rmsnorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-6), norm_placement="pre", mlp=_T5_MLPS[proj], position="relative",
+        relative_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_max_distance=hf.get("relative_attention_max_distance", 128), bias=False,
+        tie_embeddings=_t5_tied(hf), embed_scale=False,
+        decoder_start_id=start if start is not None else (hf.get("pad_token_id") or 0),
+        dropout=hf.get("dropout_rate", 0.0), attention=AttentionConfig(scale=1.0),
+    )
+
+
+def _t5_rename(key: str) -> Optional[str]:
+    if key in _T5_TOP:
+        return _T5_TOP[key]
+    m = re.fullmatch(r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.(\w+)(?:\.(\w+))?\.weight", key)
+    if m is None:
+        return None
+    stack, block, j, module, leaf = m.group(1), m.group(2), int(m.group(3)), m.group(4), m.group(5)
+    sublayers = _T5_SUBLAYERS[stack]
+    if j >= len(sublayers):
+        return None
+    ours = sublayers[j]
+    if leaf is None:
+        return f"{stack}.blocks.{block}.{_T5_NORMS[ours]}.weight" if module == "layer_norm" else None
+    if _T5_MODULES.get(module) != ours:
+        return None
+    if leaf == "relative_attention_bias":
+        if block != "0":
+            return None
+        # One table per stack, in its first self-attention layer; old checkpoints also carry an
+        # unused one in the first cross-attention layer.
+        return f"{stack}.pos.relative_attention_bias.weight" if ours == "attn" else ""
+    if leaf not in _T5_LEAVES or (ours == "mlp") != leaf.startswith("w"):
+        return None
+    return f"{stack}.blocks.{block}.{ours}.{_T5_LEAVES[leaf]}.weight"
+
+
+def _t5_build(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    emb, head = state.get("tok_emb.weight"), state.get("lm_head.weight")
+    if emb is not None and cfg.tie_embeddings and head is not None and not torch.equal(head, emb):
+        raise AttnlabError("T5 checkpoint scales decoder outputs (tie_word_embeddings / scale_decoder_outputs) but "
+                           "its lm_head differs from the shared embedding; attnlab scales the head's input only for "
+                           "a tied head, so this combination is not supported")
+    if emb is not None and not cfg.tie_embeddings and head is None:
+        # transformers >= 5 ties T5's head to the embedding and omits it from checkpoints (and
+        # T5Model has no head): the head is the shared embedding, without output scaling.
+        state["lm_head.weight"] = emb
+    return EncoderDecoder(cfg)
+
+
+T5 = Layout("t5", ("T5ForConditionalGeneration", "T5Model"), _t5_config, _t5_rename, _t5_build,
+            tied=("lm_head.weight",))
+
+LAYOUTS: dict[str, Layout] = {"bert": BERT, "t5": T5}
 """Hugging Face ``model_type`` → layout."""
 
 
@@ -184,6 +293,11 @@ def from_hf(model_or_path: Union[str, Path, nn.Module]) -> nn.Module:
         hidden states, as ``BertModel``'s ``last_hidden_state``; the pooler is dropped) when
         the checkpoint has no MLM head, else an
         :class:`~attnlab.models.encoder.EncoderForMaskedLM` (forward → (B, T, V) logits).
+        For T5 (``T5ForConditionalGeneration`` or ``T5Model``): an
+        :class:`~attnlab.models.seq2seq.EncoderDecoder` whose
+        ``forward(input_ids, decoder_input_ids, attention_mask)`` gives the logits of
+        ``T5ForConditionalGeneration``; a ``T5Model`` has no head of its own, so its logits
+        come from the shared embedding, as transformers ties them.
         The model is in eval mode, in float32.
 
     Raises:
@@ -210,7 +324,8 @@ def from_hf(model_or_path: Union[str, Path, nn.Module]) -> nn.Module:
             state[ours] = tensor
     model = layout.build(cfg, state)
     if cfg.tie_embeddings:
-        state.pop("head.decoder.weight", None)  # tied to the word embeddings
+        for name in layout.tied:  # shared with the word embeddings
+            state.pop(name, None)
     _load(model, state)
     out = model.encoder if isinstance(model, _Bare) else model
     return out.float().eval()
