@@ -295,6 +295,19 @@ def test_build_positions_bias_kinds_and_scaling():
     assert rope.cos[2, 1].item() == pytest.approx(math.cos(1000.0 ** (-2 / 6)), abs=1e-6)
 
 
+def test_build_positions_alibi_follows_bidirectional():
+    """Encoders (bidirectional) get -slope·|i - j|; causal decoders keep -slope·(i - j)."""
+    slopes = [1 / 4, 1 / 16, 1 / 64, 1 / 256]
+    for bidirectional in (True, False):
+        al = build_positions("alibi", 32, 24, 6, n_head=4, bidirectional=bidirectional)
+        assert al.symmetric is bidirectional
+        got = al.score_mod().dense_bias(1, 4, 6, 6, "cpu", torch.float64)
+        torch.testing.assert_close(got, hand_alibi_bias(slopes, 6, 6, symmetric=bidirectional), rtol=0, atol=0)
+    both = build_positions("alibi", 32, 24, 6, n_head=4, bidirectional=True).score_mod().dense_bias(
+        1, 4, 6, 6, "cpu", torch.float64)
+    assert (both <= 0).all() and torch.equal(both, both.transpose(-1, -2))  # no key is favoured for its distance
+
+
 @pytest.mark.parametrize("kind,kwargs,match", [
     ("alibi", {}, "n_head"), ("relative", {}, "n_head"),
     ("learned", {"rope_scaling": {"type": "linear", "factor": 2}}, "rope_scaling"),

@@ -344,7 +344,10 @@ def build_positions(
         rope_theta: RoPE base.
         n_head: query heads (needed by ``"alibi"`` and ``"relative"``).
         rope_scaling: RoPE scaling spec, see :class:`RotaryPositions`.
-        num_buckets, max_distance, bidirectional: T5 relative bias settings.
+        num_buckets, max_distance: T5 relative bias settings.
+        bidirectional: whether keys may lie after the query (encoders). T5 relative bias then
+            gives them their own buckets, and ALiBi penalises the distance ``|q_pos - kv_pos|``
+            both ways; False (causal decoders) gives the one-sided forms.
 
     Raises:
         ValueError: unknown kind, a missing ``n_head``, or scaling on a scheme other than RoPE.
@@ -362,7 +365,7 @@ def build_positions(
     if kind == "rope":
         return RotaryPositions(max_len, head_dim, rope_theta, scaling=rope_scaling)
     if kind == "alibi":
-        return ALiBiPositions(max_len, n_head)
+        return ALiBiPositions(max_len, n_head, symmetric=bidirectional)
     if kind == "relative":
         return RelativePositionBias(n_head, num_buckets, max_distance, bidirectional, max_len=max_len)
     return PositionEncoding(max_len)

@@ -8,15 +8,20 @@ from typing import Optional
 import torch
 from torch import nn
 
-from attnlab.attention import KVCache, causal
+from attnlab.attention import KVCache
 from attnlab.attention.cache import LayerCache
 from attnlab.attention.linear import LinearState
-from attnlab.attention.masks import Mask, local_global, sliding_window
+from attnlab.attention.masks import Mask
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
-from attnlab.layers import build_norm
-from attnlab.models.common import positions_for, score_mod_for
+from attnlab.models.common import (
+    add_position_embedding,
+    final_norm_for,
+    positions_for,
+    score_mod_for,
+    self_attention_mask,
+)
 
 
 class DecoderLM(nn.Module):
@@ -41,10 +46,7 @@ class DecoderLM(nn.Module):
         self.pos = positions_for(cfg, bidirectional=False)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer))
-        # Post-norm blocks already end in a norm; pre-norm needs one before the head.
-        self.final_norm = (
-            build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if cfg.norm_placement == "pre" else nn.Identity()
-        )
+        self.final_norm = final_norm_for(cfg)  # before the head (Identity after post-norm blocks)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -75,12 +77,7 @@ class DecoderLM(nn.Module):
 
     def attention_mask(self) -> Mask:
         """Causal, restricted to the configured window and global tokens."""
-        a = self.config.attention
-        if a.window is None:
-            return causal()
-        if a.global_tokens:
-            return local_global(a.window, a.global_tokens, causal=True)
-        return sliding_window(a.window, causal=True)
+        return self_attention_mask(self.config, causal=True)
 
     def score_mod(self) -> Optional[ScoreMod]:
         """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
@@ -117,10 +114,7 @@ class DecoderLM(nn.Module):
                 + (", times model.rope_scaling_factor)" if self.max_context != self.config.block_size else ")")
             )
         positions = torch.arange(start, start + t, device=input_ids.device)  # (T,)
-        x = self.tok_emb(input_ids)  # (B, T, D)
-        pe = self.pos.embed(positions)
-        if pe is not None:
-            x = x + pe.to(x.dtype)
+        x = add_position_embedding(self.pos, self.tok_emb(input_ids), positions)  # (B, T, D)
         x = self.emb_dropout(x)
         rotary = self.pos.rotary(positions)
         mask = self.attention_mask()

@@ -14,23 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention.masks import Mask, key_padding, local_global, sliding_window
+from attnlab.attention.masks import Mask, key_padding
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import EncoderBlock
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
-from attnlab.models.common import positions_for, score_mod_for
-
-
-def _init_bert(module: nn.Module, std: float = 0.02) -> None:
-    """BERT init: N(0, std) matrices and embeddings, zero biases, unit norm gains."""
-    for name, p in module.named_parameters():
-        if p.dim() >= 2:
-            nn.init.normal_(p, mean=0.0, std=std)
-        elif name.endswith("bias"):
-            nn.init.zeros_(p)
-        elif name.endswith("weight"):  # norm gains
-            nn.init.ones_(p)
+from attnlab.models.common import (
+    add_position_embedding,
+    final_norm_for,
+    init_bert_weights,
+    positions_for,
+    score_mod_for,
+    self_attention_mask,
+)
 
 
 class EncoderModel(nn.Module):
@@ -53,17 +49,12 @@ class EncoderModel(nn.Module):
         self.emb_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
-        pre = cfg.norm_placement == "pre"
-        self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if pre else nn.Identity()
-        _init_bert(self)
+        self.final_norm = final_norm_for(cfg)
+        init_bert_weights(self)
 
     def attention_mask(self, attention_mask: Optional[torch.Tensor]) -> Optional[Mask]:
         """Padding (from a (B, T) 1/0 mask) combined with the configured window; None = full attention."""
-        a = self.config.attention
-        mask = None
-        if a.window is not None:
-            mask = (local_global(a.window, a.global_tokens, causal=False) if a.global_tokens
-                    else sliding_window(a.window, causal=False))
+        mask = self_attention_mask(self.config, causal=False)
         if attention_mask is not None:
             pad = key_padding(attention_mask.bool())
             mask = pad if mask is None else mask & pad
@@ -102,10 +93,7 @@ class EncoderModel(nn.Module):
                 raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, "
                                  f"got {tuple(extra.shape)}")
         positions = torch.arange(t, device=input_ids.device)  # (T,)
-        x = self.tok_emb(input_ids)  # (B, T, D)
-        pe = self.pos.embed(positions)
-        if pe is not None:
-            x = x + pe.to(x.dtype)
+        x = add_position_embedding(self.pos, self.tok_emb(input_ids), positions)  # (B, T, D)
         if self.type_emb is not None:
             types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
             x = x + self.type_emb(types)
@@ -153,7 +141,7 @@ class EncoderForMaskedLM(nn.Module):
         self.config = cfg
         self.encoder = EncoderModel(cfg)
         self.head = MLMHead(cfg)
-        _init_bert(self.head)
+        init_bert_weights(self.head)
         if cfg.tie_embeddings:
             self.head.decoder.weight = self.encoder.tok_emb.weight
 
@@ -193,8 +181,8 @@ class SequenceClassifier(nn.Module):
         self.pooler = nn.Linear(d, d)
         self.dropout = nn.Dropout(encoder.config.dropout if dropout is None else dropout)
         self.classifier = nn.Linear(d, n_classes)
-        _init_bert(self.pooler)
-        _init_bert(self.classifier)
+        init_bert_weights(self.pooler)
+        init_bert_weights(self.classifier)
 
     def forward(
         self,

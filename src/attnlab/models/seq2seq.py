@@ -31,13 +31,18 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from attnlab.attention import KVCache, LayerCache, causal, key_padding
-from attnlab.attention.masks import Mask, local_global, sliding_window
+from attnlab.attention import KVCache, LayerCache, key_padding
+from attnlab.attention.masks import Mask
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import Block
 from attnlab.config import ModelConfig
-from attnlab.layers import build_norm
-from attnlab.models.common import positions_for, score_mod_for
+from attnlab.models.common import (
+    add_position_embedding,
+    final_norm_for,
+    positions_for,
+    score_mod_for,
+    self_attention_mask,
+)
 
 
 @dataclass
@@ -94,16 +99,6 @@ class Seq2SeqCache:
         return self.memory.nbytes() + self.self_attn.nbytes() + sum(c.nbytes() for c in self.cross)
 
 
-def _self_attention_mask(cfg: ModelConfig, *, decoder: bool) -> Optional[Mask]:
-    """Causal for the decoder, full for the encoder (None), within the configured window."""
-    a = cfg.attention
-    if a.window is None:
-        return causal() if decoder else None
-    if a.global_tokens:
-        return local_global(a.window, a.global_tokens, causal=decoder)
-    return sliding_window(a.window, causal=decoder)
-
-
 class Seq2SeqStack(nn.Module):
     """Positions → blocks → final norm (pre-norm only): the encoder or the decoder of an
     :class:`EncoderDecoder`. It takes embedded tokens; the embedding is shared and lives outside.
@@ -112,7 +107,7 @@ class Seq2SeqStack(nn.Module):
         cfg: the architecture.
         n_layer: number of blocks.
         decoder: causal self-attention and a cross-attention sublayer in every block
-            (relative position bias one-sided); else bidirectional blocks.
+            (relative position bias and ALiBi one-sided); else bidirectional blocks.
     """
 
     def __init__(self, cfg: ModelConfig, n_layer: int, *, decoder: bool):
@@ -122,8 +117,12 @@ class Seq2SeqStack(nn.Module):
         self.pos = positions_for(cfg, bidirectional=not decoder)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross=decoder) for _ in range(n_layer))
-        pre = cfg.norm_placement == "pre"
-        self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if pre else nn.Identity()
+        self.final_norm = final_norm_for(cfg)
+
+    def attention_mask(self) -> Optional[Mask]:
+        """Self-attention pattern before padding: causal in the decoder, full (None) in the
+        encoder, within the configured window and global tokens."""
+        return self_attention_mask(self.config, causal=self.is_decoder)
 
     def score_mod(self) -> Optional[ScoreMod]:
         """Self-attention position bias (T5 relative, ALiBi) and soft-capping, as one score mod."""
@@ -158,10 +157,7 @@ class Seq2SeqStack(nn.Module):
             (empty lists unless ``return_weights``).
         """
         positions = torch.arange(start, start + x.shape[1], device=x.device)  # (T,)
-        pe = self.pos.embed(positions)
-        if pe is not None:
-            x = x + pe.to(x.dtype)
-        x = self.emb_dropout(x)
+        x = self.emb_dropout(add_position_embedding(self.pos, x, positions))
         rotary = self.pos.rotary(positions)
         score_mod = self.score_mod()
         self_w: list[torch.Tensor] = []
@@ -250,7 +246,7 @@ class EncoderDecoder(nn.Module):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
-        mask = _self_attention_mask(self.config, decoder=False)
+        mask = self.encoder.attention_mask()
         if attention_mask is None:
             valid, padded = torch.ones_like(input_ids, dtype=torch.bool), False
         else:
@@ -317,7 +313,7 @@ class EncoderDecoder(nn.Module):
             raise ValueError(f"decoder sequence of {start + t} tokens exceeds the model's decoder context of "
                              f"{self.max_context} (model.block_size)")
         hidden, self_w, cross_w = self.decoder(
-            self._embed(decoder_input_ids), start=start, mask=_self_attention_mask(self.config, decoder=True),
+            self._embed(decoder_input_ids), start=start, mask=self.decoder.attention_mask(),
             context=mem.hidden, context_mask=key_padding(mem.mask) if mem.padded else None,
             cache=cache.self_attn if cache is not None else None,
             cross_caches=cache.cross if cache is not None else None, return_weights=return_weights,
