@@ -87,7 +87,7 @@ def test_subprocess_exit_code_and_no_traceback(run_cli):
     assert r.stderr.strip() == "attnlab train: error: unknown config key 'train.bacth_size' (did you mean 'batch_size'?)"
 
 
-def test_train_refuses_an_encoder_instead_of_training_it_wrongly(capsys, tmp_path, one_line_error):
-    code = main(["train", "bert-tiny", f"train.out_dir={tmp_path}/r"])
-    one_line_error(capsys, code, "model.arch=encoder needs its own objective")
+def test_train_refuses_an_objective_that_does_not_fit_the_arch(capsys, tmp_path, one_line_error):
+    code = main(["train", "bert-tiny", "train.objective=clm", f"train.out_dir={tmp_path}/r"])
+    one_line_error(capsys, code, "train.objective=clm needs model.arch=decoder, but model.arch=encoder")
     assert not (tmp_path / "r").exists()

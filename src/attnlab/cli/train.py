@@ -10,9 +10,10 @@ from attnlab.config import list_presets, load
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="pretrain a language model from a YAML config",
-        description="Pretrain a model. CONFIG is a preset name or a YAML file; any field can be "
-        "overridden as section.key=value (e.g. train.max_steps=200 model.n_layer=2). "
+        help="pretrain a model (decoder, encoder or encoder-decoder) from a YAML config",
+        description="Pretrain a model with its objective (train.objective: next-token for decoders, "
+        "masked LM for encoders, span corruption for encoder-decoders). CONFIG is a preset name or a "
+        "YAML file; any field can be overridden as section.key=value (e.g. train.max_steps=200 model.n_layer=2). "
         "Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.",
         epilog=f"presets: {', '.join(list_presets())}",
     )
@@ -31,11 +32,16 @@ def run(args: argparse.Namespace) -> int:
     if s["interrupted"]:
         return 130
     print(f"\nfinished {s['step']} steps in {cfg.train.out_dir}")
-    if "val_loss" in s:
+    if "val_ppl" in s:
         print(
             f"validation loss {s['val_loss']:.4f} nats/token (perplexity {s['val_ppl']:.2f}), "
             f"{s['val_bpb']:.3f} bits/byte\n"
             f"unigram entropy of the corpus {s['unigram_entropy']:.4f} nats/token, {s['unigram_bpb']:.3f} bits/byte"
+        )
+    elif "val_loss" in s:
+        print(
+            f"validation {s['objective']} loss {s['val_loss']:.4f} nats per predicted token\n"
+            f"unigram entropy of the corpus {s['unigram_entropy']:.4f} nats/token"
         )
     print(f"checkpoint: {s['checkpoint']}\nloss curve: {s['loss_curve']}")
     return 0

@@ -99,6 +99,15 @@ def parse_bpe_spec(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def seeded_generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded by a hash of ``parts`` (e.g. ``seed, "train", step, micro``).
+
+    Randomness that is a pure function of where a run is keeps resumed runs exact.
+    """
+    key = "|".join(map(str, parts)).encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
@@ -200,8 +209,7 @@ class TokenData:
             AttnlabError: if the split holds no more than ``seq_len + 1`` tokens.
         """
         data = self._checked(split, seq_len, batch_size)
-        key = f"{seed}|{split}|{step}|{micro}".encode()
-        g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
+        g = seeded_generator(seed, split, step, micro)
         starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=g).numpy()  # (B,)
         return self._windows(data, starts, seq_len)
 

@@ -197,6 +197,26 @@ class Tokenizer:
                 "re-create it with `attnlab tokenizer train` or point to GPT-2's encoder.json + vocab.bpe"
             ) from None
 
+    def with_special_tokens(self, tokens: Sequence[str]) -> "Tokenizer":
+        """A copy of this tokenizer with ``tokens`` registered as special tokens.
+
+        New tokens get the next free ids, in the order given; tokens already in the
+        vocabulary keep their ids. ``self`` is left unchanged.
+
+        Args:
+            tokens: token strings, e.g. ``["<|mask|>"]``.
+
+        Returns:
+            The extended tokenizer (its :attr:`vocab_size` counts the new tokens).
+        """
+        copy = Tokenizer.from_json(self.to_json())
+        copy._tok.add_special_tokens(list(tokens))
+        return copy
+
+    def token_id(self, token: str) -> int | None:
+        """Id of a token string (special or learned), or ``None`` if it is not in the vocabulary."""
+        return self._tok.token_to_id(token)
+
     # ------------------------------------------------------------------ saving
 
     def to_json(self) -> str:
@@ -281,6 +301,11 @@ class Tokenizer:
 
     def _special_ids(self) -> list[int]:
         return [i for i, t in self._tok.get_added_tokens_decoder().items() if t.special]
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of the special tokens (``<|endoftext|>`` and any added with :meth:`with_special_tokens`)."""
+        return sorted(self._special_ids())
 
     @property
     def chunk_safe(self) -> bool:

@@ -1,10 +1,14 @@
 """The pretraining loop: AdamW, warmup + cosine, clipping, accumulation, AMP,
 periodic validation, atomic checkpoints and exact resume.
 
-Exactness: the batch of step ``s`` is a pure function of (seed, s), the learning
-rate is a pure function of ``s``, and a checkpoint stores weights, optimizer
-moments and RNG states. A run stopped at any point and resumed from its last
-checkpoint therefore computes the same losses as one that never stopped.
+Every architecture trains with its objective (:mod:`attnlab.train.objectives`): next-token
+loss for decoders, masked LM for encoders, span corruption for encoder–decoders
+(``train.objective``, ``auto`` by ``model.arch``).
+
+Exactness: the batch of step ``s`` and its masks / corrupted spans are pure functions of
+(seed, s), the learning rate is a pure function of ``s``, and a checkpoint stores weights,
+optimizer moments and RNG states (dropout). A run stopped at any point and resumed from its
+last checkpoint therefore computes the same losses as one that never stopped.
 """
 
 from __future__ import annotations
@@ -17,16 +21,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from attnlab.config import Config
 from attnlab.data import TokenData, prepare
+from attnlab.data.dataset import seeded_generator
 from attnlab.errors import AttnlabError, CheckpointError
-from attnlab.eval import evaluate_lm
 from attnlab.models import build
 from attnlab.train.checkpoint import has_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from attnlab.train.metrics import MetricsFile, flops_per_token, peak_flops, plot_losses
+from attnlab.train.objectives import Objective, build_objective, objective_name
 from attnlab.train.optim import build_optimizer
 from attnlab.train.schedule import lr_at
 
@@ -96,6 +100,27 @@ def _check_same_model(saved: Config, current: Config, run_dir: Path) -> None:
         )
 
 
+def _set_vocab_size(cfg: Config, objective: Objective) -> int:
+    """Give the model room for the tokenizer plus the objective's extra tokens ([MASK], sentinels)."""
+    vocab = objective.tokenizer.vocab_size
+    extra = len(objective.extra_tokens())
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size < vocab:
+        extras = f" ({extra} of them added by the {objective.name} objective)" if extra else ""
+        raise AttnlabError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} tokens{extras}; "
+            "set model.vocab_size=0 to use the tokenizer's size"
+        )
+    return vocab
+
+
+def _describe(res: dict[str, float], name: str) -> str:
+    if "ppl" in res:
+        return f"val loss {res['loss']:.4f}, ppl {res['ppl']:.2f}, {res['bpb']:.3f} bits/byte"
+    return f"val {name} loss {res['loss']:.4f}"
+
+
 def train(
     cfg: Config,
     *,
@@ -104,28 +129,27 @@ def train(
     data: Optional[TokenData] = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train a language model as ``cfg`` says.
+    """Pretrain a model as ``cfg`` says, with the objective of its architecture.
 
     Args:
-        cfg: the run config. ``model.vocab_size == 0`` takes the tokenizer's size.
+        cfg: the run config. ``model.vocab_size == 0`` takes the tokenizer's size plus the
+            objective's extra tokens (``<|mask|>`` for mlm, 100 sentinels for span).
         resume: continue from the latest checkpoint in ``train.out_dir``.
         progress: show a progress bar.
         data: pre-tokenized data (otherwise prepared from ``cfg.data``).
         log: where one-line messages go.
 
     Returns:
-        Summary with final ``val_loss``, ``val_bpb``, ``unigram_entropy``, ``step``,
-        ``checkpoint`` path, ``tokens_per_s`` and ``interrupted``.
+        Summary with ``objective``, final ``val_loss`` (the objective's NLL per predicted token,
+        without label smoothing; plus ``val_ppl`` and ``val_bpb`` for clm only), ``unigram_entropy``,
+        ``step``, ``checkpoint`` path, ``tokens_per_s`` and ``interrupted``.
 
     Raises:
-        AttnlabError: bad config for the data, existing run without ``resume``, etc.
+        AttnlabError: bad config for the data, an objective that does not fit the
+            architecture, existing run without ``resume``, etc.
     """
     tc = cfg.train
-    if cfg.model.arch != "decoder":
-        raise AttnlabError(
-            f"attnlab train pretrains decoder-only language models (next-token loss); model.arch="
-            f"{cfg.model.arch} needs its own objective, which this command does not run yet"
-        )
+    objective_name(cfg)  # a mismatched objective fails before any work
     run_dir = Path(tc.out_dir)
     if has_checkpoint(run_dir) and not resume:
         raise AttnlabError(
@@ -139,14 +163,8 @@ def train(
         torch.set_num_threads(tc.threads)
 
     data = data or prepare(cfg.data, progress=progress)
-    vocab = data.tokenizer.vocab_size
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = vocab
-    elif cfg.model.vocab_size < vocab:
-        raise AttnlabError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} tokens; "
-            "set model.vocab_size=0 to use the tokenizer's size"
-        )
+    objective = build_objective(cfg, data.tokenizer)
+    vocab = _set_vocab_size(cfg, objective)
     seq_len = tc.seq_len or cfg.model.block_size
     if seq_len > cfg.model.block_size:
         raise AttnlabError(
@@ -170,29 +188,32 @@ def train(
         log(f"resumed from {ckpt.path} at step {start_step}")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
+    tok_file = objective.tokenizer.save(run_dir / "tokenizer.json")  # with the objective's extra tokens
 
     step_model = torch.compile(model) if tc.compile else model
     amp = autocast_for(device, tc.dtype)
     tokens_per_step = tc.batch_size * seq_len * tc.grad_accum
-    n_params = model.num_params()
+    n_params = sum(p.numel() for p in model.parameters())
     flops_step = flops_per_token(cfg.model, seq_len, n_params) * tokens_per_step
     peak = peak_flops(device)
-    tok_file = data.dir / "tokenizer.json"
 
     def checkpoint(step: int) -> Path:
         state = {"optimizer": optimizer.state_dict(), "rng": _rng_state(device)}
         return save_checkpoint(run_dir, step, model, cfg, state=state, tokenizer_file=tok_file)
 
     def validate(step: int) -> dict[str, float]:
-        res = evaluate_lm(step_model, data, split="val", batch_size=tc.batch_size, seq_len=seq_len,
-                          max_batches=tc.eval_batches, device=device, autocast=amp)
-        metrics.write({"step": step, "val_loss": res["loss"], "val_ppl": res["ppl"], "val_bpb": res["bpb"]})
+        res = objective.evaluate(step_model, data, split="val", batch_size=tc.batch_size, seq_len=seq_len,
+                                 max_batches=tc.eval_batches, device=device, autocast=amp, seed=tc.seed)
+        record = {"step": step, "val_loss": res["loss"], "objective": objective.name}
+        if "ppl" in res:  # perplexity and bits/byte are defined for next-token loss only
+            record.update(val_ppl=res["ppl"], val_bpb=res["bpb"])
+        metrics.write(record)
         return res
 
     entropy = data.unigram_entropy("train")
     log(
         f"model: {n_params:,} parameters | data: {len(data.train):,} train / {len(data.val):,} val tokens, "
-        f"vocab {vocab} | {tokens_per_step:,} tokens/step on {device.type}"
+        f"vocab {vocab} | objective {objective.name} | {tokens_per_step:,} tokens/step on {device.type}"
     )
     model.train()
     step = start_step
@@ -210,11 +231,11 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for micro in range(tc.grad_accum):
-                x, y = data.get_batch("train", step, tc.batch_size, seq_len, tc.seed, micro)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x, y = data.get_batch("train", step, tc.batch_size, seq_len, tc.seed, micro)  # (B, T) each
+                rng = seeded_generator(tc.seed, "objective", step, micro)  # masks / spans of this micro-batch
+                batch = objective.make_batch(x, y, rng).to(device)
                 with amp:
-                    logits = step_model(x)  # (B, T, V)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / tc.grad_accum
+                    loss = objective.loss(step_model, batch) / tc.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
@@ -239,8 +260,7 @@ def train(
                 t_last, tokens_since, loss_sum, loss_n = now, 0, torch.zeros((), device=device), 0
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
                 last_val = validate(step)
-                bar.write(f"step {step}: val loss {last_val['loss']:.4f}, ppl {last_val['ppl']:.2f}, "
-                          f"{last_val['bpb']:.3f} bits/byte")
+                bar.write(f"step {step}: {_describe(last_val, objective.name)}")
             if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.max_steps:
                 checkpoint(step)
     bar.close()
@@ -257,6 +277,7 @@ def train(
     plot_losses(records, run_dir / "loss.png", title=f"{run_dir.name}: {n_params / 1e6:.2f}M params",
                 baseline=entropy)
     summary = {
+        "objective": objective.name,
         "step": step,
         "interrupted": interrupted,
         "checkpoint": str(ckpt_path),
@@ -266,5 +287,7 @@ def train(
         "unigram_bpb": entropy / math.log(2) / data.bytes_per_token("train"),
     }
     if last_val:
-        summary.update(val_loss=last_val["loss"], val_ppl=last_val["ppl"], val_bpb=last_val["bpb"])
+        summary["val_loss"] = last_val["loss"]
+        if "ppl" in last_val:
+            summary.update(val_ppl=last_val["ppl"], val_bpb=last_val["bpb"])
     return summary
