@@ -92,3 +92,17 @@ def one_line_error():
         return lines[0]
 
     return check
+
+
+@pytest.fixture(scope="session")
+def trained_archs(tmp_path_factory, small_corpus, data_cache) -> dict[str, Path]:
+    """Tiny finished runs of bert-tiny (MLM) and t5-tiny (span corruption), by preset name."""
+    from attnlab.train import train
+
+    out = {}
+    for preset, extra in (("bert-tiny", {}), ("t5-tiny", {"model.n_decoder_layer": 1})):
+        run = tmp_path_factory.mktemp(preset) / "run"
+        cfg = config.load(preset, _tiny_overrides(run, small_corpus, data_cache, **{"model.d_ff": 128, **extra}))
+        train(cfg, progress=False, log=lambda s: None)
+        out[preset] = run
+    return out

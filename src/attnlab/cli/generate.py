@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_beams > 1 and args.num_samples > args.num_beams:
         raise AttnlabError(f"--num-samples {args.num_samples} exceeds --num-beams {args.num_beams}; "
                            "beam search returns at most one sequence per beam")
-    model, tok, _, device = load_for_inference(args.checkpoint, args.device)
+    model, tok, ckpt, device = load_for_inference(args.checkpoint, args.device)
+    if ckpt.config.model.arch == "encoder":
+        raise AttnlabError(f"'{ckpt.path}' holds an encoder (model.arch=encoder, masked LM), which does not "
+                           "generate text; evaluate it with attnlab eval or fine-tune it with attnlab finetune")
     ids = tok.encode(args.prompt)
     if not ids:
         raise AttnlabError("the prompt encodes to no tokens; pass a non-empty --prompt")

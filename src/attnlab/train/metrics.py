@@ -61,7 +61,7 @@ class MetricsFile:
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "",
-                baseline: Optional[float] = None) -> Path:
+                baseline: Optional[float] = None, ylabel: str = "loss (nats / token)") -> Path:
     """Training and validation loss against step, saved as PNG.
 
     Args:
@@ -69,6 +69,7 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
         path: PNG to write.
         title: plot title.
         baseline: a reference loss drawn as a dashed line (e.g. the unigram entropy).
+        ylabel: what the loss is (e.g. ``"MLM loss (nats / masked token)"``).
     """
     import matplotlib
 
@@ -85,7 +86,7 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=1, label=f"unigram entropy {baseline:.2f}")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
