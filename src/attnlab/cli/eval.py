@@ -1,50 +1,102 @@
-"""``attnlab eval CKPT``: validation loss, perplexity and bits per byte."""
+"""``attnlab eval RUN``: a pretrained checkpoint's loss and perplexity, or a fine-tuned model's task metrics.
+
+    attnlab eval runs/gpt-tiny                                  # validation loss, perplexity, bits per byte
+    attnlab eval runs/sentiment-minilm                          # the task's metrics on the recipe's test file
+    attnlab eval runs/sentiment-minilm --data reviews.jsonl     # ... on another file
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="report loss and perplexity of a checkpoint on a dataset",
-        description="Evaluate a checkpoint's next-token loss. By default on the validation split "
-        "of the data it was trained on; --data evaluates on another text file/folder.",
+        help="report a checkpoint's loss/perplexity, or a fine-tuned model's task metrics",
+        description="Evaluate a checkpoint. A pretraining run (attnlab train): next-token loss on the "
+        "validation split of its data, or on --data (text file, folder or builtin:NAME). A fine-tuned model "
+        "(attnlab finetune; detected from its folder): the task's metrics (accuracy/F1, EM/F1, BLEU, loss...) "
+        "on the recipe's --split file, or on --data (a task file such as test.jsonl).",
     )
-    p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--data", default=None, help="text file, folder or builtin:NAME (default: the training data)")
-    p.add_argument("--split", choices=["train", "val"], default="val")
-    p.add_argument("--batches", type=int, default=50, help="number of batches (spread over the split)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=0, help="tokens per window (default: the training seq_len)")
+    p.add_argument("checkpoint", help="run folder or checkpoint folder (pretrained or fine-tuned)")
+    p.add_argument("--data", default=None, help="data to evaluate on (default: the model's own data)")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None,
+                   help="split of the model's own data (default: val for pretraining runs, test for fine-tuned)")
+    p.add_argument("--batches", type=int, default=50, help="pretraining runs: number of batches (spread over the split)")
+    p.add_argument("--batch-size", type=int, default=8, help="pretraining runs: windows per batch")
+    p.add_argument("--seq-len", type=int, default=0, help="pretraining runs: tokens per window (default: the training seq_len)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
 
 
+def _is_finetuned(path: str) -> bool:
+    p = Path(path)
+    return (p / "task.json").is_file() or (p / "model" / "task.json").is_file()
+
+
 def run(args: argparse.Namespace) -> int:
+    return (_run_finetuned if _is_finetuned(args.checkpoint) else _run_lm)(args)
+
+
+def _run_finetuned(args: argparse.Namespace) -> int:
+    import torch
+
+    from attnlab.errors import AttnlabError
+    from attnlab.finetune import load_finetuned
+    from attnlab.train.loop import autocast_for, resolve_device
+
+    device = resolve_device(args.device)
+    task, model, tok = load_finetuned(args.checkpoint, device)
+    split = args.split or "test"
+    d = task.cfg.data
+    source = args.data or {"train": d.train, "val": d.val, "test": d.test or d.val}[split]
+    if not source:
+        raise AttnlabError(f"the recipe of '{args.checkpoint}' names no {split} file; pass --data FILE")
+    examples = task.read(source)
+    with torch.no_grad(), autocast_for(device, "auto"):
+        res = task.evaluate(model, examples, tok)
+    if args.json:
+        print(json.dumps({"task": task.name, "data": str(source), "examples": len(examples), **res}))
+    else:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in res.items())
+        print(f"{args.checkpoint} ({task.name}) on {source} ({len(examples):,} examples): {metrics}")
+    return 0
+
+
+def _run_lm(args: argparse.Namespace) -> int:
     from attnlab.cli._common import load_for_inference
     from attnlab.data import prepare
     from attnlab.errors import AttnlabError
-    from attnlab.eval import evaluate_lm
     from attnlab.train.loop import autocast_for
+    from attnlab.train.objectives import build_objective
 
+    split = args.split or "val"
+    if split == "test":
+        raise AttnlabError("a pretraining run has train and val splits only; use --split val or --data FILE")
     model, tok, ckpt, device = load_for_inference(args.checkpoint, args.device)
     data_cfg = ckpt.config.data
     if args.data:
         data_cfg.source = args.data
     data = prepare(data_cfg, tokenizer=tok, progress=False)
+    objective = build_objective(ckpt.config, tok)  # the pretraining objective: clm, mlm or span
     seq_len = args.seq_len or ckpt.config.train.seq_len or model.config.block_size
-    if seq_len > model.max_context:
-        raise AttnlabError(f"--seq-len {seq_len} exceeds the model's context {model.max_context}; lower --seq-len")
-    res = evaluate_lm(model, data, split=args.split, batch_size=args.batch_size, seq_len=seq_len,
-                      max_batches=args.batches, device=device, autocast=autocast_for(device, "auto"))
-    res["step"] = ckpt.step
+    context = getattr(model, "max_context", model.config.block_size)
+    if seq_len > context:
+        raise AttnlabError(f"--seq-len {seq_len} exceeds the model's context {context}; lower --seq-len")
+    res = objective.evaluate(model, data, split=split, batch_size=args.batch_size, seq_len=seq_len,
+                             max_batches=args.batches, device=device, autocast=autocast_for(device, "auto"),
+                             seed=ckpt.config.train.seed)
+    res.update(step=ckpt.step, objective=objective.name)
     if args.json:
         print(json.dumps(res))
-    else:
-        print(f"{ckpt.path} on {data_cfg.source} ({args.split}, {int(res['tokens']):,} tokens): "
+    elif "ppl" in res:
+        print(f"{ckpt.path} on {data_cfg.source} ({split}, {int(res['tokens']):,} tokens): "
               f"loss {res['loss']:.4f}, perplexity {res['ppl']:.2f}, {res['bpb']:.3f} bits/byte")
+    else:  # perplexity and bits/byte are defined for next-token loss only
+        print(f"{ckpt.path} on {data_cfg.source} ({split}, {int(res['tokens']):,} predicted tokens): "
+              f"{objective.name} loss {res['loss']:.4f} nats per predicted token")
     return 0

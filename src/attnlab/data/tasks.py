@@ -31,11 +31,12 @@ FORMATS = (".jsonl", ".json", ".csv", ".tsv")
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
     if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return bz2.open(path, "rt", encoding="utf-8-sig")
+    return path.open(encoding="utf-8-sig")
 
 
 def _format(path: Path) -> str:

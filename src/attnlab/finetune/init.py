@@ -6,7 +6,11 @@
   ``tokenizer.json``), imported with :func:`attnlab.interop.hf.from_hf`;
 - a folder written by ``attnlab train`` / ``attnlab finetune`` (run or checkpoint folder);
 - ``preset:NAME`` — random initialisation from a model preset (``configs/NAME.yaml``),
-  i.e. training from scratch (the vocabulary size comes from the tokenizer).
+  i.e. training from scratch (the vocabulary size comes from the tokenizer; the recipe's
+  ``model`` section overrides the preset's architecture, e.g. ``model.n_layer=2``).
+
+A task may accept more starting points of its own (``classify`` takes ``init: bow``, a
+bag-of-words baseline that needs no backbone).
 
 :func:`load_backbone` returns the weights-bearing module (or ``None`` for a preset), its
 :class:`~attnlab.config.ModelConfig` and the tokenizer that came with it.
@@ -14,13 +18,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from torch import nn
 
-from attnlab.config import ModelConfig
+from attnlab.config import ModelConfig, from_dict
 from attnlab.config import load as load_config
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, ConfigError
@@ -46,36 +51,64 @@ class Backbone:
     source: str
 
 
-def load_backbone(init: str) -> Backbone:
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_backbone(init: str, model: Optional[dict[str, Any]] = None) -> Backbone:
     """Load what ``init`` names (see the module docstring).
 
+    Args:
+        init: ``hf:DIR``, an attnlab run or checkpoint folder, or ``preset:NAME``.
+        model: architecture overrides (a partial ``model`` section), for ``preset:NAME`` only.
+
     Raises:
-        ConfigError: empty or malformed ``init``.
+        ConfigError: empty or malformed ``init``, a bad override, or overrides for a pretrained init.
         AttnlabError / CheckpointError: a missing or unreadable checkpoint.
     """
     if not init:
-        raise ConfigError("init is not set; use hf:DIR, an attnlab run folder, or preset:NAME (from scratch)")
+        raise ConfigError("init is not set; use hf:DIR, an attnlab run folder, or preset:NAME (from scratch), "
+                          "e.g. init=hf:/path/to/all-MiniLM-L6-v2")
     if init.startswith("preset:"):
         cfg = load_config(init.split(":", 1)[1]).model
+        if model:
+            cfg = from_dict(ModelConfig, _merge(dataclasses.asdict(cfg), model), "model")
         return Backbone(None, cfg, None, init)
+    if model:
+        raise ConfigError(f"model.{next(iter(model))} can only change a preset (init=preset:NAME); the architecture "
+                          f"of '{init}' is fixed by its weights, so drop the model section")
     if init.startswith("hf:"):
         from attnlab.interop.hf import from_hf
 
         path = Path(init[3:]).expanduser()
         if not path.is_dir():
             raise AttnlabError(f"init '{init}': '{path}' is not a directory; give a Hugging Face checkpoint folder")
-        model = from_hf(path)
-        tok = Tokenizer.load(path) if (path / "tokenizer.json").is_file() else None
-        return Backbone(model, model.config, tok, init)
+        net = from_hf(path)
+        tok = _plain(Tokenizer.load(path)) if (path / "tokenizer.json").is_file() else None
+        return Backbone(net, net.config, tok, init)
     from attnlab.train.checkpoint import load_model
 
     if not Path(init).exists():
         raise AttnlabError(
             f"init '{init}' not found; use hf:DIR, an attnlab run or checkpoint folder, or preset:NAME"
         )
-    model, ckpt = load_model(init)
-    tok = Tokenizer.load(ckpt.tokenizer_file) if ckpt.tokenizer_file is not None else None
-    return Backbone(model, ckpt.config.model, tok, init)
+    net, ckpt = load_model(init)
+    tok = _plain(Tokenizer.load(ckpt.tokenizer_file)) if ckpt.tokenizer_file is not None else None
+    return Backbone(net, ckpt.config.model, tok, init)
+
+
+def _plain(tok: Tokenizer) -> Tokenizer:
+    """Switch off padding and truncation saved in a ``tokenizer.json`` (MiniLM's pads every text to 128).
+
+    Tasks add special tokens, truncate and pad themselves; a tokenizer that pads on its own
+    would turn every text into a full-length sequence of [PAD] ids.
+    """
+    tok.backend.no_padding()
+    tok.backend.no_truncation()
+    return tok
 
 
 def make_tokenizer(spec: str, backbone: Backbone, texts: list[str]) -> Tokenizer:
@@ -101,7 +134,7 @@ def make_tokenizer(spec: str, backbone: Backbone, texts: list[str]) -> Tokenizer
         except ValueError:
             raise ConfigError(f"tokenizer '{spec}': expected bpe:N with an integer N, e.g. bpe:4096") from None
         return Tokenizer.train_bpe(texts, size, special_tokens=SPECIAL_TOKENS)
-    return Tokenizer.load(spec)
+    return _plain(Tokenizer.load(spec))
 
 
 def token_id(tokenizer: Tokenizer, token: str, purpose: str) -> int:
@@ -115,6 +148,56 @@ def token_id(tokenizer: Tokenizer, token: str, purpose: str) -> int:
     return int(i)
 
 
+def encoder_special_ids(tokenizer: Tokenizer, purpose: str) -> dict[str, int]:
+    """``{"cls", "sep", "pad"}`` ids for ``[CLS] a [SEP] (b [SEP])`` encoder inputs.
+
+    BERT vocabularies and ``tokenizer=bpe:N`` have ``[CLS]``, ``[SEP]`` and ``[PAD]``. A
+    tokenizer from ``attnlab train`` (an encoder pretrained with masked LM) has none of them
+    but knows ``<|endoftext|>`` as its document boundary; it then plays all three roles (padding
+    is masked out anyway).
+
+    Raises:
+        AttnlabError: neither the three tokens nor ``<|endoftext|>`` are in the vocabulary.
+    """
+    names = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]"}
+    ids = {k: tokenizer.backend.token_to_id(t) for k, t in names.items()}
+    if any(i is None for i in ids.values()) and tokenizer.eos_id is not None:
+        return dict.fromkeys(names, int(tokenizer.eos_id))
+    return {k: token_id(tokenizer, t, purpose) for k, t in names.items()}
+
+
 def unwrap(model: nn.Module, attr: str) -> Any:
     """``model.attr`` if the model wraps one (e.g. ``EncoderForMaskedLM.encoder``), else the model."""
     return getattr(model, attr, model)
+
+
+def build_encoder(backbone: Backbone, tok: Tokenizer, task: str, max_length: int) -> nn.Module:
+    """The :class:`~attnlab.models.EncoderModel` a task fine-tunes, from its backbone.
+
+    A preset is built with the tokenizer's vocabulary; a pretrained model gives its encoder
+    (unwrapping an MLM model). Either is checked against the tokenizer and ``max_length``.
+
+    Raises:
+        ConfigError: the preset is not an encoder, or ``max_length`` exceeds its context.
+        AttnlabError: the checkpoint holds no encoder, or the tokenizer outgrows its embeddings.
+    """
+    from attnlab.models import EncoderModel
+
+    cfg = backbone.config
+    if backbone.model is None:
+        if cfg.arch != "encoder":
+            raise ConfigError(f"init '{backbone.source}' is a {cfg.arch} model; {task} needs an encoder "
+                              "(arch: encoder), e.g. init=preset:bert-tiny or a BERT checkpoint hf:DIR")
+        encoder = EncoderModel(dataclasses.replace(cfg, vocab_size=cfg.vocab_size or tok.vocab_size))
+    else:
+        encoder = unwrap(backbone.model, "encoder")
+        if not isinstance(encoder, EncoderModel):
+            raise AttnlabError(f"init '{backbone.source}' holds a {type(backbone.model).__name__}; {task} needs an "
+                               "encoder (a BERT-layout hf:DIR, an encoder run, or preset:bert-tiny)")
+    if encoder.config.vocab_size < tok.vocab_size:
+        raise AttnlabError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
+                           f"{encoder.config.vocab_size} embeddings; use the model's own tokenizer")
+    if max_length > encoder.config.block_size:
+        raise ConfigError(f"options.max_length={max_length} exceeds the encoder's context of "
+                          f"{encoder.config.block_size} tokens; lower options.max_length")
+    return encoder

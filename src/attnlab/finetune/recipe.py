@@ -9,6 +9,7 @@ A recipe is one YAML file (``configs/finetune/*.yaml``) read into a
     task: classify                        # optional in the file; the CLI's TASK wins
     init: hf:/path/to/all-MiniLM-L6-v2    # hf:DIR | an attnlab run/checkpoint folder | preset:NAME (from scratch)
     tokenizer: ""                         # "" = the init's tokenizer; bpe:N trains one on the training text
+    model: {}                             # preset:NAME only: architecture overrides (n_layer: 2, d_model: 64, ...)
     data: {train: train.jsonl, val: val.jsonl, test: test.jsonl}
     options: {text_column: text, label_column: label, max_length: 128}
     lora: {rank: 8, alpha: 16, targets: [q, v]}   # optional: adapters instead of full fine-tuning
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import random
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,8 @@ import torch
 import yaml
 from torch import nn
 
-from attnlab.config import TrainConfig, from_dict, parse_override, preset_dir
+from attnlab.config import ModelConfig, TrainConfig, from_dict, parse_override, preset_dir
+from attnlab.config import _coerce as coerce
 from attnlab.data.tasks import read_records, split_records
 from attnlab.errors import ConfigError, did_you_mean
 from attnlab.finetune.lora import LoRAConfig
@@ -88,6 +91,9 @@ class FinetuneConfig:
             attnlab run or checkpoint folder, or ``preset:NAME`` (random init from a preset).
         tokenizer: ``""`` keeps the init's tokenizer; ``bpe:N`` trains a byte-level BPE of N
             tokens on the training text (for models trained from scratch); a path loads one.
+        model: architecture overrides for ``init: preset:NAME`` (a partial ``model`` section,
+            e.g. ``{"n_layer": 2, "d_model": 64}``; CLI: ``model.n_layer=2``); must stay empty
+            for a pretrained init, whose architecture its weights fix.
         data: the example files.
         options: the task's own options (a dataclass, ``Task.Options``).
         lora: train low-rank adapters instead of every weight (``None``: full fine-tuning).
@@ -98,6 +104,7 @@ class FinetuneConfig:
     task: str = ""
     init: str = ""
     tokenizer: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
     data: TaskData = field(default_factory=TaskData)
     options: Any = None
     lora: Optional[LoRAConfig] = None
@@ -177,15 +184,55 @@ def load_finetune_config(
     return finetune_config_from_dict(tree)
 
 
+def typed_from_dict(cls: type, data: Optional[dict[str, Any]], where: str) -> Any:
+    """:func:`attnlab.config.from_dict` that also accepts ``list[X]`` fields (each item type-checked).
+
+    A single value given for a list field becomes a one-item list (``lora.targets=q``).
+
+    Raises:
+        ConfigError: unknown key, wrong type (naming ``where.key[i]`` for a list item).
+    """
+    if not isinstance(data, dict):
+        return from_dict(cls, data, where)
+    data = dict(data)
+    hints = typing.get_type_hints(cls)
+    lists: dict[str, list[Any]] = {}
+    for key in list(data):
+        tp = hints.get(key)
+        if typing.get_origin(tp) is list:
+            value = data.pop(key)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            (item_tp,) = typing.get_args(tp)
+            lists[key] = [coerce(v, item_tp, f"{where}.{key}[{i}]") for i, v in enumerate(items)]
+    obj = from_dict(cls, data, where)
+    return dataclasses.replace(obj, **lists) if lists else obj
+
+
+def _check_model_keys(tree: Any, cls: type = ModelConfig, where: str = "model") -> None:
+    """Unknown names in a partial ``model`` section fail early (values are checked when the preset is built)."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where} must be a mapping of architecture settings, got {type(tree).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}.{key}'{did_you_mean(str(key), names)}")
+        if dataclasses.is_dataclass(hints[key]):
+            _check_model_keys(value, hints[key], f"{where}.{key}")
+
+
 def finetune_config_from_dict(tree: dict[str, Any]) -> FinetuneConfig:
     """Type-check a recipe given as a nested dict (``options`` per the task, ``lora`` optional)."""
     tree = dict(tree)
     cls = task_class(tree.get("task") or "")
     options = tree.pop("options", None)
     lora = tree.pop("lora", None)
+    model = tree.pop("model", None) or {}
+    _check_model_keys(model)
     cfg = from_dict(FinetuneConfig, tree)
-    cfg.options = from_dict(cls.Options, options, "options")
-    cfg.lora = None if lora is None else from_dict(LoRAConfig, lora, "lora")
+    cfg.model = model
+    cfg.options = typed_from_dict(cls.Options, options, "options")
+    cfg.lora = None if lora is None else typed_from_dict(LoRAConfig, lora, "lora")
     return cfg
 
 
@@ -193,9 +240,10 @@ class Task(ABC):
     """What a fine-tuning task defines; :func:`attnlab.finetune.trainer.fit` drives it.
 
     Subclasses set :attr:`name`, :attr:`Options` (a dataclass of task options) and
-    :attr:`metric` (the headline validation metric, higher is better), and implement the
-    abstract methods. ``self.state`` holds everything (JSON-able) needed to rebuild the
-    model's architecture later (labels, model config...); it is saved with the model.
+    :attr:`metric` (the headline validation metric; :attr:`higher_is_better` says which
+    way is better), and implement the abstract methods. ``self.state`` holds everything
+    (JSON-able) needed to rebuild the model's architecture later (labels, model config...);
+    it is saved with the model.
 
     Args:
         cfg: the run's config.
@@ -204,6 +252,10 @@ class Task(ABC):
     name: ClassVar[str]
     Options: ClassVar[type]
     metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    """Whether a larger :attr:`metric` is better (``False`` for a loss)."""
+    eval_at_start: ClassVar[bool] = False
+    """Evaluate on ``val`` before the first step too (reported as ``val_start``: the init's score)."""
     head_modules: ClassVar[tuple[str, ...]] = ()
     """Name patterns of new (randomly initialised) modules that stay trainable under LoRA."""
 
@@ -226,13 +278,19 @@ class Task(ABC):
         if d.val:
             val = self.read(d.val)
         else:
-            val, train = split_records(train, [d.val_fraction, 1 - d.val_fraction], seed=self.cfg.train.seed)
+            train, val = self.holdout(train)
         test = self.read(d.test) if d.test else val
         if d.max_train:
             train = train[: d.max_train]
         if d.max_eval:
             val, test = val[: d.max_eval], test[: d.max_eval]
         return {"train": train, "val": val, "test": test}
+
+    def holdout(self, train: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``(train, val)`` when no validation file is given: a seeded ``data.val_fraction`` of the records."""
+        val, rest = split_records(train, [self.cfg.data.val_fraction, 1 - self.cfg.data.val_fraction],
+                                  seed=self.cfg.train.seed)
+        return rest, val
 
     # -- model --------------------------------------------------------------
     @abstractmethod
@@ -251,6 +309,10 @@ class Task(ABC):
     @abstractmethod
     def collate(self, features: list[Any]) -> dict[str, torch.Tensor]:
         """A batch of tensors from features."""
+
+    def length(self, feature: Any) -> Optional[int]:
+        """Size of a feature (e.g. its token count) for length-bucketed batches; ``None``: plain random batches."""
+        return None
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

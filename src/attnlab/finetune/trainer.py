@@ -40,16 +40,42 @@ from attnlab.train.schedule import lr_at
 MODEL_DIR = "model"
 
 
-def _batches(task: Task, feats: list[Any], batch_size: int, seed: int, start: int = 0):
-    """Endless batches over ``feats`` in seeded epoch orders (pure function of seed and position)."""
-    pos = start
-    n = len(feats)
+BUCKET_POOL = 50
+"""Batches per pool sorted by length when a task defines :meth:`Task.length`."""
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: Optional[list[int]] = None) -> list[list[int]]:
+    """The batches (feature indices) of one epoch, a pure function of the arguments.
+
+    Without ``lengths``: consecutive slices of the epoch's seeded permutation. With
+    ``lengths``: each pool of ``BUCKET_POOL`` batches of that permutation is sorted by length
+    before it is cut, and the batches are shuffled, so a batch holds features of similar
+    length (little padding) and its place in the epoch stays random.
+    """
+    order = seeded_order(n, seed, epoch)
+    if lengths is None:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    pool = batch_size * BUCKET_POOL
+    batches = []
+    for start in range(0, n, pool):
+        chunk = sorted(order[start:start + pool], key=lambda j: lengths[j])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in seeded_order(len(batches), seed + 1, epoch)]
+
+
+def _batches(task: Task, feats: list[Any], batch_size: int, seed: int):
+    """Endless batches over ``feats``, epoch after epoch (see :func:`epoch_batches`)."""
+    lengths = [task.length(f) for f in feats]
+    bucketed = None if any(n is None for n in lengths) else lengths
+    epoch = 0
     while True:
-        epoch, i = divmod(pos, n)
-        order = seeded_order(n, seed, epoch)
-        idx = order[i:i + batch_size]
-        pos += len(idx)
-        yield task.collate([feats[j] for j in idx])
+        for idx in epoch_batches(len(feats), batch_size, seed, epoch, bucketed):
+            yield task.collate([feats[j] for j in idx])
+        epoch += 1
+
+
+def _better(new: float, old: float, higher_is_better: bool) -> bool:
+    return new > old if higher_is_better else new < old
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -141,8 +167,10 @@ def run(cfg: FinetuneConfig, *, progress: bool = True, log: Callable[[str], None
     """Fine-tune as ``cfg`` says and report the metrics.
 
     Returns:
-        ``{"task", "val" (best validation metrics), "test" (final metrics), "best_step",
-        "memory", "seconds", "model" (folder)}``; also written to ``results.json``.
+        ``{"task", "init", "lora", "val" (best validation metrics), "test" (final metrics of
+        the best model), "best_step", "memory", "seconds" (training time), "model" (folder)}``,
+        plus ``"val_start"`` (the init's validation metrics) for tasks with
+        ``eval_at_start``; also written to ``results.json``.
 
     Raises:
         AttnlabError: an existing run folder, bad data, a model that does not fit the task.
@@ -176,6 +204,19 @@ def run(cfg: FinetuneConfig, *, progress: bool = True, log: Callable[[str], None
     eval_every = tc.eval_every or tc.max_steps
     best: Optional[dict[str, float]] = None
     best_step = -1
+
+    def validate(step: int) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad(), amp:
+            res = task.evaluate(model, splits["val"], tok)
+        model.train()
+        metrics.write({"step": step, **{f"val_{k}": v for k, v in res.items()}})
+        return res
+
+    start = None
+    if task.eval_at_start:
+        start = validate(0)
+        log("step 0: " + ", ".join(f"{k} {v:.4g}" for k, v in start.items()))
     t0 = time.time()
     bar = tqdm(total=tc.max_steps, disable=not progress, dynamic_ncols=True, unit="step")
     model.train()
@@ -200,13 +241,9 @@ def run(cfg: FinetuneConfig, *, progress: bool = True, log: Callable[[str], None
         bar.set_postfix(loss=f"{total_loss:.4f}")
         bar.update(1)
         if (step + 1) % eval_every == 0 or step == tc.max_steps - 1:
-            model.eval()
-            with torch.no_grad(), amp:
-                res = task.evaluate(model, splits["val"], tok)
-            model.train()
-            metrics.write({"step": step + 1, **{f"val_{k}": v for k, v in res.items()}})
-            bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
-            if best is None or res[task.metric] > best[task.metric]:
+            res = validate(step + 1)
+            (bar.write if progress else log)(f"step {step + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+            if best is None or _better(res[task.metric], best[task.metric], task.higher_is_better):
                 best, best_step = res, step + 1
                 save_finetuned(out / MODEL_DIR, model, tok, cfg, task.state, {"step": best_step, "val": best})
     bar.close()
@@ -218,6 +255,8 @@ def run(cfg: FinetuneConfig, *, progress: bool = True, log: Callable[[str], None
     result = {"task": cfg.task, "init": cfg.init, "lora": cfg.lora is not None, "best_step": best_step,
               "val": best, "test": test, "memory": memory, "seconds": round(seconds, 1),
               "model": str(out / MODEL_DIR)}
+    if start is not None:
+        result["val_start"] = start
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(out / "results.json")

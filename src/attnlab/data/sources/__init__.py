@@ -15,9 +15,11 @@ caps the number of examples).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+from attnlab.data.tasks import split_records, write_jsonl
 from attnlab.errors import AttnlabError, did_you_mean
 
 SOURCES: dict[str, str] = {
@@ -41,3 +43,18 @@ def prepare_source(name: str, out: str | Path, *, path: Optional[str] = None, se
         raise AttnlabError(f"unknown data source '{name}'{did_you_mean(name, SOURCES)}; sources: {', '.join(SOURCES)}")
     module, fn = SOURCES[name].split(":")
     return getattr(importlib.import_module(module), fn)(Path(out), path=path, seed=seed, limit=limit)
+
+
+def write_splits(examples: list[dict[str, Any]], out: str | Path, *, seed: int = 0, limit: int = 0,
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), what: str = "examples") -> dict[str, Path]:
+    """Shuffle (seeded), keep at most ``limit`` examples, split 80 / 10 / 10 and write ``{train,val,test}.jsonl``.
+
+    Raises:
+        AttnlabError: a split would be empty.
+    """
+    if limit:
+        examples = split_records(examples, [1.0], seed=seed)[0][:limit]
+    parts = split_records(examples, fractions, seed=seed)
+    if not all(parts):
+        raise AttnlabError(f"{len(examples)} {what} leave a split empty; use --limit 20 or more (or 0 for all)")
+    return {name: write_jsonl(part, Path(out) / f"{name}.jsonl") for name, part in zip(("train", "val", "test"), parts)}
