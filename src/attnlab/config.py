@@ -318,7 +318,7 @@ class Config:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; allow int→float. Raise ConfigError."""
+    """Check ``value`` against annotation ``tp``; allow int→float and a single value for a list. Raise ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -333,6 +333,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        items = value if isinstance(value, (list, tuple)) else [value]  # one value: a one-item list
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(items)]
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

@@ -24,7 +24,7 @@ def reference_weights(attn, x: torch.Tensor) -> torch.Tensor:
     """Causal softmax(q kᵀ / sqrt(d)) from the layer's projection weights, in float64."""
     x = x.double()
     b, t, _ = x.shape
-    h, d = attn.n_head, attn.head_dim
+    d = attn.head_dim
 
     def proj(lin):
         y = x @ lin.weight.double().T + (lin.bias.double() if lin.bias is not None else 0)

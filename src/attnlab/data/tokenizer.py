@@ -190,7 +190,12 @@ class Tokenizer:
     @classmethod
     def _from_file(cls, path: Path) -> "Tokenizer":
         try:
-            return cls(tokenizers.Tokenizer.from_file(str(path)))
+            backend = tokenizers.Tokenizer.from_file(str(path))
+            # Padding/truncation saved in a tokenizer.json (MiniLM pads every text to 128) would
+            # turn every encode() into a fixed-length row of [PAD]s; callers pad and truncate.
+            backend.no_padding()
+            backend.no_truncation()
+            return cls(backend)
         except Exception as e:
             raise AttnlabError(
                 f"'{path}' is not a valid tokenizer.json ({_first_line(e)}); "

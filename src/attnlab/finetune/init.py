@@ -87,7 +87,7 @@ def load_backbone(init: str, model: Optional[dict[str, Any]] = None) -> Backbone
         if not path.is_dir():
             raise AttnlabError(f"init '{init}': '{path}' is not a directory; give a Hugging Face checkpoint folder")
         net = from_hf(path)
-        tok = _plain(Tokenizer.load(path)) if (path / "tokenizer.json").is_file() else None
+        tok = Tokenizer.load(path) if (path / "tokenizer.json").is_file() else None
         return Backbone(net, net.config, tok, init)
     from attnlab.train.checkpoint import load_model
 
@@ -96,19 +96,8 @@ def load_backbone(init: str, model: Optional[dict[str, Any]] = None) -> Backbone
             f"init '{init}' not found; use hf:DIR, an attnlab run or checkpoint folder, or preset:NAME"
         )
     net, ckpt = load_model(init)
-    tok = _plain(Tokenizer.load(ckpt.tokenizer_file)) if ckpt.tokenizer_file is not None else None
+    tok = Tokenizer.load(ckpt.tokenizer_file) if ckpt.tokenizer_file is not None else None
     return Backbone(net, ckpt.config.model, tok, init)
-
-
-def _plain(tok: Tokenizer) -> Tokenizer:
-    """Switch off padding and truncation saved in a ``tokenizer.json`` (MiniLM's pads every text to 128).
-
-    Tasks add special tokens, truncate and pad themselves; a tokenizer that pads on its own
-    would turn every text into a full-length sequence of [PAD] ids.
-    """
-    tok.backend.no_padding()
-    tok.backend.no_truncation()
-    return tok
 
 
 def make_tokenizer(spec: str, backbone: Backbone, texts: list[str]) -> Tokenizer:
@@ -134,7 +123,7 @@ def make_tokenizer(spec: str, backbone: Backbone, texts: list[str]) -> Tokenizer
         except ValueError:
             raise ConfigError(f"tokenizer '{spec}': expected bpe:N with an integer N, e.g. bpe:4096") from None
         return Tokenizer.train_bpe(texts, size, special_tokens=SPECIAL_TOKENS)
-    return _plain(Tokenizer.load(spec))
+    return Tokenizer.load(spec)
 
 
 def token_id(tokenizer: Tokenizer, token: str, purpose: str) -> int:

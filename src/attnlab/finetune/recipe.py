@@ -38,7 +38,6 @@ import yaml
 from torch import nn
 
 from attnlab.config import ModelConfig, TrainConfig, from_dict, parse_override, preset_dir
-from attnlab.config import _coerce as coerce
 from attnlab.data.tasks import read_records, split_records
 from attnlab.errors import ConfigError, did_you_mean
 from attnlab.finetune.lora import LoRAConfig
@@ -184,30 +183,6 @@ def load_finetune_config(
     return finetune_config_from_dict(tree)
 
 
-def typed_from_dict(cls: type, data: Optional[dict[str, Any]], where: str) -> Any:
-    """:func:`attnlab.config.from_dict` that also accepts ``list[X]`` fields (each item type-checked).
-
-    A single value given for a list field becomes a one-item list (``lora.targets=q``).
-
-    Raises:
-        ConfigError: unknown key, wrong type (naming ``where.key[i]`` for a list item).
-    """
-    if not isinstance(data, dict):
-        return from_dict(cls, data, where)
-    data = dict(data)
-    hints = typing.get_type_hints(cls)
-    lists: dict[str, list[Any]] = {}
-    for key in list(data):
-        tp = hints.get(key)
-        if typing.get_origin(tp) is list:
-            value = data.pop(key)
-            items = value if isinstance(value, (list, tuple)) else [value]
-            (item_tp,) = typing.get_args(tp)
-            lists[key] = [coerce(v, item_tp, f"{where}.{key}[{i}]") for i, v in enumerate(items)]
-    obj = from_dict(cls, data, where)
-    return dataclasses.replace(obj, **lists) if lists else obj
-
-
 def _check_model_keys(tree: Any, cls: type = ModelConfig, where: str = "model") -> None:
     """Unknown names in a partial ``model`` section fail early (values are checked when the preset is built)."""
     if not isinstance(tree, dict):
@@ -231,8 +206,8 @@ def finetune_config_from_dict(tree: dict[str, Any]) -> FinetuneConfig:
     _check_model_keys(model)
     cfg = from_dict(FinetuneConfig, tree)
     cfg.model = model
-    cfg.options = typed_from_dict(cls.Options, options, "options")
-    cfg.lora = None if lora is None else typed_from_dict(LoRAConfig, lora, "lora")
+    cfg.options = from_dict(cls.Options, options, "options")
+    cfg.lora = None if lora is None else from_dict(LoRAConfig, lora, "lora")
     return cfg
 
 
