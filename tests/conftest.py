@@ -106,3 +106,14 @@ def trained_archs(tmp_path_factory, small_corpus, data_cache) -> dict[str, Path]
         train(cfg, progress=False, log=lambda s: None)
         out[preset] = run
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny ops on a shared 2-core machine only lose to contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,13 +18,7 @@ from attnlab.models.common import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: extra threads on a shared 2-core machine only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
 
 
 def tiny(arch: str = "encoder", **kw) -> ModelConfig:

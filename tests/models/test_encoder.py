@@ -14,14 +14,6 @@ from attnlab.data.mlm import mask_tokens, mlm_loss
 from attnlab.models import EncoderForMaskedLM, EncoderModel, SequenceClassifier, build
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops: extra threads on a shared 2-core machine only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(**kw) -> ModelConfig:
     base = dict(arch="encoder", vocab_size=61, block_size=32, n_layer=2, n_head=4, d_model=32, d_ff=48,

@@ -20,13 +20,7 @@ SHRINK = ["model.vocab_size=24", "model.block_size=24", "model.n_layer=2", "mode
           "model.n_head=2", "model.d_model=32", "model.d_ff=64"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: extra threads on a shared 2-core machine only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
 
 
 def tiny(preset: str, *extra: str) -> config.Config:
