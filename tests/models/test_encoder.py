@@ -140,6 +140,22 @@ def test_sequence_classifier_reads_first_token():
     assert enc.tok_emb.weight.grad is not None
 
 
+def test_mean_pooling_averages_real_tokens_only():
+    torch.manual_seed(0)
+    enc = EncoderModel(tiny())
+    clf = SequenceClassifier(enc, 2, pooling="mean").eval()
+    ids = torch.randint(5, 61, (2, 8))
+    am = torch.ones_like(ids)
+    am[1, 5:] = 0
+    out = clf(ids, am)
+    hidden = enc(ids, am)
+    summary = torch.stack((hidden[0].mean(0), hidden[1, :5].mean(0)))
+    torch.testing.assert_close(out, clf.classifier(torch.tanh(clf.pooler(summary))))
+    torch.testing.assert_close(out[1], clf(ids[1:, :5])[0])  # the padding changes nothing
+    with pytest.raises(ValueError, match="pooling"):
+        SequenceClassifier(enc, 2, pooling="max")
+
+
 def test_errors_are_clear():
     with pytest.raises(ConfigError, match="type_vocab_size needs model.arch=encoder"):
         ModelConfig(type_vocab_size=2)

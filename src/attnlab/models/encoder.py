@@ -164,20 +164,25 @@ class EncoderForMaskedLM(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """Classify a sequence from its first ([CLS]) token: pooler (dense → tanh) → dropout → linear.
+    """Classify a sequence: pool the tokens, then pooler (dense → tanh) → dropout → linear.
 
     Args:
         encoder: the :class:`EncoderModel` to fine-tune.
         n_classes: number of labels.
         dropout: dropout before the classifier (default: the encoder's ``cfg.dropout``).
+        pooling: ``"cls"`` reads the first token (BERT's [CLS]); ``"mean"`` averages the real
+            tokens (how sentence-transformers such as all-MiniLM-L6-v2 were trained).
     """
 
-    def __init__(self, encoder: EncoderModel, n_classes: int, dropout: Optional[float] = None):
+    def __init__(self, encoder: EncoderModel, n_classes: int, dropout: Optional[float] = None, pooling: str = "cls"):
         super().__init__()
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         d = encoder.config.d_model
         self.encoder = encoder
+        self.pooling = pooling
         self.pooler = nn.Linear(d, d)
         self.dropout = nn.Dropout(encoder.config.dropout if dropout is None else dropout)
         self.classifier = nn.Linear(d, n_classes)
@@ -190,7 +195,13 @@ class SequenceClassifier(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         token_type_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """(B, T) ids → (B, n_classes) logits (the first token must be real, e.g. [CLS])."""
+        """(B, T) ids → (B, n_classes) logits (with ``cls`` pooling the first token must be real, e.g. [CLS])."""
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, D)
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, D)
-        return self.classifier(self.dropout(pooled))
+        if self.pooling == "cls":
+            summary = hidden[:, 0]  # (B, D)
+        elif attention_mask is None:
+            summary = hidden.mean(1)
+        else:
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            summary = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+        return self.classifier(self.dropout(torch.tanh(self.pooler(summary))))

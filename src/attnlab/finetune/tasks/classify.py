@@ -76,25 +76,6 @@ class ClassifyOptions:
             raise ConfigError("options.bow_ngrams and options.bow_min_count must be >= 1")
 
 
-class MeanPoolClassifier(SequenceClassifier):
-    """:class:`~attnlab.models.SequenceClassifier` pooling the mean of the real tokens, not the first."""
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """(B, T) ids → (B, n_classes) logits."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, D)
-        if attention_mask is None:
-            mean = hidden.mean(1)
-        else:
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
-        return self.classifier(self.dropout(torch.tanh(self.pooler(mean))))
-
-
 def encode_texts(
     tok: Tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: int, ids: dict[str, int], types: bool
 ) -> list[dict[str, list[int]]]:
@@ -278,4 +259,4 @@ class ClassifyTask(Task):
 
 
 def _classifier(encoder: EncoderModel, n_classes: int, pooling: str) -> SequenceClassifier:
-    return (MeanPoolClassifier if pooling == "mean" else SequenceClassifier)(encoder, n_classes)
+    return SequenceClassifier(encoder, n_classes, pooling=pooling)
