@@ -91,3 +91,15 @@ def test_lm_finetune_then_eval_on_a_text_file(trained_run, tmp_path, capsys):
     assert attnlab.cli.main(["eval", str(out), "--data", str(text), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["task"] == "lm" and res["examples"] == 1 and res["loss"] < result["val_start"]["loss"]
+
+
+def test_data_prepare_counts_squad_questions_not_lines(capsys, tmp_path):
+    import json
+
+    from attnlab.cli import main
+
+    assert main(["data", "prepare", "squad-shakespeare", "--out", str(tmp_path), "--limit", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    train = json.loads((tmp_path / "train.json").read_text())
+    n = sum(len(p["qas"]) for a in train["data"] for p in a["paragraphs"])
+    assert n > 1 and lines[0].endswith(f"({n:,} examples)")

@@ -23,10 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from attnlab.data.sources import prepare_source
+    from attnlab.data.tasks import read_records
 
     files = prepare_source(args.source, args.out, path=args.path, seed=args.seed, limit=args.limit)
     for split, path in files.items():
-        with open(path, encoding="utf-8") as f:
-            n = sum(1 for _ in f)
-        print(f"{split}: {path} ({n:,} examples)")
+        print(f"{split}: {path} ({len(read_records(path)):,} examples)")  # JSONL rows or SQuAD questions
     return 0
