@@ -100,8 +100,8 @@ def _write(tmp_path, **cfg):
 
 
 def test_clear_errors(tmp_path):
-    with pytest.raises(AttnlabError, match="model_type 'gpt2' is not supported; supported: bert"):
-        from_hf(_write(tmp_path, model_type="gpt2"))
+    with pytest.raises(AttnlabError, match="model_type 'mistral' is not supported; supported: bert"):
+        from_hf(_write(tmp_path, model_type="mistral"))
     with pytest.raises(AttnlabError, match="architecture BertForSequenceClassification is not supported"):
         from_hf(_write(tmp_path, model_type="bert", architectures=["BertForSequenceClassification"]))
     with pytest.raises(AttnlabError, match="hidden_act 'relu' is not supported"):

@@ -8,9 +8,14 @@ family's weight names maps to ours. :data:`LAYOUTS` is keyed by the Hugging Face
 - ``"bert"``: ``BertModel`` → :class:`~attnlab.models.encoder.EncoderModel`,
   ``BertForMaskedLM`` / ``BertForPreTraining`` → :class:`~attnlab.models.encoder.EncoderForMaskedLM`;
 - ``"t5"``: ``T5ForConditionalGeneration`` and ``T5Model`` →
-  :class:`~attnlab.models.seq2seq.EncoderDecoder` (T5 v1.0 ``relu`` and v1.1 ``gated-gelu``).
+  :class:`~attnlab.models.seq2seq.EncoderDecoder` (T5 v1.0 ``relu`` and v1.1 ``gated-gelu``);
+- ``"gpt2"``: ``GPT2LMHeadModel`` / ``GPT2Model`` → :class:`~attnlab.models.decoder.DecoderLM`
+  (Conv1D weights transposed, the fused ``c_attn`` split into q, k, v);
+- ``"llama"``: ``LlamaForCausalLM`` → :class:`~attnlab.models.decoder.DecoderLM` (RoPE, RMSNorm,
+  SwiGLU, GQA; our RoPE rotates the two halves of the head dim as Llama does, so q and k
+  need no permutation).
 
-GPT-2 and Llama slot in as more entries. ``transformers`` is only needed to pass a model
+``transformers`` is only needed to pass a model
 object; a local directory is read with ``safetensors`` (or ``torch.load`` for
 ``pytorch_model.bin``).
 """
@@ -22,13 +27,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 from attnlab.config import AttentionConfig, ModelConfig
 from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.models.decoder import DecoderLM
 from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel
 from attnlab.models.seq2seq import EncoderDecoder
 
@@ -52,9 +58,16 @@ class Layout:
     name: str
     architectures: tuple[str, ...]
     config: Callable[[Mapping[str, Any]], ModelConfig]
-    rename: Callable[[str], Optional[str]]
+    rename: Callable[[str], str | None]
     build: Callable[[ModelConfig, dict[str, torch.Tensor]], nn.Module]
     tied: tuple[str, ...] = ()
+
+
+def _require(hf: Mapping[str, Any], family: str, keys: tuple[str, ...]) -> None:
+    """Raise CheckpointError naming the first of ``keys`` that ``config.json`` lacks."""
+    missing = [k for k in keys if k not in hf]
+    if missing:
+        raise CheckpointError(f"{family} config.json lacks '{missing[0]}'; is it a complete Hugging Face config?")
 
 
 # -- BERT ------------------------------------------------------------------------------
@@ -83,9 +96,7 @@ _BERT_DROPPED = ("embeddings.position_ids", "pooler.", "cls.seq_relationship.")
 
 
 def _bert_config(hf: Mapping[str, Any]) -> ModelConfig:
-    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
-    if missing:
-        raise CheckpointError(f"BERT config.json lacks '{missing[0]}'; is it a complete Hugging Face config?")
+    _require(hf, "BERT", ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"))
     act = hf.get("hidden_act", "gelu")
     if act not in _BERT_ACTS:
         raise AttnlabError(f"BERT hidden_act '{act}' is not supported; supported: {', '.join(_BERT_ACTS)}")
@@ -104,7 +115,7 @@ def _bert_config(hf: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-def _bert_rename(key: str) -> Optional[str]:
+def _bert_rename(key: str) -> str | None:
     key = key.removeprefix("bert.")
     key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # pre-2019 LayerNorm names
     if key.startswith(_BERT_DROPPED):
@@ -170,9 +181,7 @@ def _t5_tied(hf: Mapping[str, Any]) -> bool:
 
 
 def _t5_config(hf: Mapping[str, Any]) -> ModelConfig:
-    missing = [k for k in ("vocab_size", "d_model", "d_kv", "num_layers", "num_heads") if k not in hf]
-    if missing:
-        raise CheckpointError(f"T5 config.json lacks '{missing[0]}'; is it a complete Hugging Face config?")
+    _require(hf, "T5", ("vocab_size", "d_model", "d_kv", "num_layers", "num_heads"))
     if hf["d_kv"] * hf["num_heads"] != hf["d_model"]:
         raise AttnlabError(f"T5 with d_kv * num_heads = {hf['d_kv']} * {hf['num_heads']} != d_model = {hf['d_model']} "
                            "is not supported: attnlab's heads split d_model (head dim = d_model / n_head)")
@@ -193,7 +202,7 @@ def _t5_config(hf: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-def _t5_rename(key: str) -> Optional[str]:
+def _t5_rename(key: str) -> str | None:
     if key in _T5_TOP:
         return _T5_TOP[key]
     m = re.fullmatch(r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.(\w+)(?:\.(\w+))?\.weight", key)
@@ -235,7 +244,129 @@ def _t5_build(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
 T5 = Layout("t5", ("T5ForConditionalGeneration", "T5Model"), _t5_config, _t5_rename, _t5_build,
             tied=("lm_head.weight",))
 
-LAYOUTS: dict[str, Layout] = {"bert": BERT, "t5": T5}
+# -- GPT-2 -----------------------------------------------------------------------------
+
+_GPT2_ACTS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
+"""GPT-2 ``activation_function`` → our ``mlp`` ("gelu_new" is the tanh GELU)."""
+
+_GPT2_NAMES = {  # Hugging Face stem → ours, inside block i (``h.i``)
+    "ln_1": "attn_norm", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.o_proj",
+    "ln_2": "mlp_norm", "mlp.c_fc": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj",
+}
+_GPT2_TOP = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos.weight", "ln_f.weight": "final_norm.weight",
+             "ln_f.bias": "final_norm.bias", "lm_head.weight": "lm_head.weight"}
+
+
+def _gpt2_config(hf: Mapping[str, Any]) -> ModelConfig:
+    _require(hf, "GPT-2", ("vocab_size", "n_embd", "n_layer", "n_head"))
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _GPT2_ACTS:
+        raise AttnlabError(f"GPT-2 activation_function '{act}' is not supported; supported: {', '.join(_GPT2_ACTS)}")
+    if hf.get("scale_attn_by_inverse_layer_idx"):
+        raise AttnlabError("GPT-2 scale_attn_by_inverse_layer_idx is not supported; attnlab scales every layer alike")
+    if hf.get("add_cross_attention"):
+        raise AttnlabError("GPT-2 with add_cross_attention is not supported; attnlab's decoder-only LM has no "
+                           "cross-attention")
+    return ModelConfig(
+        arch="decoder", vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", 1024), n_layer=hf["n_layer"],
+        n_head=hf["n_head"], d_model=hf["n_embd"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"], norm="layernorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_placement="pre", mlp=_GPT2_ACTS[act], position="learned",
+        bias=True, tie_embeddings=hf.get("tie_word_embeddings", True), dropout=hf.get("resid_pdrop", 0.0),
+        attention=AttentionConfig(scale=None if hf.get("scale_attn_weights", True) else 1.0),
+    )
+
+
+def _gpt2_rename(key: str) -> str | None:
+    key = key.removeprefix("transformer.")
+    if key in _GPT2_TOP:
+        return _GPT2_TOP[key]
+    m = re.fullmatch(r"h\.(\d+)\.(.+)\.(\w+)", key)
+    if m is None:
+        return None
+    if m.group(2) == "attn" and m.group(3) in ("bias", "masked_bias"):
+        return ""  # the causal-mask buffers of old checkpoints
+    ours = _GPT2_NAMES.get(m.group(2))
+    return None if ours is None or m.group(3) not in ("weight", "bias") else f"blocks.{m.group(1)}.{ours}.{m.group(3)}"
+
+
+def _gpt2_build(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    for name in [k for k in state if k.startswith("blocks.") and state[k].dim() == 2]:
+        state[name] = state[name].t()  # GPT-2's Conv1D stores (in, out); nn.Linear (out, in)
+    for name in [k for k in state if ".attn.qkv." in k]:
+        fused = state.pop(name)  # (3·D, D) weight or (3·D,) bias: q, k, v stacked
+        for proj, part in zip(("q_proj", "k_proj", "v_proj"), fused.chunk(3, dim=0)):
+            state[name.replace(".qkv.", f".{proj}.")] = part
+    if "lm_head.weight" not in state and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]  # GPT2Model: GPT-2's head is the embedding
+    return DecoderLM(cfg)
+
+
+GPT2 = Layout("gpt2", ("GPT2LMHeadModel", "GPT2Model"), _gpt2_config, _gpt2_rename, _gpt2_build,
+              tied=("lm_head.weight",))
+
+
+# -- Llama -----------------------------------------------------------------------------
+
+_LLAMA_NAMES = {  # Hugging Face stem → ours, inside block i (``model.layers.i``)
+    "self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj", "self_attn.v_proj": "attn.v_proj",
+    "self_attn.o_proj": "attn.o_proj", "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
+    "mlp.down_proj": "mlp.down_proj", "input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm",
+}
+_LLAMA_TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight",
+              "lm_head.weight": "lm_head.weight"}
+_LLAMA_ROPE = {"default": "none", "linear": "linear"}
+"""Hugging Face ``rope_type`` → our ``rope_scaling`` (HF "linear" is position interpolation, as ours)."""
+
+
+def _llama_rope(hf: Mapping[str, Any]) -> tuple[float, str, float]:
+    """(theta, our rope_scaling, factor) from ``rope_theta`` / ``rope_scaling`` (transformers < 5)
+    or ``rope_parameters`` (transformers >= 5)."""
+    spec = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    kind = spec.get("rope_type", spec.get("type", "default"))
+    if kind not in _LLAMA_ROPE:
+        raise AttnlabError(f"Llama rope scaling '{kind}' is not supported; supported: {', '.join(_LLAMA_ROPE)}")
+    factor = float(spec.get("factor", 1.0)) if kind != "default" else 1.0
+    return float(spec.get("rope_theta") or hf.get("rope_theta") or 10000.0), _LLAMA_ROPE[kind], factor
+
+
+def _llama_config(hf: Mapping[str, Any]) -> ModelConfig:
+    _require(hf, "Llama", ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads"))
+    d, heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, d // heads) or d % heads:
+        raise AttnlabError(f"Llama head_dim {hf.get('head_dim')} with hidden_size / num_attention_heads = {d} / "
+                           f"{heads} is not supported: attnlab's heads split hidden_size (head dim = d_model / n_head)")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            raise AttnlabError(f"Llama {flag}: true is not supported; attnlab's Llama layout has no biases")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise AttnlabError(f"Llama hidden_act '{hf['hidden_act']}' is not supported; only 'silu' (SwiGLU)")
+    theta, scaling, factor = _llama_rope(hf)
+    return ModelConfig(
+        arch="decoder", vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048),
+        n_layer=hf["num_hidden_layers"], n_head=heads, n_kv_head=hf.get("num_key_value_heads") or heads, d_model=d,
+        d_ff=hf["intermediate_size"], norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), norm_placement="pre",
+        mlp="swiglu", position="rope", rope_theta=theta, rope_scaling=scaling, rope_scaling_factor=factor,
+        bias=False, tie_embeddings=hf.get("tie_word_embeddings", False), dropout=hf.get("attention_dropout", 0.0),
+    )
+
+
+def _llama_rename(key: str) -> str | None:
+    if key in _LLAMA_TOP:
+        return _LLAMA_TOP[key]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(\w+)", key)
+    if m is None:
+        return None
+    if m.group(2) == "self_attn.rotary_emb" and m.group(3) == "inv_freq":
+        return ""  # recomputed from rope_theta
+    ours = _LLAMA_NAMES.get(m.group(2))
+    return None if ours is None or m.group(3) != "weight" else f"blocks.{m.group(1)}.{ours}.weight"
+
+
+LLAMA = Layout("llama", ("LlamaForCausalLM",), _llama_config, _llama_rename, lambda cfg, state: DecoderLM(cfg),
+               tied=("lm_head.weight",))
+
+LAYOUTS: dict[str, Layout] = {"bert": BERT, "t5": T5, "gpt2": GPT2, "llama": LLAMA}
 """Hugging Face ``model_type`` → layout."""
 
 
@@ -281,7 +412,7 @@ def _read(model_or_path: Any) -> tuple[dict[str, Any], WeightLoader]:
     raise AttnlabError(f"from_hf expects a transformers model or a directory path, got {type(model_or_path).__name__}")
 
 
-def from_hf(model_or_path: Union[str, Path, nn.Module]) -> nn.Module:
+def from_hf(model_or_path: str | Path | nn.Module) -> nn.Module:
     """Import a Hugging Face model into the matching attnlab model.
 
     Args:
@@ -298,6 +429,9 @@ def from_hf(model_or_path: Union[str, Path, nn.Module]) -> nn.Module:
         ``forward(input_ids, decoder_input_ids, attention_mask)`` gives the logits of
         ``T5ForConditionalGeneration``; a ``T5Model`` has no head of its own, so its logits
         come from the shared embedding, as transformers ties them.
+        For GPT-2 and Llama: a :class:`~attnlab.models.decoder.DecoderLM` (forward → (B, T, V)
+        logits of ``GPT2LMHeadModel`` / ``LlamaForCausalLM``; a ``GPT2Model``'s head is its
+        token embedding).
         The model is in eval mode, in float32.
 
     Raises:

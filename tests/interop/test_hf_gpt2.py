@@ -1,0 +1,91 @@
+"""GPT-2 import from Hugging Face: logits and greedy-decoding parity with transformers."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.generate import generate
+from attnlab.interop.hf import from_hf
+from attnlab.models import DecoderLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install attnlab[hf])")
+
+V = 101
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
+
+
+def _tiny_gpt2(seed: int = 0, cls=None, **kw):
+    base = {"vocab_size": V, "n_positions": 32, "n_embd": 64, "n_layer": 2, "n_head": 4,
+            "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    torch.manual_seed(seed)
+    model = (cls or transformers.GPT2LMHeadModel)(transformers.GPT2Config(**{**base, **kw}))
+    with torch.no_grad():  # non-trivial norm gains and biases, so every weight's mapping matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _ids(seed: int = 1):
+    return torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(seed))
+
+
+def _max_diff(ours, ref, ids) -> float:
+    with torch.no_grad():
+        return (ours(ids) - ref(ids).logits).abs().max().item()
+
+
+@pytest.mark.parametrize("kw", [{}, {"activation_function": "gelu", "n_inner": 80, "scale_attn_weights": False}])
+def test_logits_match_transformers(kw):
+    ref = _tiny_gpt2(**kw)
+    ours = from_hf(ref)
+    assert isinstance(ours, DecoderLM) and ours.config.tie_embeddings
+    assert ours.lm_head.weight is ours.tok_emb.weight
+    assert _max_diff(ours, ref, _ids()) < 1e-4
+
+
+def test_from_saved_directory_and_bare_model(tmp_path):
+    ref = _tiny_gpt2(seed=2)
+    ref.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert _max_diff(from_hf(tmp_path), ref, _ids()) < 1e-4
+    bare = transformers.GPT2Model(ref.config).eval()  # no head: logits from the tied embedding
+    bare.load_state_dict(ref.transformer.state_dict())
+    assert _max_diff(from_hf(bare), ref, _ids()) < 1e-4
+
+
+def test_greedy_decoding_matches_transformers():
+    ref = _tiny_gpt2(seed=3)
+    ours = from_hf(ref)
+    prompt = _ids(4)[:1, :5]
+    cached = generate(ours, prompt, 8, temperature=0, use_cache=True)
+    uncached = generate(ours, prompt, 8, temperature=0, use_cache=False)
+    assert torch.equal(cached, uncached)
+    expected = ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=8,
+                            min_new_tokens=8, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(cached, expected)
+
+
+def _write(tmp_path, **cfg):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def test_clear_errors(tmp_path):
+    base = {"model_type": "gpt2", "vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4}
+    with pytest.raises(AttnlabError, match="activation_function 'silu' is not supported"):
+        from_hf(_write(tmp_path, **base, activation_function="silu"))
+    with pytest.raises(AttnlabError, match="scale_attn_by_inverse_layer_idx is not supported"):
+        from_hf(_write(tmp_path, **base, scale_attn_by_inverse_layer_idx=True))
+    with pytest.raises(AttnlabError, match="architecture GPT2ForSequenceClassification is not supported"):
+        from_hf(_write(tmp_path, **base, architectures=["GPT2ForSequenceClassification"]))
+    with pytest.raises(CheckpointError, match="GPT-2 config.json lacks 'n_embd'"):
+        from_hf(_write(tmp_path, model_type="gpt2", vocab_size=V, n_layer=2, n_head=4))
+    ref = _tiny_gpt2()
+    ref.transformer.h[0].attn.register_buffer("extra", torch.zeros(1))
+    with pytest.raises(CheckpointError, match="weight 'transformer.h.0.attn.extra' has no place"):
+        from_hf(ref)

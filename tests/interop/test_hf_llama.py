@@ -1,0 +1,101 @@
+"""Llama import from Hugging Face: logits and greedy-decoding parity with transformers (GQA, RoPE)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.generate import generate
+from attnlab.interop.hf import from_hf
+from attnlab.models import DecoderLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install attnlab[hf])")
+
+V = 101
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
+
+
+def _tiny_llama(seed: int = 0, **kw):
+    base = {"vocab_size": V, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+            "rope_theta": 500.0, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**base, **kw}))
+    with torch.no_grad():  # non-trivial norm gains, so every weight's mapping matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _ids(seed: int = 1):
+    return torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(seed))
+
+
+def _max_diff(ours, ref, ids) -> float:
+    with torch.no_grad():
+        return (ours(ids) - ref(ids).logits).abs().max().item()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_logits_match_transformers(tied, tmp_path):
+    ref = _tiny_llama(tie_word_embeddings=tied)
+    ours = from_hf(ref)
+    assert isinstance(ours, DecoderLM)
+    cfg = ours.config
+    assert (cfg.n_head, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps) == (4, 2, 500.0, 1e-5)
+    assert (ours.lm_head.weight is ours.tok_emb.weight) == tied
+    assert _max_diff(ours, ref, _ids()) < 1e-4
+    ref.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert _max_diff(from_hf(tmp_path), ref, _ids()) < 1e-4
+
+
+def test_linear_rope_scaling_matches_transformers():
+    ref = _tiny_llama(seed=5, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
+    ours = from_hf(ref)
+    assert (ours.config.rope_scaling, ours.config.rope_scaling_factor) == ("linear", 2.0)
+    assert _max_diff(ours, ref, _ids()) < 1e-4
+
+
+def test_greedy_decoding_matches_transformers():
+    ref = _tiny_llama(seed=3)
+    ours = from_hf(ref)
+    prompt = _ids(4)[:1, :5]
+    cached = generate(ours, prompt, 8, temperature=0, use_cache=True)
+    uncached = generate(ours, prompt, 8, temperature=0, use_cache=False)
+    assert torch.equal(cached, uncached)
+    expected = ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=8,
+                            min_new_tokens=8, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(cached, expected)
+
+
+def _write(tmp_path, **cfg):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def test_clear_errors(tmp_path):
+    base = {"model_type": "llama", "vocab_size": V, "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4}
+    with pytest.raises(AttnlabError, match="rope scaling 'yarn' is not supported; supported: default, linear"):
+        from_hf(_write(tmp_path, **base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+    with pytest.raises(AttnlabError, match="rope scaling 'dynamic' is not supported"):
+        from_hf(_write(tmp_path, **base, rope_scaling={"type": "dynamic", "factor": 2.0}))
+    with pytest.raises(AttnlabError, match="attention_bias: true is not supported"):
+        from_hf(_write(tmp_path, **base, attention_bias=True))
+    with pytest.raises(AttnlabError, match="mlp_bias: true is not supported"):
+        from_hf(_tiny_llama(mlp_bias=True))
+    with pytest.raises(AttnlabError, match="head_dim 32 with hidden_size / num_attention_heads = 64 / 4"):
+        from_hf(_write(tmp_path, **base, head_dim=32))
+    with pytest.raises(AttnlabError, match="hidden_act 'gelu' is not supported"):
+        from_hf(_write(tmp_path, **base, hidden_act="gelu"))
+    with pytest.raises(CheckpointError, match="Llama config.json lacks 'intermediate_size'"):
+        from_hf(_write(tmp_path, model_type="llama", vocab_size=V, hidden_size=64, num_hidden_layers=2,
+                       num_attention_heads=4))
+    with pytest.raises(AttnlabError) as err:
+        from_hf(_write(tmp_path, **base, attention_bias=True))
+    assert "\n" not in str(err.value)  # one line, as the CLI prints it
