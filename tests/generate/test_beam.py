@@ -241,11 +241,13 @@ def test_bad_arguments_raise(family):
         stream(model, ids, 32)  # checked at the call, not at the first token
 
 
-def test_decoder_only_rejects_attention_mask():
-    model = make("gpt-tiny")
-    ids = inputs(model)
-    with pytest.raises(ValueError, match="attention_mask is only for encoder-decoder"):
-        generate(model, ids, 2, attention_mask=torch.ones_like(ids))
+def test_decoder_only_attention_mask_must_be_left_padding_a_model_can_take():
+    ids = inputs(make("gpt-tiny"))
+    with pytest.raises(ValueError, match="does not take a padding attention_mask"):
+        generate(make("rnn-lm"), ids, 2, attention_mask=torch.ones_like(ids))
+    right = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    with pytest.raises(ValueError, match="must be left padding"):
+        generate(make("gpt-tiny"), ids, 2, attention_mask=right)
 
 
 def test_zero_new_tokens_returns_the_prefix():

@@ -2,7 +2,11 @@
 (greedy, sampling, beam search) and ``stream`` (token by token)."""
 
 from attnlab.generate.beam import beam_search
+from attnlab.generate.processors import apply_repetition_penalty, ends_with_stop
 from attnlab.generate.sampling import filter_logits, generate, next_token, stream
 from attnlab.generate.session import Session, is_encoder_decoder
 
-__all__ = ["Session", "beam_search", "filter_logits", "generate", "is_encoder_decoder", "next_token", "stream"]
+__all__ = [
+    "Session", "apply_repetition_penalty", "beam_search", "ends_with_stop", "filter_logits", "generate",
+    "is_encoder_decoder", "next_token", "stream",
+]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab.generate.processors import apply_repetition_penalty, check_repetition_penalty
 from attnlab.generate.session import Session, eval_mode
 
 
@@ -80,6 +81,7 @@ def beam_search(
     eos_token_id: Optional[int] = None,
     use_cache: bool = True,
     attention_mask: Optional[torch.Tensor] = None,
+    repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic beam search (see the module docstring and :func:`~attnlab.generate.generate`).
 
@@ -98,13 +100,17 @@ def beam_search(
         num_return_sequences: sequences returned per row, best first.
         eos_token_id: the token that finishes a beam (also pads shorter outputs).
         use_cache: reorder a cache, or recompute every step (same result).
-        attention_mask: (B, S) source padding mask (encoder–decoders only).
+        attention_mask: (B, S) source padding mask (encoder–decoders) or (B, T) left-padded
+            prompt mask (decoder-only, see :func:`~attnlab.generate.generate`).
+        repetition_penalty: CTRL penalty on the logits of tokens already in the beam
+            (before log-softmax; 1 is off, must be > 0).
 
     Returns:
         ``(sequences, scores)``: (B · num_return_sequences, prefix + n) ids (prompt or start
         token included, padded with EOS) and their (B · num_return_sequences,) scores.
     """
     check_beam_args(num_beams, num_return_sequences)
+    check_repetition_penalty(repetition_penalty)
     k = num_beams
     with eval_mode(model):
         session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
@@ -118,6 +124,7 @@ def beam_search(
         steps = 0
         for step in range(max_new_tokens):
             logits = session.next_logits()  # (N, V)
+            logits = apply_repetition_penalty(logits, session.tokens, repetition_penalty, session.padding)
             logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
             if step == 0:
                 session.reorder(torch.arange(b, device=device).repeat_interleave(k))

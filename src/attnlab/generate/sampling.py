@@ -3,13 +3,14 @@ dispatches to beam search."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import torch
 from torch import nn
 
 from attnlab.generate.beam import beam_search, check_beam_args
+from attnlab.generate.processors import apply_repetition_penalty, check_repetition_penalty, check_stop, ends_with_stop
 from attnlab.generate.session import Session, eval_mode
 
 
@@ -55,7 +56,8 @@ def next_token(
 @torch.no_grad()
 def _steps(
     session: Session, max_new_tokens: int, *, temperature: float, top_k: Optional[int], top_p: Optional[float],
-    eos_token_id: Optional[int], seed: Optional[int],
+    eos_token_id: Optional[int], seed: Optional[int], repetition_penalty: float = 1.0,
+    stop: Optional[list[torch.Tensor]] = None,
 ) -> Iterator[torch.Tensor]:
     """Pick, append and yield one (B,) token per step until done."""
     device = session.tokens.device
@@ -64,14 +66,29 @@ def _steps(
     with eval_mode(session.model):
         for _ in range(max_new_tokens):
             logits = session.next_logits()  # (B, V)
+            logits = apply_repetition_penalty(logits, session.tokens, repetition_penalty, session.padding)
             tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_token_id is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
                 done |= tok == eos_token_id
             session.append(tok)
+            if stop:
+                done |= ends_with_stop(session.generated, stop)
             yield tok
-            if eos_token_id is not None and bool(done.all()):
+            if (eos_token_id is not None or stop) and bool(done.all()):
                 break
+
+
+def _check_stop_args(stop: Optional[Sequence[Sequence[int]]], eos_token_id: Optional[int], num_beams: int,
+                     rows: int) -> list[torch.Tensor]:
+    """Validated stop sequences (see :func:`generate`)."""
+    stops = check_stop(stop)
+    if stops and num_beams > 1:
+        raise ValueError("stop sequences are not supported with beam search; use num_beams=1 or eos_token_id")
+    if stops and rows > 1 and eos_token_id is None:
+        raise ValueError("stop sequences with several rows need eos_token_id to pad the rows that stopped early; "
+                         "pass eos_token_id")
+    return stops
 
 
 def stream(
@@ -87,11 +104,14 @@ def stream(
     seed: Optional[int] = None,
     use_cache: bool = True,
     attention_mask: Optional[torch.Tensor] = None,
+    repetition_penalty: float = 1.0,
+    stop: Optional[Sequence[Sequence[int]]] = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next (B,) tokens one step at a time (same arguments as :func:`generate`).
 
     For an encoder–decoder the decoder start token is not yielded. Rows that emitted
-    ``eos_token_id`` keep yielding it; the iterator stops once every row has finished or
+    ``eos_token_id`` (or completed a ``stop`` sequence) keep yielding ``eos_token_id``; the
+    iterator stops once every row has finished or
     ``max_new_tokens`` were produced. Input is checked (and a source encoded) at the call,
     not at the first token.
 
@@ -102,10 +122,12 @@ def stream(
     if num_beams != 1:
         raise ValueError(f"stream() yields greedy or sampled tokens one step at a time and cannot run beam search "
                          f"(num_beams={num_beams}); use generate(..., num_beams={num_beams})")
+    check_repetition_penalty(repetition_penalty)
+    stops = _check_stop_args(stop, eos_token_id, num_beams, input_ids.size(0) if input_ids.dim() == 2 else 1)
     with eval_mode(model), torch.no_grad():
         session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
     return _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                  eos_token_id=eos_token_id, seed=seed)
+                  eos_token_id=eos_token_id, seed=seed, repetition_penalty=repetition_penalty, stop=stops)
 
 
 def generate(
@@ -124,6 +146,8 @@ def generate(
     seed: Optional[int] = None,
     use_cache: bool = True,
     attention_mask: Optional[torch.Tensor] = None,
+    repetition_penalty: float = 1.0,
+    stop: Optional[Sequence[Sequence[int]]] = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens: greedy, sampled, or by beam search.
 
@@ -134,7 +158,8 @@ def generate(
 
     Args:
         model: a decoder-only LM or an encoder–decoder.
-        input_ids: (B, T) prompt ids (decoder-only; all rows the same length) or source ids.
+        input_ids: (B, T) prompt ids (decoder-only; rows of different lengths are
+            left-padded, see ``attention_mask``) or source ids.
         max_new_tokens: how many tokens to add at most.
         temperature: softmax temperature; ``0`` means greedy (argmax). Beam search is
             deterministic and accepts only the defaults 1 (or 0).
@@ -151,7 +176,17 @@ def generate(
             are padded with it.
         seed: seeds sampling for reproducible output.
         use_cache: decode with a KV cache / recurrent state (same tokens, much faster).
-        attention_mask: (B, S) 1/0 source padding mask (encoder–decoders only).
+        attention_mask: (B, S) 1/0 source padding mask (encoder–decoders), or (B, T) 1/0
+            mask of left-padded prompts (decoder-only :class:`~attnlab.models.DecoderLM`):
+            padding is never attended to and each row's positions start at its first real
+            token, so every row decodes as it would alone. The padding stays in the output.
+        repetition_penalty: CTRL's penalty on tokens already in the row (prompt included,
+            padding excluded): positive logits are divided by it, negative ones multiplied
+            (before temperature / filtering; beam search applies it before log-softmax).
+            1 is off; must be > 0.
+        stop: token-id stop sequences (greedy / sampling only): a row finishes once its
+            generated tokens end with one of them (the stop tokens are kept) and is then
+            padded with ``eos_token_id`` (required when B > 1).
 
     Returns:
         Decoder-only: (B · num_return_sequences, T + n) ids, prompt included;
@@ -161,9 +196,12 @@ def generate(
 
     Raises:
         ValueError: empty input, a sequence longer than the model's context, bad beam
-            arguments, or sampling options together with ``num_beams > 1``.
+            arguments, sampling options or ``stop`` together with ``num_beams > 1``, a
+            penalty <= 0, a mask that is not left padding or that the model cannot honour.
     """
     check_beam_args(num_beams, num_return_sequences)
+    check_repetition_penalty(repetition_penalty)
+    stops = _check_stop_args(stop, eos_token_id, num_beams, input_ids.size(0) if input_ids.dim() == 2 else 1)
     if num_beams > 1:
         if top_k is not None or top_p is not None or temperature not in (0.0, 1.0):
             raise ValueError("beam search is deterministic: top_k, top_p and temperature (other than 1) only apply "
@@ -171,11 +209,12 @@ def generate(
         sequences, _ = beam_search(model, input_ids, max_new_tokens, num_beams=num_beams,
                                    length_penalty=length_penalty, early_stopping=early_stopping,
                                    num_return_sequences=num_return_sequences, eos_token_id=eos_token_id,
-                                   use_cache=use_cache, attention_mask=attention_mask)
+                                   use_cache=use_cache, attention_mask=attention_mask,
+                                   repetition_penalty=repetition_penalty)
         return sequences
     with eval_mode(model), torch.no_grad():
         session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
     for _ in _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                    eos_token_id=eos_token_id, seed=seed):
+                    eos_token_id=eos_token_id, seed=seed, repetition_penalty=repetition_penalty, stop=stops):
         pass
     return session.tokens

@@ -16,6 +16,7 @@ then one step), ``append(tokens)`` and ``reorder(index)`` (beam search).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -50,6 +51,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _left_padding(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Check a decoder-only prompt mask is left padding the model can take; (B, T) bool."""
+    params = inspect.signature(model.forward).parameters
+    if "attention_mask" not in params:
+        raise ValueError(f"{type(model).__name__} does not take a padding attention_mask; generate prompts of "
+                         f"equal length without one")
+    valid = attention_mask.bool()
+    if not bool(valid[:, -1].all()) or bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+        raise ValueError("a decoder-only attention_mask must be left padding (0s, then 1s, each row ending in a "
+                         "real token); pad prompts on the left")
+    return valid
+
+
 class Session:
     """The tokens generated so far and whatever the model needs to continue them.
 
@@ -57,18 +71,22 @@ class Session:
         model: a decoder-only LM or an encoder–decoder (see the module docstring).
         input_ids: (B, T) prompt (decoder-only) or source (encoder–decoder) ids.
         max_new_tokens: tokens that will be added at most (checked against the context).
-        attention_mask: (B, S) 1/0 source padding mask (encoder–decoders only).
+        attention_mask: (B, S) 1/0 source padding mask (encoder–decoders), or (B, T) 1/0
+            mask of a left-padded prompt batch (decoder-only models whose ``forward``
+            takes ``attention_mask``, such as :class:`~attnlab.models.DecoderLM`).
         use_cache: keep a KV cache / recurrent state; otherwise every step recomputes the
             whole (decoder) sequence from scratch. Both give the same tokens.
 
     Attributes:
         tokens: (N, T) the sequence so far (prompt or start token first); N = B until
             :meth:`reorder` changes the rows.
+        padding: (N, T) bool real-token mask of :attr:`tokens` (decoder-only with an
+            ``attention_mask``), else None.
         prefix_len: length of the part that was not generated.
 
     Raises:
-        ValueError: malformed input, a mask for a decoder-only model, or a sequence longer
-            than the model's context.
+        ValueError: malformed input, a mask that is not left padding or for a decoder-only
+            model that cannot take one, or a sequence longer than the model's context.
     """
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
@@ -80,10 +98,11 @@ class Session:
         self.model = model
         self.encoder_decoder = is_encoder_decoder(model)
         self.use_cache = use_cache
+        self.padding: Optional[torch.Tensor] = None
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
         if self.encoder_decoder:
-            if attention_mask is not None and attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
             self.source, self.source_mask = input_ids, attention_mask
             self.rows = torch.arange(input_ids.size(0), device=input_ids.device)  # source row of each row
             self.memory: Any = model.encode(input_ids, attention_mask=attention_mask)
@@ -92,8 +111,7 @@ class Session:
             self.cache = model.make_cache(self.memory) if use_cache else None
         else:
             if attention_mask is not None:
-                raise ValueError("attention_mask is only for encoder-decoder sources; decoder-only prompts must be "
-                                 "unpadded rows of equal length (generate each length separately)")
+                self.padding = _left_padding(model, attention_mask)
             self.tokens = input_ids
             self.cache = model.make_cache() if use_cache else None
         self.prefix_len = self.tokens.size(1)
@@ -123,7 +141,8 @@ class Session:
             if self.cache is not None:
                 return self.model.decode(ids, cache=self.cache)
             return self.model.decode(ids, memory=self.memory)
-        return self.model(ids, cache=self.cache) if self.cache is not None else self.model(ids)
+        kwargs = {} if self.padding is None else {"attention_mask": self.padding}
+        return self.model(ids, cache=self.cache, **kwargs) if self.cache is not None else self.model(ids, **kwargs)
 
     def next_logits(self) -> torch.Tensor:
         """(N, V) logits for the token after :attr:`tokens` (the first call is the prefill)."""
@@ -136,10 +155,14 @@ class Session:
     def append(self, tokens: torch.Tensor) -> None:
         """Add one (N,) token per row."""
         self.tokens = torch.cat((self.tokens, tokens[:, None]), dim=1)
+        if self.padding is not None:
+            self.padding = torch.cat((self.padding, self.padding.new_ones(tokens.size(0), 1)), dim=1)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep, repeat or permute rows: row i becomes old row ``index[i]`` (beam search)."""
         self.tokens = self.tokens[index]
+        if self.padding is not None:
+            self.padding = self.padding[index]
         if self.cache is not None:
             self.cache.reorder(index)
         elif self.encoder_decoder:

@@ -11,7 +11,7 @@ from torch import nn
 from attnlab.attention import KVCache
 from attnlab.attention.cache import LayerCache
 from attnlab.attention.linear import LinearState
-from attnlab.attention.masks import Mask
+from attnlab.attention.masks import Mask, key_padding
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
@@ -83,12 +83,26 @@ class DecoderLM(nn.Module):
         """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
         return score_mod_for(self.pos, self.config)
 
+    def _check_padding(self, attention_mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+        """The (B, L) bool real-token mask, after checking the model can honour it."""
+        if attention_mask.shape != (batch, length):
+            raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, length)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        if self.config.mixer == "linear":
+            raise ValueError("a padding attention_mask is not supported with mixer=linear (its recurrent state "
+                             "would absorb the padding); generate prompts of equal length without a mask")
+        if self.config.attention.window is not None and self.config.attention.global_tokens:
+            raise ValueError("a padding attention_mask is not supported with attention.global_tokens (global "
+                             "positions would fall on padding); generate prompts of equal length without a mask")
+        return attention_mask.bool()
+
     def forward(
         self,
         input_ids: torch.Tensor,
         *,
         cache: Optional[KVCache] = None,
         return_weights: bool = False,
+        attention_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Next-token logits.
 
@@ -99,12 +113,17 @@ class DecoderLM(nn.Module):
                 updated in place.
             return_weights: also return each layer's (B, H, T, Tk) attention weights
                 (runs the eager backend).
+            attention_mask: (B, cached + T) 1/0 mask of real tokens over the cached and
+                the new tokens, for left-padded batches: padding is never attended to and
+                each row's positions count its real tokens only (its first real token is
+                at position 0), so a row decodes as it would alone.
 
         Returns:
             (B, T, vocab_size) logits, or ``(logits, [weights per layer])``.
 
         Raises:
-            ValueError: if the total length would exceed ``block_size``.
+            ValueError: if the total length (padding included) would exceed ``block_size``,
+                or ``attention_mask`` is malformed or given to a linear mixer or global tokens.
         """
         b, t = input_ids.shape
         start = cache.length if cache is not None else 0
@@ -113,11 +132,16 @@ class DecoderLM(nn.Module):
                 f"sequence of {start + t} tokens exceeds the model's context of {self.max_context} (model.block_size"
                 + (", times model.rope_scaling_factor)" if self.max_context != self.config.block_size else ")")
             )
-        positions = torch.arange(start, start + t, device=input_ids.device)  # (T,)
+        mask = self.attention_mask()
+        if attention_mask is None:
+            positions = torch.arange(start, start + t, device=input_ids.device)  # (T,)
+        else:
+            valid = self._check_padding(attention_mask, b, start + t)  # (B, cached + T)
+            positions = (valid.long().cumsum(dim=1) - 1).clamp_min(0)[:, start:]  # (B, T)
+            mask = mask & key_padding(valid)
         x = add_position_embedding(self.pos, self.tok_emb(input_ids), positions)  # (B, T, D)
         x = self.emb_dropout(x)
         rotary = self.pos.rotary(positions)
-        mask = self.attention_mask()
         score_mod = self.score_mod()
         all_weights = []
         for i, block in enumerate(self.blocks):
