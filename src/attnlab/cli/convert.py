@@ -1,0 +1,76 @@
+"""``attnlab convert SRC OUT``: Hugging Face folder ⇄ attnlab checkpoint.
+
+- SRC is a Hugging Face folder (``config.json`` + safetensors): OUT becomes an attnlab run
+  folder (a step-0 checkpoint with config and tokenizer) that ``attnlab generate``,
+  ``attnlab eval`` and ``attnlab finetune init=OUT`` read.
+- SRC is an attnlab run or checkpoint folder: OUT becomes a Hugging Face folder that
+  ``transformers.AutoModel*.from_pretrained(OUT)`` loads, with ``tokenizer.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert between Hugging Face folders and attnlab checkpoints",
+                       description=__doc__.split("\n\n", 1)[1])
+    p.add_argument("source", help="a Hugging Face folder (config.json) or an attnlab run/checkpoint folder")
+    p.add_argument("out", help="the folder to write (must not exist)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnlab.errors import AttnlabError
+
+    src, out = Path(args.source), Path(args.out)
+    if not src.exists():
+        raise AttnlabError(f"'{src}' not found; give a Hugging Face folder or an attnlab run folder")
+    if out.exists():
+        raise AttnlabError(f"'{out}' already exists; choose a new output folder (nothing is overwritten)")
+    if (src / "config.json").is_file():
+        _hf_to_attnlab(src, out)
+    else:
+        _attnlab_to_hf(src, out)
+    return 0
+
+
+def _hf_to_attnlab(src: Path, out: Path) -> None:
+    from attnlab.config import Config
+    from attnlab.data.tokenizer import Tokenizer
+    from attnlab.errors import AttnlabError
+    from attnlab.interop.hf import from_hf
+    from attnlab.models import ARCHS
+    from attnlab.train.checkpoint import save_checkpoint
+
+    model = from_hf(src)
+    arch = model.config.arch
+    if not isinstance(model, ARCHS[arch]):
+        raise AttnlabError(f"'{src}' holds a {type(model).__name__} without its output head; attnlab checkpoints "
+                           f"need the full {ARCHS[arch].__name__} (e.g. BertForMaskedLM, not BertModel)")
+    cfg = Config(model=model.config)
+    cfg.train.out_dir = str(out)
+    tok_file = None
+    try:
+        tok = Tokenizer.load(src)
+        out.mkdir(parents=True)
+        tok_file = tok.save(out / "tokenizer.json")
+    except AttnlabError:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"note: no tokenizer in '{src}'; the checkpoint has none (generate/eval need one)")
+    cfg.save(out / "config.yaml")
+    ckpt = save_checkpoint(out, 0, model, cfg, state={}, tokenizer_file=tok_file)
+    print(f"{type(model).__name__} from '{src}' → attnlab checkpoint {ckpt}")
+
+
+def _attnlab_to_hf(src: Path, out: Path) -> None:
+    from attnlab.data.tokenizer import Tokenizer
+    from attnlab.interop.hf import to_hf
+    from attnlab.train.checkpoint import load_model
+
+    model, ckpt = load_model(src)
+    hf = to_hf(model, out)
+    if ckpt.tokenizer_file is not None:
+        Tokenizer.load(ckpt.tokenizer_file).save(out / "tokenizer.json")
+    print(f"{ckpt.path} → {type(hf).__name__} in '{out}'")
