@@ -1,5 +1,6 @@
 """`attnlab generate --num-beams`: beam search from the command line."""
 
+import pytest
 import torch
 
 from attnlab.cli import main
@@ -26,3 +27,17 @@ def test_beam_search_prints_the_best_beams(capsys, trained_run):
 def test_more_samples_than_beams_is_refused(capsys, trained_run, one_line_error):
     code = main(["generate", str(trained_run), "--num-beams", "2", "--num-samples", "3"])
     one_line_error(capsys, code, "--num-beams")
+
+
+@pytest.mark.parametrize("beams", ["1", "2"])
+def test_stop_text_ends_the_output_before_it(capsys, trained_run, beams):
+    args = ["generate", str(trained_run), "--prompt", "ROMEO.", "--max-new-tokens", "30", "--temperature", "0",
+            "--num-beams", beams]
+    assert main(args) == 0
+    full = capsys.readouterr().out
+    generated = full[len("ROMEO."):]
+    assert len(generated) >= 6
+    stop = generated[len(generated) // 2:len(generated) // 2 + 2]
+    assert main(args + ["--stop", stop]) == 0
+    cut = capsys.readouterr().out
+    assert cut == "ROMEO." + generated[: generated.index(stop)] + "\n"

@@ -27,19 +27,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (with beams: best beams to print)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: sample or greedy)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**penalty")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when the generated text contains TEXT (not printed); repeatable")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slow)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=run)
 
 
-def _print_continuation(tok, out: list[int], new_ids: list[int], eos_id) -> None:
-    """Print ``new_ids`` after ``out`` (decoded whole, so multi-byte characters print whole)."""
-    printed = tok.decode(out)
-    for t in new_ids:
-        if eos_id is not None and t == eos_id:
-            break
-        out.append(t)
-    sys.stdout.write(tok.decode(out)[len(printed):])
+class _Printer:
+    """Prints generated tokens as text: whole characters only, never part of a stop string."""
+
+    def __init__(self, tok, head: list[int], stops: list[str], eos_id) -> None:
+        self.tok, self.ids, self.stops, self.eos_id = tok, list(head), stops, eos_id
+        self.start = self.shown = len(tok.decode(head))
+        self.stopped = False
+        sys.stdout.write(tok.decode(head))
+
+    def add(self, token: int) -> bool:
+        """Print what is safe after ``token``; True when the row is finished (EOS or a stop string)."""
+        if self.eos_id is not None and token == self.eos_id:
+            return True
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        hits = [i for i in (text.find(s, self.start) for s in self.stops) if i >= 0]
+        if hits:
+            self._write(text, min(hits))
+            self.stopped = True
+            return True
+        # hold back what may still become a stop string or a multi-byte character
+        safe = len(text) - max((len(s) - 1 for s in self.stops), default=0)
+        while safe > self.shown and text[safe - 1] == "\ufffd":
+            safe -= 1
+        self._write(text, safe)
+        return False
+
+    def finish(self) -> None:
+        """Print the rest (unless a stop string ended it) and end the sample."""
+        if not self.stopped:
+            self._write(self.tok.decode(self.ids), None)
+        sys.stdout.write("\n")
+
+    def _write(self, text: str, end) -> None:
+        end = len(text) if end is None else end
+        if end > self.shown:
+            sys.stdout.write(text[self.shown:end])
+            sys.stdout.flush()
+            self.shown = end
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,24 +113,28 @@ def run(args: argparse.Namespace) -> int:
     x = torch.tensor([ids], device=device)
     skip = 1 if encdec else len(ids)  # the decoder's start token, or the echoed prompt
     head = [] if encdec else list(ids)
+    if any(not t for t in args.stop):
+        raise AttnlabError("--stop needs a non-empty text")
+    sep = "-" * 40 + "\n"
     if args.num_beams > 1:
         seqs = generate(model, x, args.max_new_tokens, num_beams=args.num_beams, length_penalty=args.length_penalty,
                         num_return_sequences=args.num_samples, eos_token_id=tok.eos_id,
                         use_cache=not args.no_cache, temperature=0.0)
         for i, row in enumerate(seqs.tolist()):
-            sys.stdout.write(tok.decode(head))
-            _print_continuation(tok, list(head), row[skip:], tok.eos_id)
-            sys.stdout.write("\n" + ("-" * 40 + "\n" if i + 1 < len(seqs) else ""))
+            printer = _Printer(tok, head, args.stop, tok.eos_id)
+            for t in row[skip:]:
+                if printer.add(t):
+                    break
+            printer.finish()
+            sys.stdout.write(sep if i + 1 < len(seqs) else "")
         return 0
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
-        out = list(head)
-        sys.stdout.write(tok.decode(out))
+        printer = _Printer(tok, head, args.stop, tok.eos_id)
         for t in stream(model, x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, eos_token_id=tok.eos_id, seed=seed, use_cache=not args.no_cache):
-            if tok.eos_id is not None and int(t[0]) == tok.eos_id:
+            if printer.add(int(t[0])):
                 break
-            _print_continuation(tok, out, [int(t[0])], tok.eos_id)
-            sys.stdout.flush()
-        sys.stdout.write("\n" + ("-" * 40 + "\n" if i + 1 < args.num_samples else ""))
+        printer.finish()
+        sys.stdout.write(sep if i + 1 < args.num_samples else "")
     return 0
