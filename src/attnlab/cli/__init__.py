@@ -13,7 +13,7 @@ import sys
 
 from attnlab.errors import AttnlabError
 
-SUBCOMMANDS = ["train", "finetune", "data", "eval", "generate", "convert", "tokenizer", "viz", "bench"]
+SUBCOMMANDS = ["train", "finetune", "data", "eval", "generate", "convert", "tokenizer", "viz", "bench", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

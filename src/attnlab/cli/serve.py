@@ -1,0 +1,69 @@
+"""``attnlab serve CKPT``: an OpenAI-compatible HTTP server for a decoder-only checkpoint.
+
+Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (see :mod:`attnlab.serve`). Stops cleanly on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API",
+        description="Serve /v1/completions and /v1/chat/completions for a trained decoder-only checkpoint. "
+        "One model call runs at a time; concurrent requests wait their turn.",
+    )
+    p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    p.add_argument("--max-tokens-cap", type=int, default=512, help="the most tokens one request may generate")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger request bodies get 413")
+    p.add_argument("--model-name", default=None, help="model id reported by the API (default: the run folder name)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attnlab.cli._common import load_for_inference
+    from attnlab.errors import AttnlabError
+    from attnlab.serve import Engine, ServeConfig, make_server
+
+    if not 0 <= args.port <= 65535:
+        raise AttnlabError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_body_bytes < 1:
+        raise AttnlabError(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
+    model, tok, ckpt, device = load_for_inference(args.checkpoint, args.device)
+    if ckpt.config.model.arch != "decoder":
+        raise AttnlabError(f"'{ckpt.path}' holds a model.arch={ckpt.config.model.arch} model; attnlab serve "
+                           "serves decoder-only LMs (use attnlab generate for encoder-decoders)")
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    engine = Engine(model, tok, device, name, max_tokens_cap=args.max_tokens_cap)
+    try:
+        server = make_server(engine, ServeConfig(args.host, args.port, args.max_body_bytes, not args.quiet))
+    except OSError as e:
+        raise AttnlabError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
+
+    def stop(signum, frame) -> None:  # shutdown() waits for serve_forever, so call it from another thread
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    host, port = server.server_address[:2]
+    print(f"attnlab serve: {name} on http://{host}:{port} (context {engine.context}, "
+          f"max_tokens cap {engine.max_tokens_cap}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print("attnlab serve: stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,174 @@
+"""The OpenAI request/response shapes the server speaks, and request validation.
+
+Requests are checked here, before any model call: every problem becomes a
+:class:`RequestError` carrying the HTTP status and an OpenAI-style error body.
+Chat messages become one plain-text prompt (our tokenizers have no chat template)::
+
+    system: You are terse.
+    user: Hello
+    assistant:
+
+i.e. one ``role: content`` line per message, then ``assistant:``; the model's
+continuation is the reply.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+class RequestError(Exception):
+    """A request the client must fix; ``body()`` is the OpenAI error JSON.
+
+    Args:
+        status: HTTP status (4xx).
+        message: one line naming the problem and the fix.
+        param: the offending request field, if any.
+        code: a short machine-readable code.
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict[str, Any]:
+        """``{"error": {"message", "type", "param", "code"}}``."""
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Sampling:
+    """Validated generation options of one request.
+
+    Attributes:
+        max_tokens: tokens to generate at most (None: fill up to the cap / context).
+        temperature: 0 is greedy.
+        top_p: nucleus mass in (0, 1].
+        stop: strings that end the text (trimmed from it).
+        seed: seeds sampling.
+        stream: answer as server-sent events.
+        repetition_penalty: CTRL penalty on tokens already seen (1 = off; an extension, as in vLLM).
+    """
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    stream: bool = False
+    repetition_penalty: float = 1.0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bad(param: str, message: str) -> RequestError:
+    return RequestError(400, f"'{param}': {message}", param=param, code="invalid_value")
+
+
+def parse_sampling(body: dict[str, Any]) -> Sampling:
+    """Read the shared generation options of a completion or chat request.
+
+    Raises:
+        RequestError: a field of the wrong type or out of range (400).
+    """
+    s = Sampling()
+    if body.get("max_tokens") is not None:
+        if not _is_int(body["max_tokens"]) or body["max_tokens"] < 1:
+            raise _bad("max_tokens", f"must be a positive integer, got {body['max_tokens']!r}")
+        s.max_tokens = body["max_tokens"]
+    if body.get("temperature") is not None:
+        t = body["temperature"]
+        if not _is_number(t) or not 0.0 <= t <= 2.0:
+            raise _bad("temperature", f"must be a number in [0, 2], got {t!r}")
+        s.temperature = float(t)
+    if body.get("top_p") is not None:
+        p = body["top_p"]
+        if not _is_number(p) or not 0.0 < p <= 1.0:
+            raise _bad("top_p", f"must be a number in (0, 1], got {p!r}")
+        s.top_p = float(p)
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(x, str) and x for x in stops) or len(stops) > 4:
+            raise _bad("stop", "must be a non-empty string or a list of at most 4 non-empty strings")
+        s.stop = list(stops)
+    if body.get("seed") is not None:
+        if not _is_int(body["seed"]):
+            raise _bad("seed", f"must be an integer, got {body['seed']!r}")
+        s.seed = body["seed"]
+    if body.get("stream") is not None:
+        if not isinstance(body["stream"], bool):
+            raise _bad("stream", f"must be true or false, got {body['stream']!r}")
+        s.stream = body["stream"]
+    if body.get("repetition_penalty") is not None:
+        r = body["repetition_penalty"]
+        if not _is_number(r) or not 0.0 < r <= 10.0:
+            raise _bad("repetition_penalty", f"must be a number in (0, 10] (1 = off), got {r!r}")
+        s.repetition_penalty = float(r)
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise _bad("n", "only n=1 is supported; send several requests for several completions")
+    return s
+
+
+def completion_prompt(body: dict[str, Any]) -> str:
+    """The ``prompt`` string of a ``/v1/completions`` request.
+
+    Raises:
+        RequestError: missing or not a string (400).
+    """
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise RequestError(400, f"'prompt' must be a string, got {type(prompt).__name__}", "prompt", "invalid_type")
+    return prompt
+
+
+def chat_prompt(body: dict[str, Any]) -> str:
+    """The plain-text prompt of a ``/v1/chat/completions`` request (see the module docstring).
+
+    Raises:
+        RequestError: ``messages`` missing, empty, or a message without a known role and string content (400).
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list of {role, content} objects", "messages",
+                           "invalid_type")
+    lines = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+            raise RequestError(400, f"messages[{i}] must be an object with 'role' in {list(CHAT_ROLES)} and a "
+                               f"string 'content'", f"messages[{i}]", "invalid_value")
+        lines.append(f"{m['role']}: {m['content']}\n")
+    return "".join(lines) + "assistant:"
+
+
+def new_id(prefix: str) -> str:
+    """A fresh response id such as ``cmpl-1f3a...``."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The ``usage`` object."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def envelope(rid: str, obj: str, model: str, choice: dict[str, Any]) -> dict[str, Any]:
+    """A response or chunk with one choice (index 0)."""
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [{"index": 0, **choice}]}
+
+
+__all__ = ["CHAT_ROLES", "RequestError", "Sampling", "chat_prompt", "completion_prompt", "envelope", "new_id",
+           "parse_sampling", "usage"]

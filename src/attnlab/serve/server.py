@@ -1,0 +1,198 @@
+"""A minimal OpenAI-compatible HTTP server on the standard library.
+
+Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (``stream: true`` answers with server-sent events,
+``data: {...}`` chunks ending with ``data: [DONE]``). Bad requests get an OpenAI-style
+JSON error and a 4xx status; an unexpected failure gets a 500 JSON error (the traceback
+goes to the server log, never to the client). Requests are served on threads, but the
+model runs one request at a time (:attr:`Engine.lock`); others wait their turn.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from attnlab.serve.engine import Engine, Result
+from attnlab.serve.protocol import (
+    RequestError,
+    Sampling,
+    chat_prompt,
+    completion_prompt,
+    envelope,
+    new_id,
+    parse_sampling,
+    usage,
+)
+
+
+@dataclass
+class ServeConfig:
+    """Server settings.
+
+    Attributes:
+        host: interface to bind.
+        port: TCP port (0: any free port; read it back from ``server.server_address``).
+        max_body_bytes: larger request bodies are refused with 413.
+        log_requests: print one line per request to stderr.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_000_000
+    log_requests: bool = True
+
+
+class Server(ThreadingHTTPServer):
+    """A threading HTTP server holding the :class:`Engine` and the :class:`ServeConfig`."""
+
+    daemon_threads = True
+
+    def __init__(self, engine: Engine, cfg: ServeConfig):
+        self.engine, self.cfg = engine, cfg
+        super().__init__((cfg.host, cfg.port), Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes one request; every answer is JSON (or an SSE stream)."""
+
+    server: Server
+    server_version = "attnlab-serve"
+
+    # --- plumbing -------------------------------------------------------------
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.cfg.log_requests:
+            super().log_message(format, *args)
+
+    def _send_json(self, status: int, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _guarded(self, route) -> None:
+        try:
+            route()
+        except RequestError as e:
+            self._send_json(e.status, e.body())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away
+        except Exception:  # noqa: BLE001 — the boundary: log, answer 500, keep serving
+            traceback.print_exc(file=sys.stderr)
+            try:
+                self._send_json(500, RequestError(500, "internal server error; see the server log",
+                                                  code="internal_error").body())
+            except OSError:
+                pass
+
+    def _read_json(self) -> dict[str, Any]:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RequestError(411, "send a Content-Length header with the JSON body", code="length_required")
+        if int(length) > self.server.cfg.max_body_bytes:
+            self.close_connection = True
+            raise RequestError(413, f"request body is {length} bytes, over the limit of "
+                               f"{self.server.cfg.max_body_bytes}; send a shorter prompt", code="body_too_large")
+        raw = self.rfile.read(int(length))
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"request body is not valid JSON ({e})", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, "request body must be a JSON object", code="invalid_json")
+        return body
+
+    # --- routes ---------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:
+        self._guarded(self._post)
+
+    def _get(self) -> None:
+        engine = self.server.engine
+        if self.path == "/health":
+            self._send_json(200, {"status": "ok", "model": engine.name})
+        elif self.path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [
+                {"id": engine.name, "object": "model", "created": 0, "owned_by": "attnlab",
+                 "context_length": engine.context, "max_tokens_cap": engine.max_tokens_cap}]})
+        else:
+            raise RequestError(404, f"no route GET {self.path}; try /health or /v1/models", code="not_found")
+
+    def _post(self) -> None:
+        if self.path == "/v1/completions":
+            body = self._read_json()
+            self._complete(completion_prompt(body), parse_sampling(body), chat=False)
+        elif self.path == "/v1/chat/completions":
+            body = self._read_json()
+            self._complete(chat_prompt(body), parse_sampling(body), chat=True)
+        else:
+            raise RequestError(404, f"no route POST {self.path}; try /v1/completions or /v1/chat/completions",
+                               code="not_found")
+
+    def _complete(self, prompt: str, opts: Sampling, *, chat: bool) -> None:
+        engine = self.server.engine
+        ids, max_tokens = engine.prepare(prompt, opts)
+        rid = new_id("chatcmpl" if chat else "cmpl")
+        result = Result()
+        pieces = engine.run(ids, max_tokens, opts, result)
+        if opts.stream:
+            self._stream(rid, pieces, result, chat)
+            return
+        text = "".join(pieces)
+        choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None})
+        obj = envelope(rid, "chat.completion" if chat else "text_completion", engine.name,
+                       {**choice, "finish_reason": result.finish_reason})
+        obj["usage"] = usage(result.prompt_tokens, result.completion_tokens)
+        self._send_json(200, obj)
+
+    def _stream(self, rid: str, pieces, result: Result, chat: bool) -> None:
+        name = self.server.engine.name
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.close_connection = True  # HTTP/1.0: the stream ends when the connection closes
+
+        def send(choice: dict[str, Any], finish: str | None) -> None:
+            obj = envelope(rid, kind, name, {**choice, "finish_reason": finish})
+            self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
+            self.wfile.flush()
+
+        def piece(text: str) -> dict[str, Any]:
+            return {"delta": {"content": text}} if chat else {"text": text, "logprobs": None}
+
+        if chat:
+            send({"delta": {"role": "assistant", "content": ""}}, None)
+        try:
+            for text in pieces:
+                send(piece(text), None)
+        finally:
+            pieces.close()  # releases the model lock if the client went away
+        send({"delta": {}} if chat else piece(""), result.finish_reason)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def make_server(engine: Engine, cfg: ServeConfig | None = None) -> Server:
+    """A bound (not yet serving) server; call ``serve_forever()`` on it, ``shutdown()`` from another thread."""
+    return Server(engine, cfg or ServeConfig())
+
+
+def start_in_thread(server: Server) -> threading.Thread:
+    """Run ``server.serve_forever()`` on a daemon thread (tests, notebooks)."""
+    thread = threading.Thread(target=server.serve_forever, name="attnlab-serve", daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["Handler", "ServeConfig", "Server", "make_server", "start_in_thread"]
