@@ -16,7 +16,7 @@ import torch
 from attnlab.cli._common import load_for_inference
 from attnlab.generate import generate
 from attnlab.serve import Engine, ServeConfig, make_server, start_in_thread
-from attnlab.serve.engine import _held_back
+from attnlab.generate.text import held_back as _held_back
 from attnlab.serve.protocol import chat_prompt
 
 CAP = 32

@@ -34,45 +34,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class _Printer:
-    """Prints generated tokens as text: whole characters only, never part of a stop string."""
+def _print_sample(tok, head: list[int], tokens, stops: list[str]) -> None:
+    """Print the head, then the generated text as it becomes safe to show (see :class:`TextStream`)."""
+    from attnlab.generate.text import TextStream
 
-    def __init__(self, tok, head: list[int], stops: list[str], eos_id) -> None:
-        self.tok, self.ids, self.stops, self.eos_id = tok, list(head), stops, eos_id
-        self.start = self.shown = len(tok.decode(head))
-        self.stopped = False
-        sys.stdout.write(tok.decode(head))
-
-    def add(self, token: int) -> bool:
-        """Print what is safe after ``token``; True when the row is finished (EOS or a stop string)."""
-        if self.eos_id is not None and token == self.eos_id:
-            return True
-        self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        hits = [i for i in (text.find(s, self.start) for s in self.stops) if i >= 0]
-        if hits:
-            self._write(text, min(hits))
-            self.stopped = True
-            return True
-        # hold back what may still become a stop string or a multi-byte character
-        safe = len(text) - max((len(s) - 1 for s in self.stops), default=0)
-        while safe > self.shown and text[safe - 1] == "\ufffd":
-            safe -= 1
-        self._write(text, safe)
-        return False
-
-    def finish(self) -> None:
-        """Print the rest (unless a stop string ended it) and end the sample."""
-        if not self.stopped:
-            self._write(self.tok.decode(self.ids), None)
-        sys.stdout.write("\n")
-
-    def _write(self, text: str, end) -> None:
-        end = len(text) if end is None else end
-        if end > self.shown:
-            sys.stdout.write(text[self.shown:end])
-            sys.stdout.flush()
-            self.shown = end
+    sys.stdout.write(tok.decode(head))
+    text = TextStream(tok, stops, tok.eos_id, prefix_ids=head)
+    for t in tokens:
+        sys.stdout.write(text.push(int(t)))
+        sys.stdout.flush()
+        if text.finished:
+            break
+    sys.stdout.write(text.flush() + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,20 +94,13 @@ def run(args: argparse.Namespace) -> int:
                         num_return_sequences=args.num_samples, eos_token_id=tok.eos_id,
                         use_cache=not args.no_cache, temperature=0.0)
         for i, row in enumerate(seqs.tolist()):
-            printer = _Printer(tok, head, args.stop, tok.eos_id)
-            for t in row[skip:]:
-                if printer.add(t):
-                    break
-            printer.finish()
+            _print_sample(tok, head, row[skip:], args.stop)
             sys.stdout.write(sep if i + 1 < len(seqs) else "")
         return 0
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
-        printer = _Printer(tok, head, args.stop, tok.eos_id)
-        for t in stream(model, x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, eos_token_id=tok.eos_id, seed=seed, use_cache=not args.no_cache):
-            if printer.add(int(t[0])):
-                break
-        printer.finish()
+        steps = stream(model, x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, eos_token_id=tok.eos_id, seed=seed, use_cache=not args.no_cache)
+        _print_sample(tok, head, (t[0] for t in steps), args.stop)
         sys.stdout.write(sep if i + 1 < args.num_samples else "")
     return 0

@@ -18,6 +18,7 @@ from torch import nn
 from attnlab.data import Tokenizer
 from attnlab.errors import AttnlabError
 from attnlab.generate import is_encoder_decoder, stream
+from attnlab.generate.text import TextStream
 from attnlab.serve.protocol import RequestError, Sampling
 
 
@@ -34,17 +35,6 @@ class Result:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "length"
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters of ``text`` might begin a stop string or an unfinished character."""
-    hold = 1 if text.endswith("\ufffd") else 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                hold = max(hold, n)
-                break
-    return hold
 
 
 class Engine:
@@ -105,31 +95,18 @@ class Engine:
             x = torch.tensor([ids], device=self.device)  # (1, T)
             steps = stream(self.model, x, max_tokens, temperature=opts.temperature, top_p=opts.top_p,
                            eos_token_id=eos, seed=opts.seed, repetition_penalty=opts.repetition_penalty)
-            out: list[int] = []
-            sent = 0  # characters of the decoded continuation already yielded
-            trimmed = False
+            text = TextStream(tok, opts.stop, eos)
             for t in steps:
-                t = int(t[0])
-                if eos is not None and t == eos:
-                    result.finish_reason = "stop"
+                piece = text.push(int(t[0]))
+                if piece:
+                    yield piece
+                if text.finished:
                     break
-                out.append(t)
-                text = tok.decode(out)
-                cut = min((i for i in (text.find(s) for s in opts.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    result.finish_reason, trimmed = "stop", True
-                    if cut > sent:
-                        yield text[sent:cut]
-                    break
-                ready = len(text) - _held_back(text, opts.stop)
-                if ready > sent:
-                    yield text[sent:ready]
-                    sent = ready
-            result.completion_tokens = len(out)
-            if not trimmed:
-                text = tok.decode(out)
-                if len(text) > sent:
-                    yield text[sent:]
+            rest = text.flush()
+            if rest:
+                yield rest
+            result.completion_tokens = text.n_tokens
+            result.finish_reason = text.finish_reason
 
 
 __all__ = ["Engine", "Result"]
