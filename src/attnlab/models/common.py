@@ -1,4 +1,4 @@
-"""Pieces every model builds from its config the same way: positions, score mods, masks, norms, init."""
+"""Pieces every model builds from its config the same way: positions, score mods, masks, norms, init, counts."""
 
 from __future__ import annotations
 
@@ -106,3 +106,11 @@ __all__ = [
     "add_position_embedding", "final_norm_for", "init_bert_weights", "positions_for", "score_mod_for",
     "self_attention_mask",
 ]
+
+
+class Model(nn.Module):
+    """Base of attnlab's top-level models: what every model answers the same way."""
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Parameter count (tied weights counted once: ``parameters()`` yields a shared tensor once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -16,6 +16,7 @@ from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
 from attnlab.models.common import (
+    Model,
     add_position_embedding,
     final_norm_for,
     positions_for,
@@ -24,7 +25,7 @@ from attnlab.models.common import (
 )
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(Model):
     """Token embedding → N pre-norm decoder blocks → final norm → LM head.
 
     Every variant (learned / sinusoidal / RoPE / ALiBi / relative-bias positions,
@@ -66,10 +67,6 @@ class DecoderLM(nn.Module):
                 nn.init.ones_(p)
         if hasattr(self.pos, "weight"):
             nn.init.normal_(self.pos.weight, mean=0.0, std=std / 2)
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Parameter count (tied weights counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def make_cache(self) -> KVCache:
         """An empty KV cache for :meth:`forward` (recurrent states for linear attention)."""

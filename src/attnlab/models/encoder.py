@@ -20,6 +20,7 @@ from attnlab.blocks import EncoderBlock
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
 from attnlab.models.common import (
+    Model,
     add_position_embedding,
     final_norm_for,
     init_bert_weights,
@@ -128,7 +129,7 @@ class MLMHead(nn.Module):
         return self.decoder(h)
 
 
-class EncoderForMaskedLM(nn.Module):
+class EncoderForMaskedLM(Model):
     """:class:`EncoderModel` + :class:`MLMHead`; what :func:`attnlab.models.build` returns for encoders.
 
     Args:
@@ -144,10 +145,6 @@ class EncoderForMaskedLM(nn.Module):
         init_bert_weights(self.head)
         if cfg.tie_embeddings:
             self.head.decoder.weight = self.encoder.tok_emb.weight
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Parameter count (tied weights counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def forward(
         self,

@@ -37,6 +37,7 @@ from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import Block
 from attnlab.config import ModelConfig
 from attnlab.models.common import (
+    Model,
     add_position_embedding,
     final_norm_for,
     positions_for,
@@ -177,7 +178,7 @@ class Seq2SeqStack(nn.Module):
         return self.final_norm(x), self_w, cross_w
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(Model):
     """Shared token embedding → encoder stack; → decoder stack (cross-attending) → LM head.
 
     Implements the encoder–decoder protocol of :mod:`attnlab.generate` (``is_encoder_decoder``,
@@ -225,10 +226,6 @@ class EncoderDecoder(nn.Module):
         cfg = self.config
         std = cfg.d_model ** -0.5 if cfg.embed_scale else 1.0 if cfg.tie_embeddings else 0.02
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=std)
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Parameter count (tied weights counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(ids)  # (B, T, D)

@@ -27,6 +27,7 @@ from attnlab.blocks import EncoderBlock
 from attnlab.config import ModelConfig
 from attnlab.errors import ConfigError
 from attnlab.models.common import (
+    Model,
     add_position_embedding,
     final_norm_for,
     init_bert_weights,
@@ -96,7 +97,7 @@ class PatchEmbedding(nn.Module):
         return self.proj(self.patches(images))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Model):
     """Patch embedding + class token + positions → encoder blocks → norm → linear head on the class token.
 
     Args:
@@ -140,10 +141,6 @@ class VisionTransformer(nn.Module):
     def n_classes(self) -> int:
         """Number of classes of the head."""
         return self.head.out_features
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Parameter count."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def encode(
         self, images: torch.Tensor, *, return_weights: bool = False

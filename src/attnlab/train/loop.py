@@ -193,7 +193,7 @@ def train(
     step_model = torch.compile(model) if tc.compile else model
     amp = autocast_for(device, tc.dtype)
     tokens_per_step = tc.batch_size * seq_len * tc.grad_accum
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = model.num_params()
     flops_step = flops_per_token(cfg.model, seq_len, n_params) * tokens_per_step
     peak = peak_flops(device)
 
