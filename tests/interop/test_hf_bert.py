@@ -1,6 +1,5 @@
 """BERT import from Hugging Face: parity with transformers on a real and a random checkpoint."""
 
-import json
 import os
 
 import pytest
@@ -94,24 +93,20 @@ def test_tanh_gelu_checkpoint_maps_to_tanh_mlp():
     assert diff[am.bool()].abs().max().item() < 1e-4
 
 
-def _write(tmp_path, **cfg):
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return tmp_path
 
-
-def test_clear_errors(tmp_path):
+def test_clear_errors(tmp_path, write_config):
     with pytest.raises(AttnlabError, match="model_type 'mistral' is not supported; supported: bert"):
-        from_hf(_write(tmp_path, model_type="mistral"))
+        from_hf(write_config(model_type="mistral"))
     with pytest.raises(AttnlabError, match="architecture BertForSequenceClassification is not supported"):
-        from_hf(_write(tmp_path, model_type="bert", architectures=["BertForSequenceClassification"]))
+        from_hf(write_config(model_type="bert", architectures=["BertForSequenceClassification"]))
     with pytest.raises(AttnlabError, match="hidden_act 'relu' is not supported"):
         from_hf(_tiny_bert(hidden_act="relu"))
     with pytest.raises(AttnlabError, match="position_embedding_type 'relative_key'"):
         from_hf(_tiny_bert(position_embedding_type="relative_key"))
     with pytest.raises(CheckpointError, match="config.json lacks 'vocab_size'"):
-        from_hf(_write(tmp_path, model_type="bert", architectures=["BertModel"]))
+        from_hf(write_config(model_type="bert", architectures=["BertModel"]))
     with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
-        from_hf(_write(tmp_path, **_tiny_bert().config.to_dict()))
+        from_hf(write_config(**_tiny_bert().config.to_dict()))
     with pytest.raises(CheckpointError, match="is not a directory"):
         from_hf(tmp_path / "nope")
     with pytest.raises(AttnlabError, match="expects a transformers model or a directory path"):

@@ -1,13 +1,11 @@
 """GPT-2 import from Hugging Face: logits and greedy-decoding parity with transformers."""
 
-import json
 import os
 
 import pytest
 import torch
 
 from attnlab.errors import AttnlabError, CheckpointError
-from attnlab.generate import generate
 from attnlab.interop.hf import from_hf
 from attnlab.models import DecoderLM
 
@@ -58,33 +56,22 @@ def test_from_saved_directory_and_bare_model(tmp_path):
     assert _max_diff(from_hf(bare), ref, _ids()) < 1e-4
 
 
-def test_greedy_decoding_matches_transformers():
+def test_greedy_decoding_matches_transformers(check_greedy):
     ref = _tiny_gpt2(seed=3)
-    ours = from_hf(ref)
-    prompt = _ids(4)[:1, :5]
-    cached = generate(ours, prompt, 8, temperature=0, use_cache=True)
-    uncached = generate(ours, prompt, 8, temperature=0, use_cache=False)
-    assert torch.equal(cached, uncached)
-    expected = ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=8,
-                            min_new_tokens=8, pad_token_id=0, eos_token_id=None)
-    assert torch.equal(cached, expected)
+    check_greedy(ref, from_hf(ref), _ids(4)[:1, :5])
 
 
-def _write(tmp_path, **cfg):
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return tmp_path
 
-
-def test_clear_errors(tmp_path):
+def test_clear_errors(write_config):
     base = {"model_type": "gpt2", "vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4}
     with pytest.raises(AttnlabError, match="activation_function 'silu' is not supported"):
-        from_hf(_write(tmp_path, **base, activation_function="silu"))
+        from_hf(write_config(**base, activation_function="silu"))
     with pytest.raises(AttnlabError, match="scale_attn_by_inverse_layer_idx is not supported"):
-        from_hf(_write(tmp_path, **base, scale_attn_by_inverse_layer_idx=True))
+        from_hf(write_config(**base, scale_attn_by_inverse_layer_idx=True))
     with pytest.raises(AttnlabError, match="architecture GPT2ForSequenceClassification is not supported"):
-        from_hf(_write(tmp_path, **base, architectures=["GPT2ForSequenceClassification"]))
+        from_hf(write_config(**base, architectures=["GPT2ForSequenceClassification"]))
     with pytest.raises(CheckpointError, match="GPT-2 config.json lacks 'n_embd'"):
-        from_hf(_write(tmp_path, model_type="gpt2", vocab_size=V, n_layer=2, n_head=4))
+        from_hf(write_config(model_type="gpt2", vocab_size=V, n_layer=2, n_head=4))
     ref = _tiny_gpt2()
     ref.transformer.h[0].attn.register_buffer("extra", torch.zeros(1))
     with pytest.raises(CheckpointError, match="weight 'transformer.h.0.attn.extra' has no place"):

@@ -1,13 +1,11 @@
 """Llama import from Hugging Face: logits and greedy-decoding parity with transformers (GQA, RoPE)."""
 
-import json
 import os
 
 import pytest
 import torch
 
 from attnlab.errors import AttnlabError, CheckpointError
-from attnlab.generate import generate
 from attnlab.interop.hf import from_hf
 from attnlab.models import DecoderLM
 
@@ -61,41 +59,30 @@ def test_linear_rope_scaling_matches_transformers():
     assert _max_diff(ours, ref, _ids()) < 1e-4
 
 
-def test_greedy_decoding_matches_transformers():
+def test_greedy_decoding_matches_transformers(check_greedy):
     ref = _tiny_llama(seed=3)
-    ours = from_hf(ref)
-    prompt = _ids(4)[:1, :5]
-    cached = generate(ours, prompt, 8, temperature=0, use_cache=True)
-    uncached = generate(ours, prompt, 8, temperature=0, use_cache=False)
-    assert torch.equal(cached, uncached)
-    expected = ref.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=8,
-                            min_new_tokens=8, pad_token_id=0, eos_token_id=None)
-    assert torch.equal(cached, expected)
+    check_greedy(ref, from_hf(ref), _ids(4)[:1, :5])
 
 
-def _write(tmp_path, **cfg):
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return tmp_path
 
-
-def test_clear_errors(tmp_path):
+def test_clear_errors(write_config):
     base = {"model_type": "llama", "vocab_size": V, "hidden_size": 64, "intermediate_size": 96,
             "num_hidden_layers": 2, "num_attention_heads": 4}
     with pytest.raises(AttnlabError, match="rope scaling 'yarn' is not supported; supported: default, linear"):
-        from_hf(_write(tmp_path, **base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+        from_hf(write_config(**base, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(AttnlabError, match="rope scaling 'dynamic' is not supported"):
-        from_hf(_write(tmp_path, **base, rope_scaling={"type": "dynamic", "factor": 2.0}))
+        from_hf(write_config(**base, rope_scaling={"type": "dynamic", "factor": 2.0}))
     with pytest.raises(AttnlabError, match="attention_bias: true is not supported"):
-        from_hf(_write(tmp_path, **base, attention_bias=True))
+        from_hf(write_config(**base, attention_bias=True))
     with pytest.raises(AttnlabError, match="mlp_bias: true is not supported"):
         from_hf(_tiny_llama(mlp_bias=True))
     with pytest.raises(AttnlabError, match="head_dim 32 with hidden_size / num_attention_heads = 64 / 4"):
-        from_hf(_write(tmp_path, **base, head_dim=32))
+        from_hf(write_config(**base, head_dim=32))
     with pytest.raises(AttnlabError, match="hidden_act 'gelu' is not supported"):
-        from_hf(_write(tmp_path, **base, hidden_act="gelu"))
+        from_hf(write_config(**base, hidden_act="gelu"))
     with pytest.raises(CheckpointError, match="Llama config.json lacks 'intermediate_size'"):
-        from_hf(_write(tmp_path, model_type="llama", vocab_size=V, hidden_size=64, num_hidden_layers=2,
+        from_hf(write_config(model_type="llama", vocab_size=V, hidden_size=64, num_hidden_layers=2,
                        num_attention_heads=4))
     with pytest.raises(AttnlabError) as err:
-        from_hf(_write(tmp_path, **base, attention_bias=True))
+        from_hf(write_config(**base, attention_bias=True))
     assert "\n" not in str(err.value)  # one line, as the CLI prints it

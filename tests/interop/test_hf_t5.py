@@ -127,23 +127,19 @@ def test_cached_decoding_of_an_imported_model():
     assert (stepped - full).abs().max().item() <= 1e-5
 
 
-def _write(tmp_path, **cfg):
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return tmp_path
 
-
-def test_clear_errors(tmp_path):
+def test_clear_errors(write_config):
     base = dict(model_type="t5", vocab_size=V, d_model=32, d_kv=8, num_layers=2, num_heads=4)
     with pytest.raises(AttnlabError, match=r"d_kv \* num_heads = 16 \* 4 != d_model = 32 is not supported"):
-        from_hf(_write(tmp_path, **{**base, "d_kv": 16}))
+        from_hf(write_config(**{**base, "d_kv": 16}))
     with pytest.raises(AttnlabError, match=r"d_kv \* num_heads .* is not supported"):
         from_hf(_tiny_t5(d_kv=4))
     with pytest.raises(AttnlabError, match="feed_forward_proj 'gated-relu' is not supported"):
-        from_hf(_write(tmp_path, **base, feed_forward_proj="gated-relu"))
+        from_hf(write_config(**base, feed_forward_proj="gated-relu"))
     with pytest.raises(AttnlabError, match="architecture T5EncoderModel is not supported for 't5'"):
-        from_hf(_write(tmp_path, **base, architectures=["T5EncoderModel"]))
+        from_hf(write_config(**base, architectures=["T5EncoderModel"]))
     with pytest.raises(CheckpointError, match="T5 config.json lacks 'd_kv'"):
-        from_hf(_write(tmp_path, model_type="t5", vocab_size=V, d_model=32, num_layers=2, num_heads=4))
+        from_hf(write_config(model_type="t5", vocab_size=V, d_model=32, num_layers=2, num_heads=4))
     # decoder outputs scaled (a tied head) but a head of its own: not representable
     ref = _tiny_t5(tie_word_embeddings=True)
     ref.lm_head.weight = torch.nn.Parameter(torch.randn(V, 32))
