@@ -1,6 +1,7 @@
-"""``attnlab viz attention CKPT --text TEXT``: draw a checkpoint's attention as a PNG grid.
+"""Look at a checkpoint's attention: PNG heatmaps (viz attention) or the explorer web page (viz serve).
 
     attnlab viz attention runs/demo --text "ROMEO. But soft, what light" --layers 0,3 --heads 0,2
+    attnlab viz serve runs/demo --port 8765      # open the printed URL, type text, hover tokens
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def int_list(value: Optional[str], option: str) -> Optional[list[int]]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``viz`` and its actions (``attention``)."""
+    """Register ``viz`` and its actions (``attention``, ``serve``)."""
     parser = sub.add_parser("viz", help="visualise a model (attention heatmaps)", description=__doc__.splitlines()[0])
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = actions.add_parser(
@@ -42,11 +43,54 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default="attention.png", help="PNG to write (default attention.png)")
     p.add_argument("--max-tokens", type=int, default=40, help="draw at most the last N tokens (default 40)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s = actions.add_parser(
+        "serve",
+        help="the attention explorer: a web page showing tokens, attention heatmaps and next-token probabilities",
+        description="Serve a small web page for a checkpoint: type text, see its tokens, the attention weights of "
+        "every layer and head as heatmaps (hover a token to see where it attends) and the next-token "
+        "distribution. Routes: GET / (the page), GET /api/info, POST /api/attention {\"text\": ...}.",
+    )
+    s.add_argument("checkpoint", help="run folder or checkpoint folder (decoder-only or encoder model)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
+    s.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port)")
+    s.add_argument("--max-tokens", type=int, default=128,
+                   help="longest text in tokens, also capped by the model's context (default 128)")
+    s.add_argument("--top-k", type=int, default=10, help="next-token candidates to show (default 10)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``viz attention`` or ``viz serve``."""
+    return serve(args) if args.action == "serve" else attention(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run ``viz serve``: the attention explorer until Ctrl-C / SIGTERM."""
+    import sys
+    from pathlib import Path
+
+    from attnlab.cli._common import load_for_inference
+    from attnlab.viz import Explorer, ExplorerConfig, make_explorer_server, serve_until_stopped
+
+    cfg = ExplorerConfig(host=args.host, port=args.port, max_tokens=args.max_tokens, top_k=args.top_k,
+                         log_requests=not args.quiet)  # validates the options before loading the model
+    model, tok, _, _ = load_for_inference(args.checkpoint, args.device)
+    explorer = Explorer(model, tok, name=Path(args.checkpoint).resolve().name, cfg=cfg)
+    server = make_explorer_server(explorer, cfg)
+
+    def banner() -> None:
+        print(f"attnlab viz serve: attention explorer for {explorer.name} at {server.url} "
+              f"(texts up to {explorer.max_tokens} tokens); Ctrl-C to stop", file=sys.stderr, flush=True)
+
+    serve_until_stopped(server, banner)
+    print("attnlab viz serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def attention(args: argparse.Namespace) -> int:
     """Run ``viz attention``."""
     from attnlab.cli._common import load_for_inference
     from attnlab.viz import attention_heatmap, attention_layers, check_indices

@@ -1,0 +1,296 @@
+"""The attention explorer (`attnlab viz serve`): its JSON API, the CLI, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab import config
+from attnlab.cli import main
+from attnlab.cli._common import load_for_inference
+from attnlab.errors import AttnlabError
+from attnlab.models import build
+from attnlab.train.objectives import MASK_TOKEN
+from attnlab.viz import Explorer, ExplorerConfig, make_explorer_server
+
+TEXT = "ROMEO. But soft, what light"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    model, tok, _, _ = load_for_inference(str(trained_run), "cpu")
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def server(loaded):
+    """The explorer for the tiny trained run on a free port, served from a thread."""
+    model, tok = loaded
+    cfg = ExplorerConfig(port=0, max_body_bytes=4096, log_requests=False)
+    srv = make_explorer_server(Explorer(model, tok, name="tiny-run", cfg=cfg))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+def request(url: str, body: bytes | None = None, method: str | None = None) -> tuple[int, dict | str, str]:
+    """(status, JSON or text, content type) of one HTTP call; errors are returned, not raised."""
+    req = urllib.request.Request(url, data=body, method=method or ("POST" if body is not None else "GET"),
+                                 headers={"Content-Type": "application/json"} if body is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, ctype, raw = r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        status, ctype, raw = e.code, e.headers["Content-Type"], e.read()
+    return status, (json.loads(raw) if "json" in ctype else raw.decode()), ctype
+
+
+def analyze(server, text: str) -> tuple[int, dict]:
+    status, body, _ = request(server.url + "api/attention", json.dumps({"text": text}).encode())
+    return status, body
+
+
+# --- JSON API -----------------------------------------------------------------------------------
+def test_info(server):
+    status, info, _ = request(server.url + "api/info")
+    assert status == 200
+    assert (info["name"], info["arch"], info["n_layer"], info["n_head"], info["context"]) == ("tiny-run", "decoder",
+                                                                                             2, 2, 64)
+    assert info["max_tokens"] == 64 and info["top_k"] == 10 and info["parameters"] > 10_000
+
+
+def test_attention_matches_the_model(server, loaded):
+    model, tok = loaded
+    status, out = analyze(server, TEXT)
+    assert status == 200
+    ids = tok.encode(TEXT)
+    t = len(ids)
+    assert out["ids"] == ids and out["tokens"] == tok.token_strings(ids) and t > 4
+    w = torch.tensor(out["weights"], dtype=torch.float64)  # (L, H, T, T)
+    assert w.shape == (out["n_layer"], out["n_head"], t, t) == (2, 2, t, t)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 2, t, dtype=torch.float64), atol=1e-3)
+    assert torch.all(w.triu(1) == 0)  # causal: nothing attends to the future ...
+    assert torch.all(w[..., torch.ones(t, t, dtype=torch.bool).tril()] > 0)  # ... and 0 means masked only: tiny weights do not round to 0
+    with torch.no_grad():
+        logits, ref = model(torch.tensor([ids]), return_weights=True)
+    assert torch.allclose(w, torch.stack([r[0] for r in ref]).double(), atol=1e-4)  # rounded to 4 decimals
+    top = out["next_token"]
+    probs = [c["prob"] for c in top]
+    assert len(top) == 10 and probs == sorted(probs, reverse=True) and 0 < probs[-1] <= probs[0] <= 1
+    assert top[0]["id"] == int(logits[0, -1].argmax()) and top[0]["token"] == tok.token_strings([top[0]["id"]])[0]
+    assert abs(probs[0] - float(logits[0, -1].softmax(-1).max())) < 1e-4
+    assert out["prediction_position"] == t - 1 and out["next_token_by_position"][-1] == top
+    assert len(out["next_token_by_position"]) == t
+    assert out["next_token_by_position"][0][0]["id"] == int(logits[0, 0].argmax())
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"{not json", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_json"),
+    (b"{}", 400, "invalid_text"),
+    (b'{"text": 5}', 400, "invalid_text"),
+    (b'{"text": ""}', 400, "empty_text"),
+    (json.dumps({"text": "x " * 80}).encode(), 400, "text_too_long"),
+    (json.dumps({"text": "x" * 5000}).encode(), 413, "body_too_large"),
+])
+def test_bad_requests_get_json_errors(server, body, status, code):
+    got, out, _ = request(server.url + "api/attention", body)
+    assert got == status and out["error"]["code"] == code, out
+    assert request(server.url + "api/info")[0] == 200  # still serving
+
+
+def test_too_long_text_names_the_limit(server, loaded):
+    n = len(loaded[1].encode("x " * 80))
+    status, out = analyze(server, "x " * 80)
+    assert status == 400 and n > 64
+    assert out["error"]["message"] == (f"text is {n} tokens, over the limit of 64 (the model's context); "
+                                       "send a shorter text")
+
+
+def test_unknown_routes_404(server):
+    assert request(server.url + "nope")[:2] == (404, {"error": {
+        "message": "no route GET /nope; try / or /api/info", "type": "invalid_request_error", "param": None,
+        "code": "not_found"}})
+    assert request(server.url + "api/info", b"{}")[0] == 404
+
+
+def test_page_is_served_and_self_contained(server):
+    status, page, ctype = request(server.url + "?q=1")
+    assert status == 200 and ctype.startswith("text/html")
+    assert 'id="heatmap"' in page and 'id="next-list"' in page and "api/attention" in page
+    assert 'src="http' not in page and 'href="http' not in page and "@import" not in page  # works offline
+
+
+# --- other architectures ------------------------------------------------------------------------
+def test_encoder_predicts_at_the_mask(loaded):
+    _, tok = loaded
+    tok = tok.with_special_tokens([MASK_TOKEN])
+    cfg = config.load("bert-tiny", [f"model.vocab_size={tok.vocab_size}", "model.n_layer=2", "model.d_model=32",
+                                    "model.n_head=2", "model.d_ff=64", "model.block_size=32"])
+    torch.manual_seed(0)
+    explorer = Explorer(build(cfg).eval(), tok, cfg=ExplorerConfig(top_k=3))
+    out = explorer.analyze(f"But {MASK_TOKEN} soft")
+    ids = tok.encode(f"But {MASK_TOKEN} soft")
+    w = torch.tensor(out["weights"])  # (L, H, T, T)
+    assert w.shape == (2, 2, len(ids), len(ids)) and torch.all(w.triu(1).sum((-2, -1)) > 0)  # bidirectional
+    assert out["prediction_position"] == ids.index(tok.token_id(MASK_TOKEN)) and len(out["next_token"]) == 3
+    assert out["next_token_by_position"] == [] and explorer.info()["mask_token"] == MASK_TOKEN
+    assert explorer.analyze("But soft")["next_token"] == []  # no mask, no prediction
+
+
+@pytest.mark.parametrize("preset, overrides, needle", [
+    ("t5-tiny", ["model.n_layer=1", "model.n_decoder_layer=1", "model.d_model=32", "model.d_ff=64"],
+     "this one is model.arch=encoder_decoder: use `attnlab viz attention` for it"),
+    ("gpt-tiny", ["model.mixer=linear", "model.n_layer=1", "model.d_model=32"], "model.mixer=linear has no attention"),
+])
+def test_refuses_models_without_attention_to_show(loaded, preset, overrides, needle):
+    with pytest.raises(AttnlabError, match="^.*" + needle.replace("(", r"\(").replace(")", r"\)")):
+        Explorer(build(config.load(preset, ["model.vocab_size=600", *overrides])), loaded[1])
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["viz", "serve", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--port" in out and "/api/attention" in out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--port", "70000"], "--port must be in 0..65535, got 70000"),
+    (["--max-tokens", "0"], "max_tokens (--max-tokens) must be positive, got 0"),
+    (["--top-k", "-1"], "top_k (--top-k) must be positive, got -1"),
+])
+def test_cli_errors(capsys, trained_run, extra, needle, one_line_error):
+    one_line_error(capsys, main(["viz", "serve", str(trained_run), *extra]), needle)
+
+
+def test_cli_missing_checkpoint(capsys, tmp_path, one_line_error):
+    one_line_error(capsys, main(["viz", "serve", str(tmp_path / "nope")]), "not found")
+
+
+def test_cli_serves_until_ctrl_c(trained_run):
+    proc = subprocess.Popen([sys.executable, "-m", "attnlab", "viz", "serve", str(trained_run), "--port", "0",
+                             "--device", "cpu", "--quiet"], stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stderr], [], [], 60)
+        assert ready, "no banner within 60 s"
+        banner = proc.stderr.readline()
+        assert "attention explorer for run at http://127.0.0.1:" in banner, banner
+        url = banner.split(" at ")[1].split()[0]
+        status, info, _ = request(url + "api/info")
+        assert status == 200 and info["name"] == "run"
+        assert analyze_url(url, "But soft")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "attnlab viz serve: stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def analyze_url(url: str, text: str) -> tuple[int, dict | str, str]:
+    return request(url + "api/attention", json.dumps({"text": text}).encode())
+
+
+# --- the page in headless Chromium ----------------------------------------------------------------
+def chromium_driver(width: int = 1400, height: int = 1000):
+    """A headless Debian Chromium driven by Selenium, never downloading anything; skips when missing."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"browser test needs {', '.join(missing)}: apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs selenium: pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    user_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"attnlab-chromium-{os.getpid()}-{time.monotonic_ns()}"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={user_dir}", f"--window-size={width},{height}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+
+
+def explore(driver, url: str, text: str, timeout: float = 30) -> None:
+    """Open the page, type ``text``, press Enter and wait until the heatmap is drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, timeout).until(lambda d: "layers" in d.find_element(By.ID, "info").text)
+    box = driver.find_element(By.ID, "text")
+    box.clear()
+    box.send_keys(text, Keys.ENTER)
+    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+                                         in ("ready", "error"))
+
+
+def test_page_in_headless_chromium(server, loaded, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = chromium_driver()
+    try:
+        explore(driver, server.url, TEXT)
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready"
+        assert "tiny-run" in driver.find_element(By.ID, "info").text
+        t = len(loaded[1].encode(TEXT))
+        tokens = driver.find_elements(By.CSS_SELECTOR, "#tokens .tok")
+        assert len(tokens) == t
+        # the big heatmap: T x T cells, coloured below the diagonal, grey (masked) above it
+        fills = driver.execute_script(
+            "return [...document.querySelectorAll('#heatmap rect.cell')].map(r => r.getAttribute('fill'))")
+        grey = "rgb(226,229,234)"
+        assert len(fills) == t * t
+        assert all((f == grey) == (k > q) for i, f in enumerate(fills) for q, k in [divmod(i, t)])
+        assert len(set(fills)) > 5
+        # the thumbnails (canvas): one per head plus the mean, with real pixels
+        colours = driver.execute_script(
+            "return [...document.querySelectorAll('#thumbs canvas')].map(c => { const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; const s = new Set();"
+            " for (let i = 0; i < d.length; i += 4) s.add(d[i] + ',' + d[i+1] + ',' + d[i+2] + ',' + d[i+3]);"
+            " return s.size; })")
+        assert len(colours) == 3 and min(colours) > 3
+        # hovering token 3 outlines its row and shades exactly the tokens it may attend to
+        ActionChains(driver).move_to_element(tokens[3]).perform()
+        assert driver.find_element(By.ID, "row-hl").get_attribute("visibility") == "visible"
+        assert "query" in tokens[3].get_attribute("class")
+        shaded = [bool(tok.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent"))
+                  for tok in tokens]
+        assert shaded == [i <= 3 for i in range(t)]
+        assert "attends most to" in driver.find_element(By.ID, "hover-info").text
+        assert driver.find_element(By.ID, "next-title").text.startswith("Next token after “")
+        # the next-token distribution: ten bars with percentages
+        bars = driver.find_elements(By.CSS_SELECTOR, "#next-list .bar")
+        assert len(bars) == 10 and all(b.find_element(By.CLASS_NAME, "pct").text.endswith("%") for b in bars)
+        # layer / head selectors redraw the big heatmap
+        driver.find_element(By.CSS_SELECTOR, "#layer-sel button[data-layer='1']").click()
+        driver.find_element(By.CSS_SELECTOR, "#head-sel button[data-head='mean']").click()
+        assert driver.find_element(By.ID, "heatmap-title").text == "Layer 1, mean over heads"
+        shot = tmp_path / "explorer.png"
+        assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
+        assert shot.stat().st_size > 20_000
+        # a bad input shows the server's message instead of breaking the page
+        explore(driver, server.url, "x " * 80)
+        assert "over the limit of 64" in driver.find_element(By.ID, "status").text
+    finally:
+        driver.quit()
