@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from attnlab import config
-from attnlab.generate import Session, beam_search, generate, stream
+from attnlab.generate import beam_search, generate, stream
 from attnlab.generate.processors import apply_repetition_penalty
 from attnlab.models import build
+from tests.generate._batching import greedy_logits, left_pad
 
 SMALL = ["model.block_size=32", "model.n_layer=2", "model.d_model=32", "model.dropout=0.0", "model.vocab_size=13"]
 PROMPTS = [[3, 7, 1, 4, 9], [5, 2], [8, 8, 6]]
@@ -23,34 +24,11 @@ def make(preset: str, overrides: list[str]):
     return build(config.load(name, SMALL + overrides)).double().eval()
 
 
-def left_pad(prompts, pad: int = 0):
-    """(B, T) ids and their 1/0 mask, rows padded on the left with ``pad``."""
-    t = max(map(len, prompts))
-    ids = torch.full((len(prompts), t), pad, dtype=torch.long)
-    mask = torch.zeros(len(prompts), t, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, t - len(p):] = torch.tensor(p)
-        mask[i, t - len(p):] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def greedy_logits(model, ids, n, mask=None, use_cache=True):
-    """Greedy decoding through a Session: (B, n) tokens and (B, n, V) logits of every step."""
-    session = Session(model, ids, n, attention_mask=mask, use_cache=use_cache)
-    steps = []
-    for _ in range(n):
-        logits = session.next_logits()
-        steps.append(logits)
-        session.append(logits.argmax(-1))
-    return session.generated, torch.stack(steps, 1)
-
-
 @pytest.mark.parametrize("preset", list(PADDABLE))
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_left_padded_rows_decode_as_if_alone(preset, use_cache):
     model = make(preset, PADDABLE[preset])
-    ids, mask = left_pad(PROMPTS, pad=11)
+    ids, mask = left_pad(PROMPTS, 11)
     tokens, logits = greedy_logits(model, ids, 6, mask, use_cache)
     for i, prompt in enumerate(PROMPTS):
         alone_tokens, alone_logits = greedy_logits(model, torch.tensor([prompt]), 6, use_cache=use_cache)
@@ -63,7 +41,7 @@ def test_left_padded_rows_decode_as_if_alone(preset, use_cache):
 def test_left_padding_is_not_a_no_op():
     """Without the mask the padded rows decode differently (the test above can fail)."""
     model = make("gpt-tiny", PADDABLE["gpt-tiny"])
-    ids, mask = left_pad(PROMPTS, pad=11)
+    ids, mask = left_pad(PROMPTS, 11)
     _, masked = greedy_logits(model, ids, 2, mask)
     _, unmasked = greedy_logits(model, ids, 2)
     assert not torch.allclose(masked[1], unmasked[1], atol=1e-3)

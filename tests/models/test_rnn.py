@@ -125,10 +125,12 @@ def test_seq2seq_bad_calls_raise():
         m.decode(tgt_in)
     with pytest.raises(ValueError, match="exceeds the model's max_len of 5"):
         m(src, tgt_in)
-    left_padded = torch.ones_like(src)
-    left_padded[0, :2] = 0
-    with pytest.raises(ValueError, match="pad sources on the right"):
-        m.encode(src, attention_mask=left_padded)
+    empty_row = torch.ones_like(src)
+    empty_row[0] = 0
+    with pytest.raises(ValueError, match="source row without real tokens"):
+        m.encode(src, attention_mask=empty_row)
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        m.encode(src, attention_mask=empty_row[:, :3])
     with pytest.raises(ValueError, match="decoder context of 5"):
         generate(m, src, 5)
     assert generate(m, src, 4, temperature=0.0).shape == (2, 5)

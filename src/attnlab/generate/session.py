@@ -51,16 +51,18 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _left_padding(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Check a decoder-only prompt mask is left padding the model can take; (B, T) bool."""
-    params = inspect.signature(model.forward).parameters
-    if "attention_mask" not in params:
-        raise ValueError(f"{type(model).__name__} does not take a padding attention_mask; generate prompts of "
-                         f"equal length without one")
+def _left_padding(model: nn.Module, attention_mask: torch.Tensor, *, decoder_prefix: bool = False) -> torch.Tensor:
+    """Check a mask of decoder-side tokens (a decoder-only prompt, or an encoder–decoder's
+    decoder prefix) is left padding the model can take; (B, T) bool."""
+    run, name, what = (model.decode, "decoder_attention_mask", "decoder prefixes") if decoder_prefix else \
+        (model.forward, "attention_mask", "prompts")
+    if "attention_mask" not in inspect.signature(run).parameters:
+        raise ValueError(f"{type(model).__name__} does not take a padding {name}; generate {what} of equal length "
+                         f"without one")
     valid = attention_mask.bool()
     if not bool(valid[:, -1].all()) or bool((valid[:, :-1] & ~valid[:, 1:]).any()):
-        raise ValueError("a decoder-only attention_mask must be left padding (0s, then 1s, each row ending in a "
-                         "real token); pad prompts on the left")
+        raise ValueError(f"{name} for {what} must be left padding (0s, then 1s, each row ending in a real token); "
+                         f"pad {what} on the left")
     return valid
 
 
@@ -71,26 +73,34 @@ class Session:
         model: a decoder-only LM or an encoder–decoder (see the module docstring).
         input_ids: (B, T) prompt (decoder-only) or source (encoder–decoder) ids.
         max_new_tokens: tokens that will be added at most (checked against the context).
-        attention_mask: (B, S) 1/0 source padding mask (encoder–decoders), or (B, T) 1/0
-            mask of a left-padded prompt batch (decoder-only models whose ``forward``
-            takes ``attention_mask``, such as :class:`~attnlab.models.DecoderLM`).
+        attention_mask: (B, S) 1/0 source padding mask, left or right (encoder–decoders), or
+            (B, T) 1/0 mask of a left-padded prompt batch (decoder-only models whose
+            ``forward`` takes ``attention_mask``: :class:`~attnlab.models.DecoderLM`,
+            :class:`~attnlab.models.rnn.RNNLanguageModel`). Either way each row generates
+            what it would alone.
         use_cache: keep a KV cache / recurrent state; otherwise every step recomputes the
             whole (decoder) sequence from scratch. Both give the same tokens.
+        decoder_input_ids: (B, T) forced decoder prefixes of an encoder–decoder (each row
+            starting with ``decoder_start_id``), continued instead of the start token alone.
+        decoder_attention_mask: (B, T) 1/0 mask of left-padded ``decoder_input_ids`` of
+            different lengths; each row generates what it would alone.
 
     Attributes:
         tokens: (N, T) the sequence so far (prompt or start token first); N = B until
             :meth:`reorder` changes the rows.
         padding: (N, T) bool real-token mask of :attr:`tokens` (decoder-only with an
-            ``attention_mask``), else None.
+            ``attention_mask``, encoder–decoder with a ``decoder_attention_mask``), else None.
         prefix_len: length of the part that was not generated.
 
     Raises:
-        ValueError: malformed input, a mask that is not left padding or for a decoder-only
+        ValueError: malformed input, a decoder-side mask that is not left padding or for a
             model that cannot take one, or a sequence longer than the model's context.
     """
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
-                 attention_mask: Optional[torch.Tensor] = None, use_cache: bool = True):
+                 attention_mask: Optional[torch.Tensor] = None, use_cache: bool = True,
+                 decoder_input_ids: Optional[torch.Tensor] = None,
+                 decoder_attention_mask: Optional[torch.Tensor] = None):
         if input_ids.dim() != 2 or input_ids.size(0) == 0 or input_ids.size(1) == 0:
             raise ValueError(f"input_ids must be (B, T) with B >= 1 and T >= 1, got {tuple(input_ids.shape)}")
         if max_new_tokens < 0:
@@ -106,10 +116,12 @@ class Session:
             self.source, self.source_mask = input_ids, attention_mask
             self.rows = torch.arange(input_ids.size(0), device=input_ids.device)  # source row of each row
             self.memory: Any = model.encode(input_ids, attention_mask=attention_mask)
-            self.tokens = torch.full((input_ids.size(0), 1), model.decoder_start_id, dtype=torch.long,
-                                     device=input_ids.device)
+            self.tokens = self._decoder_prefix(model, input_ids.size(0), decoder_input_ids, decoder_attention_mask)
             self.cache = model.make_cache(self.memory) if use_cache else None
         else:
+            if decoder_input_ids is not None or decoder_attention_mask is not None:
+                raise ValueError("decoder_input_ids / decoder_attention_mask are for encoder–decoders; a decoder-only "
+                                 "prompt goes in input_ids (with attention_mask)")
             if attention_mask is not None:
                 self.padding = _left_padding(model, attention_mask)
             self.tokens = input_ids
@@ -118,13 +130,31 @@ class Session:
         self.consumed = 0  # tokens the cache has seen
         self._check_length(model, max_new_tokens)
 
+    def _decoder_prefix(self, model: nn.Module, batch: int, ids: Optional[torch.Tensor],
+                        mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The decoder tokens to continue: ``ids`` (checked, with their mask) or the start token."""
+        if ids is None:
+            if mask is not None:
+                raise ValueError("decoder_attention_mask needs decoder_input_ids")
+            return torch.full((batch, 1), model.decoder_start_id, dtype=torch.long, device=self.source.device)
+        if ids.dim() != 2 or ids.size(0) != batch or ids.size(1) == 0:
+            raise ValueError(f"decoder_input_ids must be (B, T) with the source's batch of {batch} and T >= 1, "
+                             f"got {tuple(ids.shape)}")
+        if mask is not None:
+            if mask.shape != ids.shape:
+                raise ValueError(f"decoder_attention_mask must have the shape of decoder_input_ids "
+                                 f"{tuple(ids.shape)}, got {tuple(mask.shape)}")
+            self.padding = _left_padding(model, mask, decoder_prefix=True)
+        return ids
+
     def _check_length(self, model: nn.Module, max_new_tokens: int) -> None:
         limit = context_limit(model)
         if limit is None or self.prefix_len + max_new_tokens <= limit:
             return
         if self.encoder_decoder:
-            raise ValueError(f"the decoder start token + {max_new_tokens} new tokens exceeds the model's decoder "
-                             f"context of {limit}; ask for at most {limit - 1} new tokens")
+            prefix = "the decoder start token" if self.prefix_len == 1 else f"a decoder prefix of {self.prefix_len}"
+            raise ValueError(f"{prefix} + {max_new_tokens} new tokens exceeds the model's decoder context of {limit}; "
+                             f"ask for at most {limit - self.prefix_len} new tokens")
         raise ValueError(
             f"prompt of {self.prefix_len} tokens + {max_new_tokens} new tokens exceeds the model's "
             f"context of {limit}; shorten the prompt or ask for fewer tokens"
@@ -137,11 +167,11 @@ class Session:
 
     def _run(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) of ``ids``: new tokens after the cache, or a whole sequence."""
+        kwargs = {} if self.padding is None else {"attention_mask": self.padding}
         if self.encoder_decoder:
             if self.cache is not None:
-                return self.model.decode(ids, cache=self.cache)
-            return self.model.decode(ids, memory=self.memory)
-        kwargs = {} if self.padding is None else {"attention_mask": self.padding}
+                return self.model.decode(ids, cache=self.cache, **kwargs)
+            return self.model.decode(ids, memory=self.memory, **kwargs)
         return self.model(ids, cache=self.cache, **kwargs) if self.cache is not None else self.model(ids, **kwargs)
 
     def next_logits(self) -> torch.Tensor:

@@ -6,7 +6,9 @@ score function from :mod:`attnlab.attention.scoring` — additive (Bahdanau),
 general/dot (Luong) — and mixes the encoder outputs with the resulting weights.
 
 Both models decode step by step with an explicit state, so "cached" (one token at a
-time) and "uncached" (whole sequence, teacher forced) runs give the same logits.
+time) and "uncached" (whole sequence, teacher forced) runs give the same logits. Both skip
+padding (an ``attention_mask``, on any side) by packing each row's real tokens
+(:func:`run_masked`), so a padded row gives what it would alone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,49 @@ def _rnn(cell: str, d_in: int, d_hidden: int, n_layers: int, dropout: float, bid
         raise ValueError(f"unknown cell '{cell}'; choose one of {', '.join(CELLS)}")
     return CELLS[cell](d_in, d_hidden, n_layers, batch_first=True, dropout=dropout if n_layers > 1 else 0.0,
                        bidirectional=bidirectional)
+
+
+def _select_rows(keep: torch.Tensor, new, old):
+    """State ``new`` where ``keep`` (B,) is True, else ``old`` (None: zeros); tensors are (layers, B, H)."""
+    if isinstance(new, tuple):
+        olds = (None,) * len(new) if old is None else old
+        return tuple(_select_rows(keep, n, o) for n, o in zip(new, olds))
+    return torch.where(keep[None, :, None], new, torch.zeros_like(new) if old is None else old)
+
+
+def run_masked(rnn: nn.RNNBase, x: torch.Tensor, valid: Optional[torch.Tensor], hidden=None):
+    """Run ``rnn`` over the real tokens of each row only, skipping padding wherever it sits.
+
+    The real tokens of each row are moved to the front (in order), packed and run, and the
+    outputs put back in place: a row's outputs and final state are those of its real tokens
+    alone, as if padding were not there (the state is carried across padding unchanged).
+
+    Args:
+        rnn: a batch-first LSTM/GRU.
+        x: (B, T, E) inputs.
+        valid: (B, T) bool, True at real tokens; None: all real.
+        hidden: initial state (``h`` or ``(h, c)``, each (layers, B, H)), or None (zeros).
+
+    Returns:
+        ``(outputs (B, T, H·directions), final state)``; outputs are 0 at padding, and a row
+        without real tokens keeps its initial state.
+    """
+    if valid is None or bool(valid.all()):
+        return rnn(x, hidden)
+    b, t, _ = x.shape
+    lengths = valid.sum(dim=1)  # (B,)
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, T) real positions first
+    front = x.gather(1, order[..., None].expand_as(x))  # (B, T, E) real tokens first
+    packed = nn.utils.rnn.pack_padded_sequence(front, lengths.clamp_min(1).cpu(), batch_first=True,
+                                               enforce_sorted=False)
+    out, final = rnn(packed, hidden)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, H), 0 past length
+    empty = lengths == 0  # (B,) rows run on one padding token only to satisfy packing: undo it
+    if bool(empty.any()):
+        out = out.masked_fill(empty[:, None, None], 0.0)
+        final = _select_rows(~empty, final, hidden)
+    outputs = torch.zeros_like(out).scatter(1, order[..., None].expand_as(out), out)  # (B, T, H) back in place
+    return outputs, final
 
 
 class RNNState:
@@ -65,7 +110,8 @@ class RNNLMConfig:
 class RNNLanguageModel(nn.Module):
     """Embedding → multi-layer LSTM/GRU → linear head; ``forward(ids, cache=RNNState)`` → logits.
 
-    Works with :func:`attnlab.generate.generate` (``make_cache`` returns an :class:`RNNState`).
+    Works with :func:`attnlab.generate.generate` (``make_cache`` returns an :class:`RNNState`),
+    left-padded prompt batches included: the state skips padding (``attention_mask``).
     """
 
     def __init__(self, cfg: RNNLMConfig):
@@ -80,10 +126,39 @@ class RNNLanguageModel(nn.Module):
     def make_cache(self) -> RNNState:
         return RNNState()
 
-    def forward(self, input_ids: torch.Tensor, *, cache: Optional[RNNState] = None) -> torch.Tensor:
-        """(B, T) ids → (B, T, V) logits; with ``cache`` the state carries over between calls."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: Optional[RNNState] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Next-token logits.
+
+        Args:
+            input_ids: (B, T) token ids; with a ``cache`` they follow the consumed ones.
+            cache: an :class:`RNNState` from :meth:`make_cache`, updated in place (the state
+                carries over between calls).
+            attention_mask: (B, cached + T) 1/0 mask of real tokens over the consumed and the
+                new tokens (e.g. a left-padded prompt batch): the state skips padding (it
+                passes through unchanged), so a row decodes as it would alone.
+
+        Returns:
+            (B, T, V) logits (meaningless at padding).
+
+        Raises:
+            ValueError: an ``attention_mask`` of another shape.
+        """
+        b, t = input_ids.shape
+        valid = None
+        if attention_mask is not None:
+            start = cache.length if cache is not None else 0
+            if attention_mask.shape != (b, start + t):
+                raise ValueError(f"attention_mask must be (B, cached + T) = {(b, start + t)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            valid = attention_mask[:, start:].bool()  # (B, T)
         x = self.drop(self.emb(input_ids))  # (B, T, E)
-        out, hidden = self.rnn(x, cache.hidden if cache is not None else None)  # (B, T, H)
+        out, hidden = run_masked(self.rnn, x, valid, cache.hidden if cache is not None else None)  # (B, T, H)
         if cache is not None:
             cache.hidden, cache.length = hidden, cache.length + input_ids.shape[1]
         return self.head(self.drop(out))  # (B, T, V)
@@ -186,26 +261,21 @@ class Seq2SeqRNN(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> RNNMemory:
         """(B, S) source ids (and (B, S) 1/0 mask of real tokens) → the decoder's memory.
 
-        Padding must sit at the end of each row. Padded rows are packed, so the backward
-        direction starts at a row's last real token: a padded row encodes exactly as it
-        would alone.
+        Padding may sit anywhere (left, right): each row's real tokens are packed and
+        encoded on their own, so both directions start at the row's own ends and a padded
+        row encodes exactly as it would alone.
 
         Raises:
-            ValueError: a mask that is not a run of ones followed by zeros, or an all-padding row.
+            ValueError: a mask of another shape, or a row without real tokens.
         """
-        x = self.drop(self.src_emb(input_ids))  # (B, S, E)
-        if attention_mask is None or bool(attention_mask.bool().all()):
-            outputs, _ = self.encoder(x)  # (B, S, H)
-            return RNNMemory(outputs, torch.ones_like(input_ids, dtype=torch.bool))
-        mask = attention_mask.bool()
-        lengths = mask.sum(dim=1)  # (B,)
-        right_padded = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]  # (B, S)
-        if not torch.equal(mask, right_padded) or bool((lengths == 0).any()):
-            raise ValueError("attention_mask must mark each source row as real tokens (1) followed by padding (0), "
-                             "with at least one real token; pad sources on the right")
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, _ = self.encoder(packed)
-        outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=mask.shape[1])
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("attention_mask has a source row without real tokens (all 0); give every row at "
+                             "least one token")
+        outputs, _ = run_masked(self.encoder, self.drop(self.src_emb(input_ids)), mask)  # (B, S, H)
         return RNNMemory(outputs, mask)  # outputs are 0 at padding
 
     def make_cache(self, memory: RNNMemory) -> Seq2SeqState:
@@ -219,6 +289,7 @@ class Seq2SeqRNN(nn.Module):
         *,
         memory: Optional[RNNMemory] = None,
         return_weights: bool = False,
+        attention_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder over (B, T) target ids.
 
@@ -227,31 +298,46 @@ class Seq2SeqRNN(nn.Module):
             cache: a state from :meth:`make_cache`, updated in place.
             memory: start from scratch over this memory instead (exactly one of the two).
             return_weights: also return the (B, T, S) attention weights (the alignment).
+            attention_mask: (B, cached + T) 1/0 mask of real target tokens over the consumed
+                and the new ones (e.g. left-padded decoder prefixes): the state passes through
+                padding unchanged, so a row decodes as it would alone.
 
         Returns:
-            (B, T, V) logits, and (B, T, S) attention weights if asked.
+            (B, T, V) logits (meaningless at padding), and (B, T, S) attention weights if asked.
 
         Raises:
-            ValueError: neither or both of ``cache``/``memory``, or longer than ``max_len``.
+            ValueError: neither or both of ``cache``/``memory``, longer than ``max_len``, or an
+                ``attention_mask`` of another shape.
         """
         if (cache is None) == (memory is None):
             raise ValueError("decode needs exactly one of cache= (continue) or memory= (start over)")
         state = self.make_cache(memory) if cache is None else cache
-        if state.length + decoder_input_ids.shape[1] > self.max_context:
-            raise ValueError(f"target of {state.length + decoder_input_ids.shape[1]} tokens exceeds the model's "
+        b, t_new = decoder_input_ids.shape
+        if state.length + t_new > self.max_context:
+            raise ValueError(f"target of {state.length + t_new} tokens exceeds the model's "
                              f"max_len of {self.max_context}; raise Seq2SeqConfig.max_len")
+        valid = None
+        if attention_mask is not None:
+            if attention_mask.shape != (b, state.length + t_new):
+                raise ValueError(f"attention_mask must be (B, cached + T) = {(b, state.length + t_new)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            valid = attention_mask[:, state.length:].bool()  # (B, T)
         emb = self.drop(self.tgt_emb(decoder_input_ids))  # (B, T, E)
         enc, mask = state.memory.outputs, state.memory.mask[:, None, :]  # (B, S, H), (B, 1, S)
         logits, weights = [], []
-        for t in range(decoder_input_ids.shape[1]):
+        for t in range(t_new):
             step_in = torch.cat((emb[:, t], state.feed), dim=-1)[:, None]  # (B, 1, E + H)
-            out, state.hidden = self.decoder(step_in, state.hidden)  # (B, 1, H)
+            out, hidden = self.decoder(step_in, state.hidden)  # (B, 1, H)
             context, w = attend(self.score(out, enc), enc, mask)  # (B, 1, H), (B, 1, S)
             feed = torch.tanh(self.combine(torch.cat((context, out), dim=-1)))  # (B, 1, H)
-            state.feed = feed[:, 0]
+            if valid is None:
+                state.hidden, state.feed = hidden, feed[:, 0]
+            else:  # padding leaves the state as it was
+                state.hidden = _select_rows(valid[:, t], hidden, state.hidden)
+                state.feed = torch.where(valid[:, t, None], feed[:, 0], state.feed)
             logits.append(self.head(self.drop(feed)))
             weights.append(w)
-        state.length += decoder_input_ids.shape[1]
+        state.length += t_new
         logits_t = torch.cat(logits, dim=1)  # (B, T, V)
         return (logits_t, torch.cat(weights, dim=1)) if return_weights else logits_t
 

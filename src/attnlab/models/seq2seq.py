@@ -100,6 +100,23 @@ class Seq2SeqCache:
         return self.memory.nbytes() + self.self_attn.nbytes() + sum(c.nbytes() for c in self.cross)
 
 
+def _check_one_run(valid: torch.Tensor) -> None:
+    """Raise unless each row of a (B, S) bool source mask holds one run of real tokens.
+
+    Padding then sits on the left, the right, or both, so relative schemes (T5 bias, ALiBi),
+    which see distances in the padded layout, see a row's own distances.
+    """
+    runs = valid[:, 0].long() + (valid[:, 1:] & ~valid[:, :-1]).sum(dim=1)  # (B,) runs of real tokens
+    if not bool((runs == 1).all()):
+        raise ValueError("attention_mask must mark one run of real tokens (1) in each source row, padded with 0 "
+                         "on the left or right only; remove padding between tokens and all-padding rows")
+
+
+def _real_positions(valid: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions that count each row's real tokens only (padding before the first: 0)."""
+    return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
 class Seq2SeqStack(nn.Module):
     """Positions → blocks → final norm (pre-norm only): the encoder or the decoder of an
     :class:`EncoderDecoder`. It takes embedded tokens; the embedding is shared and lives outside.
@@ -134,6 +151,7 @@ class Seq2SeqStack(nn.Module):
         x: torch.Tensor,
         *,
         start: int = 0,
+        positions: Optional[torch.Tensor] = None,
         mask: Optional[Mask] = None,
         context: Optional[torch.Tensor] = None,
         context_mask: Optional[Mask] = None,
@@ -146,6 +164,8 @@ class Seq2SeqStack(nn.Module):
         Args:
             x: (B, T, d_model) embedded tokens, at positions ``start .. start + T - 1``.
             start: position of the first token (tokens already in ``cache``).
+            positions: (B, T) per-row positions instead (padded sources: each row's
+                positions count its real tokens only); overrides ``start``.
             mask: self-attention mask.
             context: (B, S, d_model) encoder output (decoder only).
             context_mask: which context positions are real.
@@ -157,7 +177,8 @@ class Seq2SeqStack(nn.Module):
             ``(hidden (B, T, d_model), self-attention weights per layer, cross weights per layer)``
             (empty lists unless ``return_weights``).
         """
-        positions = torch.arange(start, start + x.shape[1], device=x.device)  # (T,)
+        if positions is None:
+            positions = torch.arange(start, start + x.shape[1], device=x.device)  # (T,)
         x = self.emb_dropout(add_position_embedding(self.pos, x, positions))
         rotary = self.pos.rotary(positions)
         score_mod = self.score_mod()
@@ -243,15 +264,21 @@ class EncoderDecoder(Model):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
-        mask = self.encoder.attention_mask()
+        mask, positions = self.encoder.attention_mask(), None
         if attention_mask is None:
             valid, padded = torch.ones_like(input_ids, dtype=torch.bool), False
         else:
             valid = attention_mask.bool()
             padded = not bool(valid.all())
             if padded:
+                _check_one_run(valid)
+                positions = _real_positions(valid)  # (B, S)
+                if self.config.attention.global_tokens and not bool(valid[:, 0].all()):
+                    raise ValueError("a left-padded source is not supported with attention.global_tokens (global "
+                                     "positions would fall on padding); pad sources on the right")
                 mask = key_padding(valid) if mask is None else mask & key_padding(valid)
-        hidden, weights, _ = self.encoder(self._embed(input_ids), mask=mask, return_weights=return_weights)
+        hidden, weights, _ = self.encoder(self._embed(input_ids), positions=positions, mask=mask,
+                                          return_weights=return_weights)
         return Seq2SeqMemory(hidden, valid, padded), weights
 
     def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> Seq2SeqMemory:
@@ -259,13 +286,18 @@ class EncoderDecoder(Model):
 
         Args:
             input_ids: (B, S) source token ids.
-            attention_mask: (B, S) 1 for real tokens, 0 for padding (any side); None: no padding.
+            attention_mask: (B, S) 1 for real tokens, 0 for padding, on either side (or both)
+                of one run of real tokens per row; None: no padding. Padding is never attended
+                to and each row's positions count its real tokens only, so a padded row
+                encodes as it would alone.
 
         Returns:
             A :class:`Seq2SeqMemory` (hidden states at padding positions are not meaningful).
 
         Raises:
-            ValueError: a source longer than ``block_size`` or a mask of another shape.
+            ValueError: a source longer than ``block_size``, a mask of another shape, a row
+                whose real tokens are not one run (or that has none), or left padding with
+                ``attention.global_tokens``.
         """
         return self._encode(input_ids, attention_mask, False)[0]
 
@@ -280,6 +312,7 @@ class EncoderDecoder(Model):
         *,
         memory: Optional[Seq2SeqMemory] = None,
         return_weights: bool = False,
+        attention_mask: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, tuple[torch.Tensor, dict[str, list[torch.Tensor]]]]:
         """Next-token logits of the decoder.
 
@@ -290,13 +323,18 @@ class EncoderDecoder(Model):
             memory: the encoder output, to decode a whole sequence without a cache.
             return_weights: also return ``{"decoder_self": [...], "cross": [...]}``, per layer
                 (B, H, T, Tk) and (B, H, T, S) (runs the eager backend).
+            attention_mask: (B, cached + T) 1/0 mask of real decoder tokens over the cached and
+                the new ones, for left-padded decoder prefixes of different lengths: padding
+                is never attended to and each row's positions count its real tokens only, so a
+                row decodes as it would alone.
 
         Returns:
             (B, T, vocab_size) logits, or ``(logits, weights)``.
 
         Raises:
             ValueError: not exactly one of ``cache`` / ``memory``, a batch size other than the
-                memory's, or a decoder sequence longer than ``max_context``.
+                memory's, a decoder sequence longer than ``max_context``, or an
+                ``attention_mask`` of another shape or with ``attention.global_tokens``.
         """
         if (cache is None) == (memory is None):
             raise ValueError("decode needs exactly one of cache= (from make_cache) or memory= (from encode)")
@@ -309,8 +347,19 @@ class EncoderDecoder(Model):
         if start + t > self.max_context:
             raise ValueError(f"decoder sequence of {start + t} tokens exceeds the model's decoder context of "
                              f"{self.max_context} (model.block_size)")
+        mask, positions = self.decoder.attention_mask(), None
+        if attention_mask is not None:
+            if attention_mask.shape != (mem.hidden.shape[0], start + t):
+                raise ValueError(f"attention_mask must be (B, cached + T) = {(mem.hidden.shape[0], start + t)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            if self.config.attention.global_tokens:
+                raise ValueError("a decoder attention_mask is not supported with attention.global_tokens (global "
+                                 "positions would fall on padding); use decoder prefixes of equal length")
+            valid = attention_mask.bool()  # (B, cached + T)
+            positions = _real_positions(valid)[:, start:]  # (B, T)
+            mask = mask & key_padding(valid)
         hidden, self_w, cross_w = self.decoder(
-            self._embed(decoder_input_ids), start=start, mask=self.decoder.attention_mask(),
+            self._embed(decoder_input_ids), start=start, positions=positions, mask=mask,
             context=mem.hidden, context_mask=key_padding(mem.mask) if mem.padded else None,
             cache=cache.self_attn if cache is not None else None,
             cross_caches=cache.cross if cache is not None else None, return_weights=return_weights,
