@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attnlab.cli import main
+from attnlab.data import Tokenizer
 from attnlab.train import train
 from attnlab.train.checkpoint import load_model
 
@@ -21,12 +22,21 @@ def gpt2_layout_run(tmp_path, tiny_cfg):
     return run
 
 
+def ref_config_eos(hf_dir):
+    return transformers.AutoConfig.from_pretrained(hf_dir).eos_token_id
+
+
 def test_round_trip_keeps_logits_and_generated_text(capsys, tmp_path, gpt2_layout_run):
     trained_run = gpt2_layout_run
     hf_dir, back = tmp_path / "hf", tmp_path / "back"
-    assert main(["convert", str(trained_run), str(hf_dir)]) == 0
-    assert (hf_dir / "config.json").is_file() and (hf_dir / "tokenizer.json").is_file()
-    ours, _ = load_model(trained_run)
+    assert main(["convert", str(trained_run), str(hf_dir), "--max-shard-size", "50KB"]) == 0
+    assert (hf_dir / "config.json").is_file() and (hf_dir / "model.safetensors.index.json").is_file()
+    assert len(list(hf_dir.glob("model-*-of-*.safetensors"))) > 1
+    ours, ckpt = load_model(trained_run)
+    tok = Tokenizer.load(ckpt.tokenizer_file)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert hf_tok.encode("ROMEO. Wherefore art thou?") == tok.encode("ROMEO. Wherefore art thou?")
+    assert hf_tok.eos_token_id == tok.eos_id == ref_config_eos(hf_dir)
     ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     ids = torch.randint(0, ours.config.vocab_size, (2, 12))
     with torch.no_grad():
@@ -43,6 +53,8 @@ def test_round_trip_keeps_logits_and_generated_text(capsys, tmp_path, gpt2_layou
 
 def test_existing_output_or_missing_source_is_one_line(capsys, tmp_path, trained_run, one_line_error):
     one_line_error(capsys, main(["convert", str(trained_run), str(tmp_path)]), "already exists")
+    one_line_error(capsys, main(["convert", str(trained_run), str(tmp_path / "o"), "--max-shard-size", "big"]),
+                   "max_shard_size='big' is not a size")
     one_line_error(capsys, main(["convert", str(tmp_path / "nope"), str(tmp_path / "o")]), "not found")
 
 

@@ -14,6 +14,8 @@ from attnlab.models.rnn import RNNLanguageModel, RNNLMConfig, Seq2SeqConfig, Seq
 DECODER_ONLY = ["gpt-tiny", "rnn-lm"]
 ENC_DEC = ["rnn-seq2seq", "t5-tiny", "transformer-base-tiny"]
 FAMILIES = DECODER_ONLY + ENC_DEC
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
+
 SMALL = ["model.block_size=32", "model.n_layer=2", "model.n_head=2", "model.d_model=32", "model.dropout=0.0"]
 
 
@@ -243,8 +245,9 @@ def test_bad_arguments_raise(family):
 
 def test_decoder_only_attention_mask_must_be_left_padding_a_model_can_take():
     ids = inputs(make("gpt-tiny"))
+    bigram = Bigram([[1.0] * 11] * 11)  # a model whose forward takes no attention_mask
     with pytest.raises(ValueError, match="does not take a padding attention_mask"):
-        generate(make("rnn-lm"), ids, 2, attention_mask=torch.ones_like(ids))
+        generate(bigram, ids, 2, attention_mask=torch.ones_like(ids))
     right = torch.tensor([[1, 1, 1], [1, 1, 0]])
     with pytest.raises(ValueError, match="must be left padding"):
         generate(make("gpt-tiny"), ids, 2, attention_mask=right)
@@ -294,15 +297,32 @@ def test_eos_counts_only_among_the_top_num_beams_candidates():
     torch.testing.assert_close(scores, torch.tensor([0.42, 0.126], dtype=torch.float64).log() / torch.tensor([2, 3]))
 
 
-def test_early_stopping_false_searches_on_for_a_better_longer_sequence():
+def test_early_stopping_never_searches_on_for_a_better_longer_sequence():
     # EOS right away (0.6) wins on total log-prob, but "a a a a" (0.4 · 0.9³) wins per token.
     model = Bigram([[0, 0.6, 0.4], [0, 1, 0], [0, 0.1, 0.9]])
     prompt = torch.zeros(1, 1, dtype=torch.long)
     early, _ = beam_search(model, prompt, 4, num_beams=1, eos_token_id=EOS, early_stopping=True)
     assert early[0].tolist() == [0, EOS]
-    late, score = beam_search(model, prompt, 4, num_beams=1, eos_token_id=EOS, early_stopping=False)
+    # False is transformers' heuristic: after step 1 the running "a" (log .4 / 1) cannot beat EOS (log .6 / 1)
+    # at its current length, so the row stops although "a a a a" would have won.
+    heuristic, _ = beam_search(model, prompt, 4, num_beams=1, eos_token_id=EOS, early_stopping=False)
+    assert heuristic[0].tolist() == [0, EOS]
+    late, score = beam_search(model, prompt, 4, num_beams=1, eos_token_id=EOS, early_stopping="never")
     assert late[0].tolist() == [0, A, A, A, A]
     assert score[0].item() == pytest.approx(float(torch.tensor(0.4 * 0.9**3).log() / 4))
     # With no length bonus the short one stays best, and the search stops as soon as nothing can beat it.
-    flat, _ = beam_search(model, prompt, 4, num_beams=1, eos_token_id=EOS, early_stopping=False, length_penalty=0.0)
+    flat, _ = beam_search(model, prompt, 4, num_beams=1, eos_token_id=EOS, early_stopping="never", length_penalty=0.0)
     assert flat[0].tolist() == [0, EOS]
+
+
+def test_the_last_step_finishes_its_best_num_beams_candidates_eos_or_not():
+    # Step 1 finishes EOS (.2, ranked 2nd). The last step ranks a·EOS .385, a·a .315: both finish (as in
+    # transformers), and a·a displaces the worse EOS although a·EOS alone already filled the row's 2 slots.
+    model = Bigram([[0, 0.2, 0.7, 0.1], [0, 1, 0, 0], [0, 0.55, 0.45, 0], [0, 0, 0, 1]])
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    out, scores = beam_search(model, prompt, 2, num_beams=2, num_return_sequences=2, length_penalty=0.0,
+                              eos_token_id=EOS)
+    assert out.tolist() == [[0, A, EOS], [0, A, A]]
+    torch.testing.assert_close(scores, torch.tensor([0.385, 0.315], dtype=torch.float64).log())
+    with pytest.raises(ValueError, match="early_stopping must be True, False or 'never'"):
+        beam_search(model, torch.zeros(1, 1, dtype=torch.long), 2, num_beams=2, early_stopping="sometimes")

@@ -105,7 +105,7 @@ def test_clear_errors(tmp_path, write_config):
         from_hf(_tiny_bert(position_embedding_type="relative_key"))
     with pytest.raises(CheckpointError, match="config.json lacks 'vocab_size'"):
         from_hf(write_config(model_type="bert", architectures=["BertModel"]))
-    with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
+    with pytest.raises(CheckpointError, match="has no model.safetensors, model.safetensors.index.json"):
         from_hf(write_config(**_tiny_bert().config.to_dict()))
     with pytest.raises(CheckpointError, match="is not a directory"):
         from_hf(tmp_path / "nope")

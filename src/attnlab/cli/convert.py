@@ -4,7 +4,9 @@
   folder (a step-0 checkpoint with config and tokenizer) that ``attnlab generate``,
   ``attnlab eval`` and ``attnlab finetune init=OUT`` read.
 - SRC is an attnlab run or checkpoint folder: OUT becomes a Hugging Face folder that
-  ``transformers.AutoModel*.from_pretrained(OUT)`` loads, with ``tokenizer.json`` beside it.
+  ``transformers.AutoModel*.from_pretrained(OUT)`` loads, with the tokenizer
+  (``tokenizer.json`` + ``tokenizer_config.json``) that ``AutoTokenizer.from_pretrained(OUT)`` loads;
+  ``--max-shard-size 200MB`` splits the weights into shards.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n", 1)[1])
     p.add_argument("source", help="a Hugging Face folder (config.json) or an attnlab run/checkpoint folder")
     p.add_argument("out", help="the folder to write (must not exist)")
+    p.add_argument("--max-shard-size", default=None,
+                   help="attnlab → Hugging Face: shard the weights, e.g. 200MB (default: one file)")
     p.set_defaults(func=run)
 
 
@@ -30,47 +34,44 @@ def run(args: argparse.Namespace) -> int:
     if out.exists():
         raise AttnlabError(f"'{out}' already exists; choose a new output folder (nothing is overwritten)")
     if (src / "config.json").is_file():
+        if args.max_shard_size is not None:
+            raise AttnlabError("--max-shard-size applies to attnlab → Hugging Face only; drop it")
         _hf_to_attnlab(src, out)
     else:
-        _attnlab_to_hf(src, out)
+        size = args.max_shard_size
+        _attnlab_to_hf(src, out, int(size) if size is not None and size.isdigit() else size)
     return 0
 
 
 def _hf_to_attnlab(src: Path, out: Path) -> None:
     from attnlab.config import Config
-    from attnlab.data.tokenizer import Tokenizer
     from attnlab.errors import AttnlabError
     from attnlab.interop.hf import from_hf
     from attnlab.models import ARCHS
     from attnlab.train.checkpoint import save_checkpoint
 
-    model = from_hf(src)
+    model, tok = from_hf(src, with_tokenizer=True)
     arch = model.config.arch
     if not isinstance(model, ARCHS[arch]):
         raise AttnlabError(f"'{src}' holds a {type(model).__name__} without its output head; attnlab checkpoints "
                            f"need the full {ARCHS[arch].__name__} (e.g. BertForMaskedLM, not BertModel)")
     cfg = Config(model=model.config)
     cfg.train.out_dir = str(out)
-    tok_file = None
-    try:
-        tok = Tokenizer.load(src)
-        out.mkdir(parents=True)
-        tok_file = tok.save(out / "tokenizer.json")
-    except AttnlabError:
-        out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
+    tok_file = None if tok is None else tok.save(out / "tokenizer.json")
+    if tok is None:
         print(f"note: no tokenizer in '{src}'; the checkpoint has none (generate/eval need one)")
     cfg.save(out / "config.yaml")
     ckpt = save_checkpoint(out, 0, model, cfg, state={}, tokenizer_file=tok_file)
     print(f"{type(model).__name__} from '{src}' → attnlab checkpoint {ckpt}")
 
 
-def _attnlab_to_hf(src: Path, out: Path) -> None:
-    from attnlab.data.tokenizer import Tokenizer
+def _attnlab_to_hf(src: Path, out: Path, max_shard_size: int | str | None) -> None:
     from attnlab.interop.hf import to_hf
     from attnlab.train.checkpoint import load_model
 
     model, ckpt = load_model(src)
-    hf = to_hf(model, out)
-    if ckpt.tokenizer_file is not None:
-        Tokenizer.load(ckpt.tokenizer_file).save(out / "tokenizer.json")
+    hf = to_hf(model, out, tokenizer=ckpt.tokenizer_file, max_shard_size=max_shard_size)
+    if ckpt.tokenizer_file is None:
+        print(f"note: '{src}' has no tokenizer; '{out}' has none either")
     print(f"{ckpt.path} → {type(hf).__name__} in '{out}'")

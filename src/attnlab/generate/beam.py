@@ -3,15 +3,27 @@
 Each input row keeps ``num_beams`` running sequences ranked by the sum of their token
 log-probabilities. Every step extends each beam by every token, keeps the best
 ``2 · num_beams`` candidates (so ``num_beams`` survive even if some of them end in EOS),
-moves candidates that end in EOS to the row's finished hypotheses and the rest into the
-next beams; the cache follows with ``reorder``. Finished hypotheses are ranked by
+offers those among the best ``num_beams`` that end in EOS (at the last step: all of the best
+``num_beams``, EOS or not) to the row's finished hypotheses and moves the best non-EOS ones into the next beams; the
+cache follows with ``reorder``. Finished hypotheses are ranked by
 ``sum log p / n ** length_penalty``, n being the generated length (EOS included).
+
+The search follows ``transformers``' ``generate(num_beams=...)`` (checked against v5.23) step for step,
+stopping rules included, so both return the same sequences for the same model:
+
+- ``early_stopping=True``: a row stops once it has ``num_beams`` finished hypotheses;
+- ``False``: it stops once the best running beam, normalised by its *current* length,
+  scores no better than the worst finished hypothesis (a heuristic: with
+  ``length_penalty > 0`` a longer continuation could still have won);
+- ``"never"``: as ``False`` but with the most favourable length (``max_new_tokens`` when
+  ``length_penalty > 0``): with ``"never"``, or any mode and ``length_penalty <= 0``, stopping
+  never loses a better hypothesis.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +31,10 @@ from torch import nn
 
 from attnlab.generate.processors import apply_repetition_penalty, check_repetition_penalty
 from attnlab.generate.session import Session, eval_mode
+
+
+EarlyStopping = Union[bool, str]
+"""``True``, ``False`` or ``"never"`` (see the module docstring)."""
 
 
 class Hypotheses:
@@ -46,21 +62,24 @@ class Hypotheses:
             self.items.sort(key=lambda item: item[0], reverse=True)  # stable: earlier wins ties
             del self.items[self.num_beams:]
 
-    def is_done(self, best_running: float, length: int, max_length: int, early_stopping: bool) -> bool:
-        """Whether no running beam (best total log-prob ``best_running`` after ``length``
-        tokens, at most ``max_length``) can still enter the list."""
+    def is_done(self, best_running: float, length: int, max_length: int, early_stopping: EarlyStopping) -> bool:
+        """Whether the row stops: no running beam (best total log-prob ``best_running`` after
+        ``length`` tokens, at most ``max_length``) is expected to enter the list any more."""
         if len(self.items) < self.num_beams:
             return False
-        if early_stopping or best_running == -math.inf:
+        if early_stopping is True or best_running == -math.inf:
             return True
-        # Log-probs only fall as a beam grows; the normalisation may lift the score the most
-        # at the longest length (penalty > 0) or the shortest one (penalty <= 0).
-        best_length = max_length if self.length_penalty > 0 else min(length + 1, max_length)
+        # Log-probs only fall as a beam grows; with a penalty > 0 the normalisation may still
+        # lift a longer beam's score, which only "never" waits for (up to the longest length).
+        best_length = max_length if early_stopping == "never" and self.length_penalty > 0 else length
         return self.score(best_running, best_length) <= self.items[-1][0]
 
 
-def check_beam_args(num_beams: int, num_return_sequences: int) -> None:
-    """Raise a ValueError unless ``1 <= num_return_sequences <= num_beams``."""
+def check_beam_args(num_beams: int, num_return_sequences: int, early_stopping: EarlyStopping = True) -> None:
+    """Raise a ValueError unless ``1 <= num_return_sequences <= num_beams`` and ``early_stopping``
+    is True, False or "never"."""
+    if not (isinstance(early_stopping, bool) or early_stopping == "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if not 1 <= num_return_sequences <= num_beams:
@@ -76,7 +95,7 @@ def beam_search(
     *,
     num_beams: int,
     length_penalty: float = 1.0,
-    early_stopping: bool = True,
+    early_stopping: EarlyStopping = True,
     num_return_sequences: int = 1,
     eos_token_id: Optional[int] = None,
     use_cache: bool = True,
@@ -86,8 +105,8 @@ def beam_search(
     """Deterministic beam search (see the module docstring and :func:`~attnlab.generate.generate`).
 
     An EOS candidate is finished only if it ranks among the row's best ``num_beams``
-    candidates of its step. When ``max_new_tokens`` is reached the running beams are
-    finished too.
+    candidates of its step. At the ``max_new_tokens``-th step the best ``num_beams``
+    candidates are all finished, EOS or not.
 
     Args:
         model: a decoder-only LM or an encoder–decoder.
@@ -96,20 +115,22 @@ def beam_search(
         num_beams: beams per input row.
         length_penalty: exponent of the length normalisation (0: rank by total log-prob).
         early_stopping: ``True``: a row stops once it has ``num_beams`` finished sequences;
-            ``False``: only once no running beam can beat the worst of them.
+            ``False``: once the best running beam, scored at its current length, cannot beat
+            the worst of them (transformers' heuristic); ``"never"``: once no running beam can.
         num_return_sequences: sequences returned per row, best first.
         eos_token_id: the token that finishes a beam (also pads shorter outputs).
         use_cache: reorder a cache, or recompute every step (same result).
         attention_mask: (B, S) source padding mask (encoder–decoders) or (B, T) left-padded
             prompt mask (decoder-only, see :func:`~attnlab.generate.generate`).
         repetition_penalty: CTRL penalty on the logits of tokens already in the beam
-            (before log-softmax; 1 is off, must be > 0).
+            (before log-softmax; 1 is off, must be > 0). transformers' beam search applies it
+            to the log-probabilities instead, so with a penalty the two can differ.
 
     Returns:
         ``(sequences, scores)``: (B · num_return_sequences, prefix + n) ids (prompt or start
         token included, padded with EOS) and their (B · num_return_sequences,) scores.
     """
-    check_beam_args(num_beams, num_return_sequences)
+    check_beam_args(num_beams, num_return_sequences, early_stopping)
     check_repetition_penalty(repetition_penalty)
     k = num_beams
     with eval_mode(model):
@@ -137,6 +158,7 @@ def beam_search(
                                      device=device)
             next_beams = torch.arange(k, device=device).repeat(b, 1)  # (B, K)
             generated = session.generated
+            last = step == max_new_tokens - 1
             for row in range(b):
                 if done[row]:
                     continue  # keep its beams idle
@@ -144,26 +166,20 @@ def beam_search(
                 kept = 0
                 for rank, (score, idx) in enumerate(zip(top_scores[row].tolist(), top_idx[row].tolist())):
                     beam, token = divmod(idx, vocab)
-                    if eos_token_id is not None and token == eos_token_id:
-                        if rank < k and score > -math.inf:
-                            finished = torch.cat((generated[row * k + beam], generated.new_tensor([token])))
-                            hyps[row].add(finished, score)
-                        continue
-                    next_scores[row, kept], next_tokens[row, kept], next_beams[row, kept] = score, token, beam
-                    kept += 1
-                    if kept == k:
-                        break
+                    ends = eos_token_id is not None and token == eos_token_id
+                    if (ends or last) and rank < k and score > -math.inf:
+                        finished = torch.cat((generated[row * k + beam], generated.new_tensor([token])))
+                        hyps[row].add(finished, score)
+                    if not ends and kept < k:
+                        next_scores[row, kept], next_tokens[row, kept], next_beams[row, kept] = score, token, beam
+                        kept += 1
                 done[row] = hyps[row].is_done(float(next_scores[row].max()), step + 1, max_new_tokens, early_stopping)
+            steps = step + 1
+            if last or all(done):
+                break
             session.reorder((next_beams + offsets).view(-1))
             session.append(next_tokens.view(-1))
             beam_scores = next_scores
-            steps = step + 1
-            if all(done):
-                break
-        for row in range(b if steps else 0):  # nothing generated: nothing to finish
-            if not done[row]:
-                for beam in range(k):
-                    hyps[row].add(session.generated[row * k + beam], float(beam_scores[row, beam]))
         return _collect(session, hyps, num_return_sequences, eos_token_id, steps)
 
 

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from attnlab.config import ModelConfig
+from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, CheckpointError
-from attnlab.interop import hf
+from attnlab.interop import files, hf
 from attnlab.models.decoder import DecoderLM
 from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel
 from attnlab.models.seq2seq import EncoderDecoder
@@ -214,7 +215,8 @@ def _transformers() -> Any:
     return transformers
 
 
-def to_hf(model: nn.Module, path: str | Path | None = None) -> nn.Module:
+def to_hf(model: nn.Module, path: str | Path | None = None, *, tokenizer: Tokenizer | str | Path | None = None,
+          max_shard_size: int | str | None = None) -> nn.Module:
     """Export an attnlab model as the matching Hugging Face ``transformers`` model.
 
     Args:
@@ -228,14 +230,23 @@ def to_hf(model: nn.Module, path: str | Path | None = None) -> nn.Module:
             ``attention.scale=1.0``, no biases), which becomes ``T5ForConditionalGeneration``.
         path: when given, the directory the Hugging Face model is saved to
             (``save_pretrained``: ``config.json`` and ``model.safetensors``).
+        tokenizer: the model's tokenizer (an attnlab :class:`~attnlab.data.Tokenizer` or a
+            ``tokenizer.json`` path): its special tokens (end of text, padding, ``[CLS]`` ...
+            as the family names them) go into the config's ``eos_token_id`` / ``bos_token_id`` /
+            ``pad_token_id``, and with ``path`` ``tokenizer.json`` + ``tokenizer_config.json``
+            are written so that ``transformers.AutoTokenizer.from_pretrained(path)`` loads it.
+        max_shard_size: split the weights into ``model-0000i-of-0000n.safetensors`` shards of at
+            most this size (bytes, or a string such as ``"200MB"``) with a
+            ``model.safetensors.index.json``; needs ``path``.
 
     Returns:
         The ``transformers`` model, float32, in eval mode, with the same outputs as ``model``
         (logits, or for ``BertModel`` the ``last_hidden_state``).
 
     Raises:
-        AttnlabError: ``transformers`` is missing, or a config field the family cannot express
-            (the message names it).
+        AttnlabError: ``transformers`` is missing, a config field the family cannot express
+            (the message names it), a tokenizer larger than the model's vocabulary, or
+            ``max_shard_size`` without ``path`` or unreadable.
         CheckpointError: one of the model's weights has no place in the Hugging Face model
             (e.g. LoRA adapters that were not merged).
     """
@@ -243,7 +254,12 @@ def to_hf(model: nn.Module, path: str | Path | None = None) -> nn.Module:
     exporter = EXPORTERS[family]
     cfg: ModelConfig = model.config
     transformers = _transformers()
+    shard_size = _shard_size(max_shard_size, path)
     fields = exporter.hf_config(cfg)
+    tok = None if tokenizer is None else files.as_tokenizer(tokenizer)
+    if tok is not None:
+        roles = files.special_tokens(tok, family, cfg.vocab_size)
+        fields.update(files.config_ids(tok, roles))
     hf_config = transformers.AutoConfig.for_model(**fields)
     _check_expressible(cfg, hf_config.to_dict(), family)
     hf_class = "BertModel" if isinstance(model, EncoderModel) else exporter.hf_class
@@ -278,5 +294,25 @@ def to_hf(model: nn.Module, path: str | Path | None = None) -> nn.Module:
                                   "attnlab model keeps them apart; this combination cannot be exported")
     out = out.float().eval()
     if path is not None:
-        out.save_pretrained(str(path), safe_serialization=True)
+        kwargs = {} if shard_size is None else {"max_shard_size": shard_size}
+        out.save_pretrained(str(path), **kwargs)
+        if tok is not None:
+            files.save_tokenizer(tok, Path(path), roles, cfg.block_size)
     return out
+
+
+def _shard_size(max_shard_size: int | str | None, path: str | Path | None) -> int | None:
+    """``max_shard_size`` in bytes (None: one file), checked before anything is written."""
+    if max_shard_size is None:
+        return None
+    if path is None:
+        raise AttnlabError("max_shard_size needs a path to save the shards to: to_hf(model, path, max_shard_size=...)")
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        size = convert_file_size_to_int(max_shard_size)
+    except (ValueError, TypeError):
+        size = 0
+    if not isinstance(size, int) or size <= 0:
+        raise AttnlabError(f"max_shard_size={max_shard_size!r} is not a size; give bytes (int) or e.g. '200MB'")
+    return size

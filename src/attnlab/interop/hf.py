@@ -16,8 +16,9 @@ family's weight names maps to ours. :data:`LAYOUTS` is keyed by the Hugging Face
   need no permutation).
 
 ``transformers`` is only needed to pass a model
-object; a local directory is read with ``safetensors`` (or ``torch.load`` for
-``pytorch_model.bin``).
+object; a local directory is read with ``safetensors`` (one file or shards, see
+:mod:`attnlab.interop.files`; ``torch.load(weights_only=True)`` for ``pytorch_model.bin``), and
+its ``tokenizer.json`` comes along on request.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ import torch
 from torch import nn
 
 from attnlab.config import AttentionConfig, ModelConfig
+from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.interop import files
 from attnlab.models.decoder import DecoderLM
 from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel
 from attnlab.models.seq2seq import EncoderDecoder
@@ -380,22 +383,7 @@ def _read_dir(path: Path) -> tuple[dict[str, Any], WeightLoader]:
     """config.json of a saved Hugging Face model directory, and a loader for its weights."""
     if not (path / "config.json").is_file():
         raise CheckpointError(f"'{path}' has no config.json; pass a Hugging Face model directory or model object")
-    hf_cfg = json.loads((path / "config.json").read_text())
-
-    def load() -> Mapping[str, torch.Tensor]:
-        if (path / "model.safetensors").is_file():
-            try:
-                from safetensors.torch import load_file
-            except ImportError:
-                raise AttnlabError("reading model.safetensors needs the 'safetensors' package: "
-                                   "pip install safetensors") from None
-            return load_file(str(path / "model.safetensors"))
-        if (path / "pytorch_model.bin").is_file():
-            return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        raise CheckpointError(f"'{path}' has neither model.safetensors nor pytorch_model.bin (sharded checkpoints "
-                              "are not supported yet)")
-
-    return hf_cfg, load
+    return json.loads((path / "config.json").read_text()), lambda: files.read_weights(path)
 
 
 def _read(model_or_path: Any) -> tuple[dict[str, Any], WeightLoader]:
@@ -412,12 +400,17 @@ def _read(model_or_path: Any) -> tuple[dict[str, Any], WeightLoader]:
     raise AttnlabError(f"from_hf expects a transformers model or a directory path, got {type(model_or_path).__name__}")
 
 
-def from_hf(model_or_path: str | Path | nn.Module) -> nn.Module:
+def from_hf(model_or_path: str | Path | nn.Module, *,
+            with_tokenizer: bool = False) -> nn.Module | tuple[nn.Module, Tokenizer | None]:
     """Import a Hugging Face model into the matching attnlab model.
 
     Args:
         model_or_path: a ``transformers`` model object, or a local directory with
-            ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``).
+            ``config.json`` and ``model.safetensors``, shards listed by
+            ``model.safetensors.index.json``, or ``pytorch_model.bin``.
+        with_tokenizer: also return the directory's tokenizer (``tokenizer.json``, or
+            ``vocab.json`` + ``merges.txt``): ``(model, tokenizer)``, the tokenizer None when
+            there is none (always for a model object).
 
     Returns:
         For BERT: an :class:`~attnlab.models.encoder.EncoderModel` (forward → (B, T, d)
@@ -432,7 +425,7 @@ def from_hf(model_or_path: str | Path | nn.Module) -> nn.Module:
         For GPT-2 and Llama: a :class:`~attnlab.models.decoder.DecoderLM` (forward → (B, T, V)
         logits of ``GPT2LMHeadModel`` / ``LlamaForCausalLM``; a ``GPT2Model``'s head is its
         token embedding).
-        The model is in eval mode, in float32.
+        The model is in eval mode, in float32. With ``with_tokenizer``: ``(model, tokenizer or None)``.
 
     Raises:
         AttnlabError: an unsupported ``model_type``, architecture or config option.
@@ -462,7 +455,11 @@ def from_hf(model_or_path: str | Path | nn.Module) -> nn.Module:
             state.pop(name, None)
     _load(model, state)
     out = model.encoder if isinstance(model, _Bare) else model
-    return out.float().eval()
+    out = out.float().eval()
+    if not with_tokenizer:
+        return out
+    is_dir = isinstance(model_or_path, (str, Path))
+    return out, files.read_tokenizer(Path(model_or_path)) if is_dir else None
 
 
 def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
