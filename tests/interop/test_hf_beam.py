@@ -57,3 +57,17 @@ def test_beam_search_matches_transformers(family, tiny_hf):
         torch.testing.assert_close(scores.float(), expected.sequences_scores, atol=1e-5, rtol=1e-5)
         finished_early += int(((got[:, p:-1] == eos).any(1)).sum())
     assert finished_early > 0  # the EOS bookkeeping was exercised, not only max-length endings
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_beam_repetition_penalty_matches_transformers(family, tiny_hf):
+    ref = tiny_hf(family, seed=12, spread=0.3)
+    ours = from_hf(ref)
+    ids, mask = _inputs(ref.config.vocab_size, family == "t5")
+    plain = generate(ours, ids, N, num_beams=3, attention_mask=mask)
+    for penalty in (1.5, 3.0):
+        expected = ref.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=N, num_beams=3,
+                                repetition_penalty=penalty, pad_token_id=0)
+        got = generate(ours, ids, N, num_beams=3, attention_mask=mask, repetition_penalty=penalty)
+        assert torch.equal(got, expected), (penalty, got, expected)
+    assert not torch.equal(got, plain)  # the penalty changed the beams, so parity is not vacuous

@@ -122,9 +122,9 @@ def beam_search(
         use_cache: reorder a cache, or recompute every step (same result).
         attention_mask: (B, S) source padding mask (encoder–decoders) or (B, T) left-padded
             prompt mask (decoder-only, see :func:`~attnlab.generate.generate`).
-        repetition_penalty: CTRL penalty on the logits of tokens already in the beam
-            (before log-softmax; 1 is off, must be > 0). transformers' beam search applies it
-            to the log-probabilities instead, so with a penalty the two can differ.
+        repetition_penalty: CTRL penalty on tokens already in the beam (1 is off, must be
+            > 0), applied to the log-probabilities as transformers' beam search does: they are
+            all negative, so a repeated token's log-probability is multiplied by the penalty.
 
     Returns:
         ``(sequences, scores)``: (B · num_return_sequences, prefix + n) ids (prompt or start
@@ -145,8 +145,8 @@ def beam_search(
         steps = 0
         for step in range(max_new_tokens):
             logits = session.next_logits()  # (N, V)
-            logits = apply_repetition_penalty(logits, session.tokens, repetition_penalty, session.padding)
             logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+            logp = apply_repetition_penalty(logp, session.tokens, repetition_penalty, session.padding)
             if step == 0:
                 session.reorder(torch.arange(b, device=device).repeat_interleave(k))
                 logp = logp.repeat_interleave(k, dim=0)  # (B*K, V)

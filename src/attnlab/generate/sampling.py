@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from attnlab.generate.beam import beam_search, check_beam_args
+from attnlab.generate.beam import EarlyStopping, beam_search, check_beam_args
 from attnlab.generate.processors import apply_repetition_penalty, check_repetition_penalty, check_stop, ends_with_stop
 from attnlab.generate.session import Session, eval_mode
 
@@ -140,7 +140,7 @@ def generate(
     top_p: Optional[float] = None,
     num_beams: int = 1,
     length_penalty: float = 1.0,
-    early_stopping: bool = True,
+    early_stopping: EarlyStopping = True,
     num_return_sequences: int = 1,
     eos_token_id: Optional[int] = None,
     seed: Optional[int] = None,
@@ -169,8 +169,10 @@ def generate(
         length_penalty: beam search ranks finished sequences by
             ``sum log p / n ** length_penalty`` (n: generated tokens, EOS included);
             > 0 favours longer ones, 0 ranks by total log-probability.
-        early_stopping: beam search stops a row once ``num_beams`` sequences finished;
-            ``False`` continues while an unfinished beam could still beat them.
+        early_stopping: beam search stops a row once ``num_beams`` sequences finished
+            (``True``); ``False``: once the best running beam, scored at its current length,
+            cannot beat the worst of them (transformers' heuristic); ``"never"``: once no
+            running beam can, whatever its future length.
         num_return_sequences: best beams returned per row (≤ ``num_beams``), best first.
         eos_token_id: a row (beam) finishes when it emits this token; shorter outputs
             are padded with it.
@@ -182,8 +184,8 @@ def generate(
             token, so every row decodes as it would alone. The padding stays in the output.
         repetition_penalty: CTRL's penalty on tokens already in the row (prompt included,
             padding excluded): positive logits are divided by it, negative ones multiplied
-            (before temperature / filtering; beam search applies it before log-softmax).
-            1 is off; must be > 0.
+            (before temperature / filtering; beam search applies it to the log-probabilities,
+            as transformers does). 1 is off; must be > 0.
         stop: token-id stop sequences (greedy / sampling only): a row finishes once its
             generated tokens end with one of them (the stop tokens are kept) and is then
             padded with ``eos_token_id`` (required when B > 1).
@@ -199,7 +201,7 @@ def generate(
             arguments, sampling options or ``stop`` together with ``num_beams > 1``, a
             penalty <= 0, a mask that is not left padding or that the model cannot honour.
     """
-    check_beam_args(num_beams, num_return_sequences)
+    check_beam_args(num_beams, num_return_sequences, early_stopping)
     check_repetition_penalty(repetition_penalty)
     stops = _check_stop_args(stop, eos_token_id, num_beams, input_ids.size(0) if input_ids.dim() == 2 else 1)
     if num_beams > 1:
