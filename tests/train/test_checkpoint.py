@@ -6,7 +6,7 @@ import torch
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.models import build
 from attnlab.train import load_checkpoint, load_model, train
-from attnlab.train.checkpoint import find_checkpoint, load_weights, save_checkpoint, weights_state_dict
+from attnlab.train.checkpoint import FORMAT_VERSION, find_checkpoint, load_weights, save_checkpoint, weights_state_dict
 from attnlab.train.schedule import lr_at
 
 
@@ -56,6 +56,28 @@ def test_corrupt_checkpoint_is_detected(tmp_path, tiny_cfg, damage):
         f.unlink()
     with pytest.raises(CheckpointError, match="corrupt|missing"):
         load_checkpoint(path)
+
+
+def test_format_version_sizes_and_older_meta(tmp_path, tiny_cfg):
+    cfg = tiny_cfg()
+    cfg.model.vocab_size = 300
+    model = build(cfg)
+    save_checkpoint(tmp_path, 1, model, cfg, state={})
+    newest = save_checkpoint(tmp_path, 2, model, cfg, state={})
+    meta_file = newest / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["format_version"] == FORMAT_VERSION and len(meta["meta_sha256"]) == 64
+    assert set(meta["sha256"]) == set(meta["bytes"]) == {"model.safetensors", "state.pt", "config.yaml"}
+    assert meta["bytes"]["state.pt"] == (newest / "state.pt").stat().st_size
+    old = {k: meta[k] for k in ("format_version", "step", "sha256")}  # as first released: no sizes, no self-check
+    meta_file.write_text(json.dumps(old))
+    assert load_checkpoint(newest).step == 2
+    meta_file.write_text(json.dumps({**old, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION + 1}, newer than this attnlab understands .*upgrade"):
+        load_checkpoint(newest)
+    lines = []  # a run folder falls back to the older checkpoint, saying why
+    assert load_checkpoint(tmp_path, log=lines.append).step == 1
+    assert len(lines) == 1 and "step_0000002" in lines[0] and "upgrade attnlab" in lines[0]
 
 
 def test_architecture_mismatch_is_a_clear_error(tmp_path, tiny_cfg):
