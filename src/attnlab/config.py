@@ -252,6 +252,28 @@ class TrainConfig:
         mlm_probability: share of tokens selected for masked-LM prediction (80/10/10 masking).
         span_noise_density: share of tokens hidden by span corruption.
         span_mean_length: mean length of a corrupted span.
+        parallel: how several processes (``torchrun --nproc_per_node N``) share the work:
+            ``"ddp"`` replicates the model and averages gradients (with one process the
+            plain model trains), ``"fsdp"`` shards parameters, gradients and optimizer state
+            with FSDP2 (also with one process). ``batch_size`` is the global micro-batch:
+            each of the N processes takes ``batch_size / N`` of its sequences, so a run
+            computes the same steps on any number of processes.
+        optimizer: ``"adamw"``, or ``"muon"``: Muon (Newton–Schulz orthogonalized momentum)
+            for the 2-D weight matrices of the hidden layers, AdamW for embeddings, the
+            output head, norms and biases.
+        muon_lr: peak learning rate of the Muon matrices (follows the same warmup + cosine
+            shape as ``lr``).
+        muon_momentum: Muon's (Nesterov) momentum.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            (less memory, about a third more compute).
+        nonfinite: what a NaN/inf loss or gradient norm does: ``"skip"`` skips that
+            optimizer step (logged and counted) and stops after ``max_nonfinite`` in a
+            row; ``"stop"`` stops at the first one. A stop saves the last good state.
+        max_nonfinite: consecutive skipped steps after which a ``"skip"`` run stops.
+        spike_factor: a step loss above ``spike_factor`` × the running mean loss is logged
+            as a loss spike (``0`` disables the check).
+        inject_nan_steps: testing aid: make the loss NaN at these (1-based) steps, to
+            exercise the ``nonfinite`` policy. Leave empty for real runs.
     """
 
     out_dir: str = "runs/default"
@@ -280,6 +302,15 @@ class TrainConfig:
     mlm_probability: float = 0.15
     span_noise_density: float = 0.15
     span_mean_length: float = 3.0
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    activation_checkpointing: bool = False
+    nonfinite: Literal["skip", "stop"] = "skip"
+    max_nonfinite: int = 5
+    spike_factor: float = 2.0
+    inject_nan_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_batches"):
@@ -294,6 +325,14 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in (0, 1), got {getattr(self, name)}")
         if self.span_mean_length < 1.0:
             raise ConfigError(f"train.span_mean_length must be >= 1, got {self.span_mean_length}")
+        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(
+                f"need train.muon_lr > 0 and 0 <= train.muon_momentum < 1, got {self.muon_lr}, {self.muon_momentum}"
+            )
+        if self.max_nonfinite <= 0:
+            raise ConfigError(f"train.max_nonfinite must be positive, got {self.max_nonfinite}")
+        if self.spike_factor != 0 and self.spike_factor <= 1.0:
+            raise ConfigError(f"train.spike_factor must be > 1 (or 0 to disable), got {self.spike_factor}")
 
 
 @dataclass

@@ -91,3 +91,28 @@ def test_train_refuses_an_objective_that_does_not_fit_the_arch(capsys, tmp_path,
     code = main(["train", "bert-tiny", "train.objective=clm", f"train.out_dir={tmp_path}/r"])
     one_line_error(capsys, code, "train.objective=clm needs model.arch=decoder, but model.arch=encoder")
     assert not (tmp_path / "r").exists()
+
+
+def test_disk_full_is_one_line(monkeypatch, capsys):
+    import errno
+
+    from attnlab import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(full))
+    assert cli.main(["train", "gpt-tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device ('/runs/x/metrics.jsonl'); free disk space" in err
+
+
+def _parser_running(func):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="attnlab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train")
+    p.add_argument("config")
+    p.set_defaults(func=func)
+    return parser

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from attnlab.config import list_presets, load
+from attnlab.errors import AttnlabError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Pretrain a model with its objective (train.objective: next-token for decoders, "
         "masked LM for encoders, span corruption for encoder-decoders). CONFIG is a preset name or a "
         "YAML file; any field can be overridden as section.key=value (e.g. train.max_steps=200 model.n_layer=2). "
-        "Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.",
+        "Ctrl-C saves a checkpoint; --resume continues exactly where it stopped. Several processes: "
+        "torchrun --nproc_per_node N -m attnlab train CONFIG train.parallel=ddp|fsdp (train.batch_size is the "
+        "global micro-batch; only rank 0 logs).",
         epilog=f"presets: {', '.join(list_presets())}",
     )
     p.add_argument("config", help="preset name or path to a YAML config")
@@ -28,7 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.train import train  # heavy imports only when needed
 
     cfg = load(args.config, args.overrides)
-    s = train(cfg, resume=args.resume, progress=not args.no_progress)
+    rank = int(os.environ.get("RANK") or 0)  # set by torchrun
+    try:
+        s = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except AttnlabError:
+        if rank > 0:  # under torchrun the error is printed once, by rank 0
+            return 2
+        raise
+    if rank > 0:
+        return 130 if s["interrupted"] else 0
     if s["interrupted"]:
         return 130
     print(f"\nfinished {s['step']} steps in {cfg.train.out_dir}")
