@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
-from attnlab.cli._common import load_for_inference
-from attnlab.generate import generate
-from attnlab.serve import Engine, ServeConfig, make_server, start_in_thread
 from attnlab.generate.text import held_back as _held_back
+from attnlab.serve import Engine, ServeConfig, make_server, start_in_thread
+from attnlab.serve.client import request as call
+from attnlab.serve.client import sse_events
 from attnlab.serve.protocol import chat_prompt
 
 CAP = 32
@@ -24,10 +20,9 @@ BODY_LIMIT = 4096
 
 
 @pytest.fixture(scope="module")
-def served(trained_run):
+def served(serve_model):
     """(base url, engine) of a server on an ephemeral port, shut down afterwards."""
-    torch.set_num_threads(1)
-    model, tok, _, device = load_for_inference(str(trained_run), "cpu")
+    model, tok, device = serve_model
     engine = Engine(model, tok, device, "tiny", max_tokens_cap=CAP)
     server = make_server(engine, ServeConfig(port=0, max_body_bytes=BODY_LIMIT, log_requests=False))
     thread = start_in_thread(server)
@@ -37,50 +32,24 @@ def served(trained_run):
     server.server_close()
     thread.join(timeout=5)
     assert not thread.is_alive()
+    assert engine.close(5)
 
 
-def call(base: str, path: str, body=None, *, raw: bytes | None = None, method: str | None = None):
-    """(status, parsed JSON or raw text) of one request."""
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(base + path, data=data, method=method or ("GET" if data is None else "POST"),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            status, text, ctype = r.status, r.read().decode(), r.headers.get("Content-Type")
-    except urllib.error.HTTPError as e:
-        status, text, ctype = e.code, e.read().decode(), e.headers.get("Content-Type")
-    return status, (json.loads(text) if ctype == "application/json" else text)
-
-
-def sse_events(text: str) -> list:
-    """The ``data:`` payloads of an SSE body; the last must be ``[DONE]``."""
-    events = [block[len("data: "):] for block in text.split("\n\n") if block]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
-
-
-PENALTY = 3.0  # the tiny model's greedy text is all newlines without it
-
-
-def reference(engine: Engine, prompt: str, n: int, **kw) -> str:
-    """Continuation text by ``attnlab.generate.generate`` directly (up to EOS); greedy unless ``kw`` says."""
-    ids = engine.tokenizer.encode(prompt)
-    kw = {"temperature": 0.0, "repetition_penalty": PENALTY, **kw}
-    out = generate(engine.model, torch.tensor([ids]), n, eos_token_id=engine.tokenizer.eos_id, **kw)
-    new = out[0, len(ids):].tolist()
-    eos = engine.tokenizer.eos_id
-    return engine.tokenizer.decode(new[: new.index(eos)] if eos in new else new)
+PENALTY = 3.0  # as in conftest.reference
 
 
 def test_health_and_models(served):
     base, engine = served
-    assert call(base, "/health") == (200, {"status": "ok", "model": "tiny"})
+    status, health = call(base, "/health")
+    assert status == 200 and health["status"] == "ok" and health["model"] == "tiny"
+    assert set(health["stats"]) == {"served", "failed", "cancelled", "batches", "joined", "max_batch_seen", "running",
+                                   "queued"}
     status, body = call(base, "/v1/models")
     assert status == 200 and body["object"] == "list"
     assert body["data"][0]["id"] == "tiny" and body["data"][0]["context_length"] == engine.context == 64
 
 
-def test_completion_greedy_matches_generate(served):
+def test_completion_greedy_matches_generate(served, reference):
     base, engine = served
     status, body = call(base, "/v1/completions", {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 20,
                                                    "temperature": 0, "repetition_penalty": PENALTY})
@@ -96,7 +65,7 @@ def test_completion_greedy_matches_generate(served):
         assert body["usage"]["completion_tokens"] == 20
 
 
-def test_chat_uses_plain_template(served):
+def test_chat_uses_plain_template(served, reference):
     base, engine = served
     messages = [{"role": "system", "content": "Speak."}, {"role": "user", "content": "Who is there?"}]
     assert chat_prompt({"messages": messages}) == "system: Speak.\nuser: Who is there?\nassistant:"
@@ -151,7 +120,7 @@ def test_stop_string_trims_text(served, stream):
     assert text == expected and finish == "stop"
 
 
-def test_seeded_sampling_matches_generate(served):
+def test_seeded_sampling_matches_generate(served, reference):
     base, engine = served
     req = {"prompt": "ROMEO:", "max_tokens": 16, "temperature": 0.9, "top_p": 0.9, "seed": 3}
     first, second = (call(base, "/v1/completions", req)[1]["choices"][0]["text"] for _ in range(2))
@@ -159,6 +128,16 @@ def test_seeded_sampling_matches_generate(served):
                                         repetition_penalty=1.0)
     other = call(base, "/v1/completions", {**req, "seed": 4})[1]["choices"][0]["text"]
     assert other != first
+
+
+def test_stream_include_usage(served):
+    base, _ = served
+    req = {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0, "repetition_penalty": PENALTY}
+    plain = call(base, "/v1/completions", req)[1]
+    chunks = sse_events(call(base, "/v1/completions", {**req, "stream": True,
+                                                        "stream_options": {"include_usage": True}})[1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == plain["choices"][0]["text"]
 
 
 def test_held_back_tail():
@@ -184,6 +163,9 @@ LONG = "the " * 70
     ("/v1/completions", {"prompt": "hi", "seed": 1.5}, None, 400, "seed"),
     ("/v1/completions", {"prompt": "hi", "repetition_penalty": 0}, None, 400, "repetition_penalty"),
     ("/v1/completions", {"prompt": "hi", "n": 2}, None, 400, "n"),
+    ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, None, 400, "stream_options"),
+    ("/v1/completions", {"prompt": "hi", "stream": True, "stream_options": {"include_usage": 1}}, None, 400,
+     "stream_options"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": CAP + 1}, None, 400, "max_tokens"),
     ("/v1/completions", {"prompt": LONG, "max_tokens": CAP}, None, 400, "max_tokens"),
     ("/v1/completions", {"prompt": ""}, None, 400, "prompt"),
@@ -211,7 +193,7 @@ def test_context_error_names_the_fix(served):
     assert answer["error"]["code"] == "context_length_exceeded"
 
 
-def test_eight_concurrent_requests(served):
+def test_eight_concurrent_requests(served, reference):
     base, engine = served
     req = {"prompt": "KING:", "max_tokens": 10, "temperature": 0, "repetition_penalty": PENALTY}
     with ThreadPoolExecutor(8) as pool:
@@ -222,7 +204,8 @@ def test_eight_concurrent_requests(served):
         text = ("".join(c["choices"][0]["text"] for c in sse_events(body)) if i % 2
                 else body["choices"][0]["text"])
         assert text == expected
-    assert not engine.lock.locked()
+    stats = call(base, "/health")[1]["stats"]
+    assert stats["running"] == stats["queued"] == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -243,17 +226,6 @@ def test_cli_serves_and_stops_on_signal(trained_run, sig):
             proc.wait()
 
 
-def test_requests_wait_for_the_model_lock(served):
-    base, engine = served
-    req = {"prompt": "KING:", "max_tokens": 4, "temperature": 0}
-    with ThreadPoolExecutor(1) as pool:
-        with engine.lock:  # the model is busy: the request must queue, not run
-            future = pool.submit(call, base, "/v1/completions", req)
-            with pytest.raises(TimeoutError):
-                future.result(timeout=0.3)
-        assert future.result(timeout=10)[0] == 200
-
-
 def test_cli_refuses_an_encoder(trained_archs, capsys, one_line_error):
     from attnlab.cli import main
 
@@ -261,7 +233,16 @@ def test_cli_refuses_an_encoder(trained_archs, capsys, one_line_error):
     one_line_error(capsys, code, "decoder-only")
 
 
-def test_official_openai_client(served):
+@pytest.mark.parametrize("flag,value", [("--max-batch", "0"), ("--max-concurrency", "0"),
+                                        ("--request-timeout", "-1"), ("--gather-ms", "-5")])
+def test_cli_refuses_bad_limits(trained_run, capsys, one_line_error, flag, value):
+    from attnlab.cli import main
+
+    code = main(["serve", str(trained_run), "--port", "0", "--device", "cpu", flag, value])
+    one_line_error(capsys, code, flag)
+
+
+def test_official_openai_client(served, reference):
     """The official ``openai`` client talks to the server: completions, chat, streaming, errors."""
     openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install openai)")
     base, engine = served

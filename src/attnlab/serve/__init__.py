@@ -1,8 +1,11 @@
 """An OpenAI-compatible HTTP server for decoder-only checkpoints (standard library only):
-``Engine`` (model + lock), ``make_server`` / ``ServeConfig``, request shapes in ``protocol``."""
+``Engine`` (model + tokenizer + limits), ``Batcher`` (the worker thread decoding concurrent
+requests as one batch), ``make_server`` / ``ServeConfig``, request shapes in ``protocol``."""
 
-from attnlab.serve.engine import Engine, Result
+from attnlab.serve.batcher import BatchConfig, Batcher, Job
+from attnlab.serve.engine import Engine
 from attnlab.serve.protocol import RequestError, Sampling
 from attnlab.serve.server import ServeConfig, Server, make_server, start_in_thread
 
-__all__ = ["Engine", "RequestError", "Result", "Sampling", "ServeConfig", "Server", "make_server", "start_in_thread"]
+__all__ = ["BatchConfig", "Batcher", "Engine", "Job", "RequestError", "Sampling", "ServeConfig", "Server",
+           "make_server", "start_in_thread"]

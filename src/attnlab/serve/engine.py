@@ -1,44 +1,28 @@
-"""One loaded decoder-only model behind a lock: prompt text in, text pieces out.
+"""One loaded decoder-only model and its scheduler: prompt text in, text pieces out.
 
-:meth:`Engine.run` yields the continuation as text deltas, trimmed at the first stop
-string; text that could still grow into a stop string (or an unfinished multi-byte
-character) is held back until it cannot, so streamed pieces concatenate to exactly the
-non-streamed text.
+:meth:`Engine.prepare` checks a prompt against the limits; :meth:`Engine.submit` hands it
+to the :class:`~attnlab.serve.batcher.Batcher`, which decodes concurrent requests together
+and sends each one its text deltas, trimmed at the first stop string; text that could
+still grow into a stop string (or an unfinished multi-byte character) is held back until
+it cannot, so streamed pieces concatenate to exactly the non-streamed text.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from attnlab.data import Tokenizer
 from attnlab.errors import AttnlabError
-from attnlab.generate import is_encoder_decoder, stream
-from attnlab.generate.text import TextStream
+from attnlab.generate import is_encoder_decoder
+from attnlab.serve.batcher import BatchConfig, Batcher, Job
 from attnlab.serve.protocol import RequestError, Sampling
 
 
-@dataclass
-class Result:
-    """What a finished run produced (filled in while :meth:`Engine.run` iterates).
-
-    Attributes:
-        prompt_tokens: tokens in the prompt.
-        completion_tokens: tokens generated (EOS not counted).
-        finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"``.
-    """
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "length"
-
-
 class Engine:
-    """A decoder-only LM and its tokenizer, used by one request at a time.
+    """A decoder-only LM, its tokenizer and the batching worker that owns them.
 
     Args:
         model: a decoder-only LM in eval mode (``max_context`` attribute).
@@ -46,13 +30,14 @@ class Engine:
         device: where the model lives.
         name: the model id reported by the API.
         max_tokens_cap: the most tokens one request may ask for.
+        batch: scheduling limits (batch size, gather window, concurrency, time limit).
 
     Raises:
-        AttnlabError: the model is not a decoder-only LM.
+        AttnlabError: the model is not a decoder-only LM, or a bad limit.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, device: torch.device, name: str,
-                 max_tokens_cap: int = 512):
+                 max_tokens_cap: int = 512, batch: Optional[BatchConfig] = None):
         if is_encoder_decoder(model) or not hasattr(model, "max_context"):
             raise AttnlabError(f"attnlab serve needs a decoder-only LM, got {type(model).__name__}; "
                                "serve a checkpoint trained with model.arch=decoder")
@@ -61,7 +46,11 @@ class Engine:
         self.model, self.tokenizer, self.device, self.name = model, tokenizer, device, name
         self.max_tokens_cap = max_tokens_cap
         self.context = int(model.max_context)
-        self.lock = threading.Lock()
+        self.batch = batch or BatchConfig()
+        try:
+            self.batcher = Batcher(model, tokenizer, device, self.batch)
+        except ValueError as e:
+            raise AttnlabError(f"bad serving limit: {e}") from None
 
     def prepare(self, prompt: str, opts: Sampling) -> tuple[list[int], int]:
         """Prompt ids and the number of tokens to generate, checked against the cap and the context.
@@ -84,29 +73,21 @@ class Engine:
                                f"{max(room, 0)}", "max_tokens", "context_length_exceeded")
         return ids, want
 
-    def run(self, ids: list[int], max_tokens: int, opts: Sampling, result: Result) -> Iterator[str]:
-        """Generate from ``ids`` and yield text deltas; ``result`` is complete once the iterator ends.
+    def submit(self, ids: list[int], max_tokens: int, opts: Sampling) -> Job:
+        """Queue a prepared request; iterate :meth:`Job.pieces` for its text deltas.
 
-        The model lock is held from the first ``next()`` until the iterator ends or is closed.
+        Raises:
+            RequestError: at the concurrency limit (429) or shutting down (503).
         """
-        tok, eos = self.tokenizer, self.tokenizer.eos_id
-        result.prompt_tokens = len(ids)
-        with self.lock:
-            x = torch.tensor([ids], device=self.device)  # (1, T)
-            steps = stream(self.model, x, max_tokens, temperature=opts.temperature, top_p=opts.top_p,
-                           eos_token_id=eos, seed=opts.seed, repetition_penalty=opts.repetition_penalty)
-            text = TextStream(tok, opts.stop, eos)
-            for t in steps:
-                piece = text.push(int(t[0]))
-                if piece:
-                    yield piece
-                if text.finished:
-                    break
-            rest = text.flush()
-            if rest:
-                yield rest
-            result.completion_tokens = text.n_tokens
-            result.finish_reason = text.finish_reason
+        return self.batcher.submit(ids, max_tokens, opts)
+
+    def stats(self) -> dict[str, int]:
+        """The scheduler's counters (see :meth:`Batcher.stats`)."""
+        return self.batcher.stats()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Refuse new requests and let running ones finish for up to ``timeout`` s; True if all did."""
+        return self.batcher.close(timeout)
 
 
-__all__ = ["Engine", "Result"]
+__all__ = ["Engine"]

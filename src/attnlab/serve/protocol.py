@@ -30,16 +30,18 @@ class RequestError(Exception):
         message: one line naming the problem and the fix.
         param: the offending request field, if any.
         code: a short machine-readable code.
+        kind: the error ``type`` (default: ``invalid_request_error`` for 4xx, ``server_error`` for 5xx).
     """
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
 
     def body(self) -> dict[str, Any]:
         """``{"error": {"message", "type", "param", "code"}}``."""
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Sampling:
         seed: seeds sampling.
         stream: answer as server-sent events.
         repetition_penalty: CTRL penalty on tokens already seen (1 = off; an extension, as in vLLM).
+        include_usage: ``stream_options.include_usage``: a stream ends with a chunk holding ``usage``.
     """
 
     max_tokens: int | None = None
@@ -63,6 +66,7 @@ class Sampling:
     seed: int | None = None
     stream: bool = False
     repetition_penalty: float = 1.0
+    include_usage: bool = False
 
 
 def _is_number(v: Any) -> bool:
@@ -117,6 +121,13 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
         if not _is_number(r) or not 0.0 < r <= 10.0:
             raise _bad("repetition_penalty", f"must be a number in (0, 10] (1 = off), got {r!r}")
         s.repetition_penalty = float(r)
+    options = body.get("stream_options")
+    if options is not None:
+        if not s.stream:
+            raise _bad("stream_options", "is only allowed when 'stream' is true")
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise _bad("stream_options", "must be an object like {\"include_usage\": true}")
+        s.include_usage = options.get("include_usage", False)
     n = body.get("n")
     if n is not None and n != 1:
         raise _bad("n", "only n=1 is supported; send several requests for several completions")

@@ -4,8 +4,15 @@ Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers with server-sent events,
 ``data: {...}`` chunks ending with ``data: [DONE]``). Bad requests get an OpenAI-style
 JSON error and a 4xx status; an unexpected failure gets a 500 JSON error (the traceback
-goes to the server log, never to the client). Requests are served on threads, but the
-model runs one request at a time (:attr:`Engine.lock`); others wait their turn.
+goes to the server log, never to the client). Requests are served on threads that hand
+them to the engine's batching worker (:mod:`attnlab.serve.batcher`) and relay its deltas.
+
+Limits: body size (413), prompt + ``max_tokens`` within the context and ``max_tokens``
+within the cap (400), requests queued + running (429), time per request (408; a stream
+that already started ends with an ``{"error": ...}`` event, which the ``openai`` client
+raises). ``GET /health`` also reports the scheduler's counters (``stats``: served,
+failed, cancelled, batches, max_batch_seen, running, queued). Graceful shutdown:
+``shutdown()`` stops accepting, then :meth:`Server.drain` lets requests in flight finish.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from attnlab.serve.engine import Engine, Result
+from attnlab.serve.batcher import Job
+from attnlab.serve.engine import Engine
 from attnlab.serve.protocol import (
     RequestError,
     Sampling,
@@ -52,10 +61,37 @@ class Server(ThreadingHTTPServer):
     """A threading HTTP server holding the :class:`Engine` and the :class:`ServeConfig`."""
 
     daemon_threads = True
+    request_queue_size = 256  # listen backlog: bursts of concurrent clients must not be reset
 
     def __init__(self, engine: Engine, cfg: ServeConfig):
         self.engine, self.cfg = engine, cfg
+        self._active = 0
+        self._active_cond = threading.Condition()
         super().__init__((cfg.host, cfg.port), Handler)
+
+    def process_request(self, request, client_address) -> None:
+        """Count the connection (so :meth:`drain` can wait for it), then serve it on a thread."""
+        with self._active_cond:
+            self._active += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_cond:
+                self._active -= 1
+                self._active_cond.notify_all()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """After ``shutdown()``: let requests in flight finish (up to ``timeout`` s), then stop the
+        engine (requests still running are failed with 503). Returns True if all finished in time."""
+        end = time.monotonic() + timeout
+        done = self.engine.close(timeout)
+        with self._active_cond:  # handlers write their last bytes
+            while self._active and time.monotonic() < end + 5.0:
+                self._active_cond.wait(0.05)
+            return done and not self._active
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -119,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
     def _get(self) -> None:
         engine = self.server.engine
         if self.path == "/health":
-            self._send_json(200, {"status": "ok", "model": engine.name})
+            self._send_json(200, {"status": "ok", "model": engine.name, "stats": engine.stats()})
         elif self.path == "/v1/models":
             self._send_json(200, {"object": "list", "data": [
                 {"id": engine.name, "object": "model", "created": 0, "owned_by": "attnlab",
@@ -142,31 +178,38 @@ class Handler(BaseHTTPRequestHandler):
         engine = self.server.engine
         ids, max_tokens = engine.prepare(prompt, opts)
         rid = new_id("chatcmpl" if chat else "cmpl")
-        result = Result()
-        pieces = engine.run(ids, max_tokens, opts, result)
-        if opts.stream:
-            self._stream(rid, pieces, result, chat)
-            return
-        text = "".join(pieces)
-        choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None})
-        obj = envelope(rid, "chat.completion" if chat else "text_completion", engine.name,
-                       {**choice, "finish_reason": result.finish_reason})
-        obj["usage"] = usage(result.prompt_tokens, result.completion_tokens)
-        self._send_json(200, obj)
+        job = engine.submit(ids, max_tokens, opts)
+        try:
+            if opts.stream:
+                self._stream(rid, job, chat)
+                return
+            text = "".join(job.pieces())
+            choice = ({"message": {"role": "assistant", "content": text}} if chat
+                      else {"text": text, "logprobs": None})
+            obj = envelope(rid, "chat.completion" if chat else "text_completion", engine.name,
+                           {**choice, "finish_reason": job.finish_reason})
+            obj["usage"] = usage(job.prompt_tokens, job.completion_tokens)
+            self._send_json(200, obj)
+        finally:
+            job.cancel()  # frees the row if the client went away (a no-op once finished)
 
-    def _stream(self, rid: str, pieces, result: Result, chat: bool) -> None:
+    def _stream(self, rid: str, job: Job, chat: bool) -> None:
         name = self.server.engine.name
         kind = "chat.completion.chunk" if chat else "text_completion"
+        pieces = job.pieces()
+        next(pieces, None)  # waits until the job runs: a queue time-out is still a plain JSON error
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
         self.close_connection = True  # HTTP/1.0: the stream ends when the connection closes
 
-        def send(choice: dict[str, Any], finish: str | None) -> None:
-            obj = envelope(rid, kind, name, {**choice, "finish_reason": finish})
+        def event(obj: dict[str, Any]) -> None:
             self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
             self.wfile.flush()
+
+        def send(choice: dict[str, Any], finish: str | None) -> None:
+            event(envelope(rid, kind, name, {**choice, "finish_reason": finish}))
 
         def piece(text: str) -> dict[str, Any]:
             return {"delta": {"content": text}} if chat else {"text": text, "logprobs": None}
@@ -176,9 +219,13 @@ class Handler(BaseHTTPRequestHandler):
         try:
             for text in pieces:
                 send(piece(text), None)
-        finally:
-            pieces.close()  # releases the model lock if the client went away
-        send({"delta": {}} if chat else piece(""), result.finish_reason)
+        except RequestError as e:  # time limit or shutdown after the stream began: an error event
+            event(e.body())
+        else:
+            send({"delta": {}} if chat else piece(""), job.finish_reason)
+            if job.opts.include_usage:  # as OpenAI: a last chunk with no choices and the usage
+                event({**envelope(rid, kind, name, {}), "choices": [],
+                       "usage": usage(job.prompt_tokens, job.completion_tokens)})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
@@ -190,7 +237,8 @@ def make_server(engine: Engine, cfg: ServeConfig | None = None) -> Server:
 
 def start_in_thread(server: Server) -> threading.Thread:
     """Run ``server.serve_forever()`` on a daemon thread (tests, notebooks)."""
-    thread = threading.Thread(target=server.serve_forever, name="attnlab-serve", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="attnlab-serve",
+                              daemon=True)
     thread.start()
     return thread
 
