@@ -10,18 +10,15 @@ Used when several processes train (or with FSDP). The folder has the layout of
         config.yaml, tokenizer.json
         meta.json           # format version, step, world size, sha256 of every file (dcp/ included)
 
-It is written the same atomic way (temporary folder, rename, then ``latest``), so
-:func:`attnlab.train.checkpoint.load_checkpoint` and ``load_model`` read it as any other
-checkpoint. DCP re-shards on load, so a run saved by N processes resumes on M (one included,
+It is staged and committed by the same code as any other checkpoint
+(:func:`attnlab.train.checkpoint_store.stage_checkpoint` / ``commit_checkpoint``: temporary
+folder, rename, then ``latest``), so :func:`attnlab.train.checkpoint.load_checkpoint` and
+``load_model`` read it as any other checkpoint. DCP re-shards on load, so a run saved by N processes resumes on M (one included,
 without a process group).
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -29,7 +26,6 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -42,20 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from attnlab.config import Config
 from attnlab.errors import CheckpointError
-from attnlab.train.checkpoint import (
-    CONFIG,
-    FORMAT_VERSION,
-    LATEST,
-    META,
-    STATE,
-    TOKENIZER,
-    WEIGHTS,
-    atomic_write_text,
-    checkpoint_folders,
-    fsync_file,
-    sha256_file,
-    verify_checkpoint,
-)
+from attnlab.train.checkpoint_files import checkpoint_name, write_contents
+from attnlab.train.checkpoint_store import commit_checkpoint, stage_checkpoint
 from attnlab.train.distributed import DistEnv, unwrap
 
 DCP_DIR = "dcp"
@@ -85,44 +69,6 @@ def _broadcast(env: DistEnv, value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _commit(tmp: Path, final: Path, step: int, world_size: int, keep_last: int) -> None:
-    """Checksum every file of ``tmp``, rename it to ``final``, point ``latest`` at it, rotate.
-
-    Rotation keeps ``keep_last`` complete checkpoints up to ``final``; damaged ones are
-    neither counted nor deleted (as the single-process saver does).
-    """
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    for p in files:
-        fsync_file(p)
-    names = {p: p.relative_to(tmp).as_posix() for p in files}
-    meta = {"format_version": FORMAT_VERSION, "step": step, "world_size": world_size,
-            "sha256": {n: sha256_file(p) for p, n in names.items()},
-            "bytes": {n: p.stat().st_size for p, n in names.items()}}
-    _write(tmp / META, json.dumps(meta, indent=1).encode())
-    if final.exists():  # re-saving a step (e.g. the last good state after a NaN)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_text(final.parent / LATEST, final.name + "\n")
-    if keep_last > 0:
-        older = []
-        for p in checkpoint_folders(final.parent):
-            if p.name < final.name:
-                try:
-                    verify_checkpoint(p, checksums=False)
-                    older.append(p)
-                except CheckpointError:
-                    pass
-        for old in older[: max(len(older) - (keep_last - 1), 0)]:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _io_message(e: Exception, name: str, root: Path) -> str:
@@ -164,17 +110,15 @@ def save_dist_checkpoint(
             folder is removed; earlier checkpoints are intact).
     """
     root = Path(run_dir) / "checkpoints"
-    name = f"step_{step:07d}"
-    final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"  # rank 0's pid: the single-process saver cleans it up if killed
+    name = checkpoint_name(step)
+    tmp: Optional[Path] = None
     error: Optional[str] = None
     failure: Optional[Exception] = None
     if env.is_main:
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            tmp.mkdir()
-        except OSError as e:
-            error = _io_message(e, name, root)
+            tmp = stage_checkpoint(run_dir, step)  # rank 0's pid: the single-process saver cleans it up if killed
+        except CheckpointError as e:
+            error = str(e)
     tmp, error = _broadcast(env, (tmp, error))
     if error:
         raise CheckpointError(error)
@@ -186,24 +130,20 @@ def save_dist_checkpoint(
         rngs = [None] * env.world_size
         dist.all_gather_object(rngs, state.get("rng"))
     if env.is_main:
-        try:
+        def write(folder: Path) -> None:
             keep = _unique_names(unwrap(model))
             weights = {k: v.detach().contiguous() for k, v in full.items() if k in keep}
-            _write(tmp / WEIGHTS, safetensors_bytes(weights, metadata={"format": "pt"}))
-            buffer = io.BytesIO()
-            torch.save({**state, "rng_ranks": rngs, "step": step, "world_size": env.world_size}, buffer)
-            _write(tmp / STATE, buffer.getvalue())
-            config.save(tmp / CONFIG)
-            if tokenizer_file is not None:
-                shutil.copyfile(tokenizer_file, tmp / TOKENIZER)
-            _commit(tmp, final, step, env.world_size, keep_last)
-        except Exception as e:  # noqa: BLE001 - reported on every process, not only here
-            shutil.rmtree(tmp, ignore_errors=True)
-            failure, error = e, _io_message(e, name, root)
+            write_contents(folder, weights=weights, config=config, tokenizer_file=tokenizer_file,
+                           state={**state, "rng_ranks": rngs, "step": step, "world_size": env.world_size})
+
+        try:
+            commit_checkpoint(tmp, step, write=write, meta={"world_size": env.world_size}, keep_last=keep_last)
+        except Exception as e:  # noqa: BLE001 - reported on every process, not only here (tmp is removed)
+            failure, error = e, str(e) if isinstance(e, CheckpointError) else _io_message(e, name, root)
     error = _broadcast(env, error)
     if error:
         raise CheckpointError(error) from failure
-    return final
+    return root / name
 
 
 def load_dist_state(ckpt_dir: str | Path, model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
