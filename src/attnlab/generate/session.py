@@ -11,7 +11,9 @@ Two families decode token by token:
   sequence, starting with ``decoder_start_id``.
 
 A :class:`Session` hides the difference behind ``next_logits()`` (prefill the first time,
-then one step), ``append(tokens)`` and ``reorder(index)`` (beam search).
+then one step), ``append(tokens)`` and ``reorder(index)`` (beam search). Decoder-only
+sessions can also take the rows of another one between two steps (``join``, iteration-level
+batching) and drop leading columns that became padding in every row (``trim``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from attnlab.attention.cache import KVCache, LayerCache
 
 
 def is_encoder_decoder(model: nn.Module) -> bool:
@@ -51,12 +56,18 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _takes_padding(model: nn.Module, *, decoder_prefix: bool = False) -> bool:
+    """Whether the model's decoder side (``forward``, or ``decode`` of an encoder–decoder)
+    takes an ``attention_mask`` of left-padded tokens."""
+    run = model.decode if decoder_prefix else model.forward
+    return "attention_mask" in inspect.signature(run).parameters
+
+
 def _left_padding(model: nn.Module, attention_mask: torch.Tensor, *, decoder_prefix: bool = False) -> torch.Tensor:
     """Check a mask of decoder-side tokens (a decoder-only prompt, or an encoder–decoder's
     decoder prefix) is left padding the model can take; (B, T) bool."""
-    run, name, what = (model.decode, "decoder_attention_mask", "decoder prefixes") if decoder_prefix else \
-        (model.forward, "attention_mask", "prompts")
-    if "attention_mask" not in inspect.signature(run).parameters:
+    name, what = ("decoder_attention_mask", "decoder prefixes") if decoder_prefix else ("attention_mask", "prompts")
+    if not _takes_padding(model, decoder_prefix=decoder_prefix):
         raise ValueError(f"{type(model).__name__} does not take a padding {name}; generate {what} of equal length "
                          f"without one")
     valid = attention_mask.bool()
@@ -64,6 +75,15 @@ def _left_padding(model: nn.Module, attention_mask: torch.Tensor, *, decoder_pre
         raise ValueError(f"{name} for {what} must be left padding (0s, then 1s, each row ending in a real token); "
                          f"pad {what} on the left")
     return valid
+
+
+def _pad_left(x: torch.Tensor, width: int, dim: int, value: float = 0) -> torch.Tensor:
+    """``x`` left-padded with ``value`` to ``width`` along ``dim`` (a negative dim)."""
+    extra = width - x.size(dim)
+    if extra == 0:
+        return x
+    pad = [0, 0] * (-dim - 1) + [extra, 0]  # F.pad lists (left, right) pairs from the last dim back
+    return F.pad(x, pad, value=value)
 
 
 class Session:
@@ -87,10 +107,12 @@ class Session:
 
     Attributes:
         tokens: (N, T) the sequence so far (prompt or start token first); N = B until
-            :meth:`reorder` changes the rows.
+            :meth:`reorder` or :meth:`join` changes the rows.
         padding: (N, T) bool real-token mask of :attr:`tokens` (decoder-only with an
-            ``attention_mask``, encoder–decoder with a ``decoder_attention_mask``), else None.
-        prefix_len: length of the part that was not generated.
+            ``attention_mask``, encoder–decoder with a ``decoder_attention_mask``, any
+            session after :meth:`join`), else None.
+        prefix_len: length of the part that was not generated (after :meth:`join`: all of
+            the joined tokens).
 
     Raises:
         ValueError: malformed input, a decoder-side mask that is not left padding or for a
@@ -202,3 +224,116 @@ class Session:
                 mask = None if self.source_mask is None else self.source_mask[rows]
                 self.memory = self.model.encode(self.source[rows], attention_mask=mask)
             self.rows = rows
+
+    # --- iteration-level batching (decoder-only) --------------------------------------------
+    def _join_problem(self, *, fed: bool = True) -> Optional[str]:
+        """Why this session cannot take or give rows in :meth:`join` (``fed``: every token must
+        be in the cache), or None if it can."""
+        name = type(self.model).__name__
+        if self.encoder_decoder:
+            return (f"{name} is an encoder–decoder; only decoder-only sessions can be joined (decode "
+                    f"encoder–decoder batches apart)")
+        if not _takes_padding(self.model):
+            return (f"{name} does not take a padding attention_mask, so its sessions cannot be joined; "
+                    f"decode them apart")
+        if self.cache is None:
+            return None
+        kind = type(self.cache).__name__
+        if isinstance(self.cache, KVCache):
+            kind = f"KVCache of {type(self.cache.layers[0]).__name__} layers" if self.cache.layers else "empty KVCache"
+        if not (isinstance(self.cache, KVCache) and self.cache.layers
+                and all(isinstance(layer, LayerCache) for layer in self.cache.layers)):
+            return (f"a {kind} cannot be padded and joined, only a dynamic KVCache of LayerCache layers; decode "
+                    f"these sessions apart (or with use_cache=False)")
+        if any(layer.length != self.consumed for layer in self.cache.layers):
+            return (f"this session's KV cache does not hold all {self.consumed} fed columns in every layer, so it "
+                    f"cannot be padded and joined; decode these sessions apart")
+        if fed and self.consumed != self.tokens.size(1):
+            return "join() needs cached sessions whose tokens are all in the cache; call next_logits() on both first"
+        return None
+
+    def can_join(self, other: Optional[Session] = None) -> bool:
+        """Whether :meth:`join` would accept ``other`` (without ``other``: whether this session
+        can take rows at all, e.g. before building the one to join).
+
+        A model may still refuse padding it takes in general (a :class:`~attnlab.models.DecoderLM`
+        with ``attention.global_tokens``): its next :meth:`next_logits` raises then.
+        """
+        return self._join_problem() is None and (other is None or self._pair_problem(other) is None)
+
+    def _pair_problem(self, other: Session) -> Optional[str]:
+        """Why ``other``'s rows cannot join this session's, or None if they can."""
+        problem = other._join_problem()
+        if problem is not None:
+            return problem
+        if other.model is not self.model:
+            return "join() needs two sessions of the same model"
+        if (self.cache is None) != (other.cache is None):
+            return "join() needs two sessions that both keep a cache or both do not (use_cache)"
+        return None
+
+    def join(self, other: Session) -> None:
+        """Append ``other``'s rows to this session's, in place (iteration-level batching).
+
+        Both sessions are left-padded to the width of the longer one: tokens with 0, the
+        real-token mask with False, and (cached sessions) every layer's keys and values with
+        zeros, never attended to since the mask hides them. A decoder-only row's positions
+        count its real tokens only, so padding on the left changes nothing it sees: every row
+        goes on decoding as it would alone. Cached sessions must have fed every token first
+        (call :meth:`next_logits` on both, and concatenate their logits as the joined batch's).
+        Afterwards :attr:`prefix_len` is the joined width, so :attr:`generated` starts empty;
+        the joined width plus the tokens still to come must fit the model's context.
+
+        Args:
+            other: a session of the same model, prefilled if cached; left unusable afterwards.
+
+        Raises:
+            ValueError: either session cannot be joined (an encoder–decoder, a model without
+                a padding ``attention_mask``, a cache that is not a dynamic :class:`KVCache`
+                of :class:`LayerCache` layers, tokens not yet fed to the cache), or the two
+                differ in model or in keeping a cache.
+        """
+        problem = self._join_problem() or self._pair_problem(other)
+        if problem is not None:
+            raise ValueError(problem)
+        width = max(self.tokens.size(1), other.tokens.size(1))
+        masks = [_pad_left(s._real_mask(), width, -1, False) for s in (self, other)]  # (N, W), (n, W)
+        self.tokens = torch.cat([_pad_left(s.tokens, width, -1) for s in (self, other)])  # (N + n, W)
+        self.padding = torch.cat(masks)  # (N + n, W)
+        if self.cache is not None:
+            for mine, theirs in zip(self.cache.layers, other.cache.layers):
+                # (N, Hkv, T, D) and (n, Hkv, t, D) -> (N + n, Hkv, W, D)
+                mine.k = torch.cat((_pad_left(mine.k, width, -2), _pad_left(theirs.k, width, -2)))
+                mine.v = torch.cat((_pad_left(mine.v, width, -2), _pad_left(theirs.v, width, -2)))
+            self.consumed = width
+        self.prefix_len = width
+
+    def _real_mask(self) -> torch.Tensor:
+        """(N, T) bool real-token mask of :attr:`tokens` (all True without padding)."""
+        if self.padding is not None:
+            return self.padding
+        return torch.ones(self.tokens.shape, dtype=torch.bool, device=self.tokens.device)
+
+    def trim(self) -> int:
+        """Drop leading columns that are padding in every row (in tokens, padding and cache), in place.
+
+        They appear when the rows with the longest prompts leave a joined batch
+        (:meth:`reorder`); dropping them keeps a batch that keeps taking rows from creeping
+        towards the context limit. Rows decode as before: the columns were never attended to.
+
+        Returns:
+            The number of columns dropped (0 without padding, or for a session whose rows
+            cannot be joined: an encoder–decoder, a cache other than a dynamic KVCache).
+        """
+        if self.padding is None or self._join_problem(fed=False) is not None:
+            return 0
+        first = int(self.padding.any(dim=0).long().argmax())  # first column real in some row
+        if first == 0:
+            return 0
+        self.tokens, self.padding = self.tokens[:, first:], self.padding[:, first:]  # (N, T - first)
+        if self.cache is not None:
+            for layer in self.cache.layers:
+                layer.k, layer.v = layer.k[..., first:, :], layer.v[..., first:, :]  # (N, Hkv, T - first, D)
+            self.consumed -= first
+        self.prefix_len = max(self.prefix_len - first, 0)
+        return first

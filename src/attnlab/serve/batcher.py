@@ -9,8 +9,9 @@ generator), stop strings, EOS and ``max_tokens``; sampling runs row by row on th
 logits, so a request gives the same text in a batch as alone. A row that finishes, is
 cancelled (its client went away) or runs out of time is dropped from the batch
 (``Session.reorder``). Requests arriving meanwhile join the running batch between two
-steps when there is room (``join``, see :mod:`attnlab.serve.joining`: prefilled on their
-own, then merged, left-padded); otherwise they wait for the next batch. The batch ends
+steps when there is room (:meth:`~attnlab.generate.Session.join`: prefilled on their
+own, then merged, left-padded; :meth:`~attnlab.generate.Session.trim` drops the columns that
+became padding for every row); otherwise they wait for the next batch. The batch ends
 when no row is left.
 
 Limits: at most ``max_concurrency`` jobs queued + running (beyond it :meth:`submit`
@@ -37,7 +38,6 @@ from attnlab.data import Tokenizer
 from attnlab.generate import Session, apply_repetition_penalty, next_token
 from attnlab.generate.session import eval_mode
 from attnlab.generate.text import TextStream
-from attnlab.serve.joining import can_join, join, trim
 from attnlab.serve.protocol import RequestError, Sampling
 
 STARTED = ""  # the first event of every job that runs: it has left the queue (deltas follow)
@@ -353,7 +353,7 @@ class Batcher:
 
     def _admit(self, rows: list[_Row], session: Session, logits: torch.Tensor) -> torch.Tensor:
         """Let queued jobs join the batch (prefilled apart, then merged); (N, V) logits of all rows."""
-        if not (self.cfg.join and self.paddable and can_join(session)) or len(rows) >= self.cfg.max_batch:
+        if not (self.cfg.join and self.paddable and session.can_join()) or len(rows) >= self.cfg.max_batch:
             return logits
         with self._cond:
             self._drop_stale(time.monotonic())
@@ -368,7 +368,7 @@ class Batcher:
         for job in jobs:
             job.events.put(STARTED)
         new_logits = new.next_logits()  # (n, V) the prefill of the new rows
-        join(session, new)
+        session.join(new)
         return torch.cat((logits, new_logits))  # (N + n, V)
 
     @torch.no_grad()
@@ -401,7 +401,7 @@ class Batcher:
                     if not rows:
                         return
                     session.reorder(torch.tensor(keep, device=self.device))
-                    trim(session)
+                    session.trim()
                 logits = self._admit(rows, session, session.next_logits())
 
 
