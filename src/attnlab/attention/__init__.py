@@ -6,7 +6,7 @@ function every model calls; :mod:`attnlab.attention.backends` holds HOW it runs.
 
 from attnlab.attention import masks, scoring
 from attnlab.attention.backends import dispatch_log
-from attnlab.attention.cache import KVCache, LayerCache
+from attnlab.attention.cache import KVCache, LayerCache, StaticKVCache
 from attnlab.attention.functional import attention
 from attnlab.attention.linear import LinearAttention, LinearState, linear_attention
 from attnlab.attention.masks import (
@@ -39,7 +39,7 @@ from attnlab.attention.score_mods import ScoreMod, alibi, softcap
 from attnlab.attention.scoring import attend, build_scoring
 
 __all__ = [
-    "ALiBiPositions", "KVCache", "LayerCache", "LearnedPositions", "LinearAttention", "LinearState", "Mask",
+    "ALiBiPositions", "KVCache", "LayerCache", "StaticKVCache", "LearnedPositions", "LinearAttention", "LinearState", "Mask",
     "MultiHeadAttention", "PositionEncoding", "RelativePositionBias", "RotaryPositions", "ScoreMod",
     "SinusoidalPositions", "adjacency", "attention", "block_sparse", "build_positions", "causal", "dispatch_log",
     "document", "full", "key_padding", "linear_attention", "local_global", "masks", "padding", "prefix_lm",

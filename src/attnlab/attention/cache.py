@@ -2,13 +2,70 @@
 
 During generation each layer's keys and values for past tokens are kept, so a new
 token costs one query against the cache instead of a full forward pass.
+
+Two caches, one protocol. A model hands its new tokens to ``cache.place(...)``, which
+says where they sit (their positions, the mask and score mod to attend with) and makes
+room for their keys and values; each layer then calls ``cache[i].append(k, v)``:
+
+- :class:`KVCache` (dynamic) grows by concatenation: the key axis is ``cached + T``,
+  positions are Python-side ``arange``s, the model's mask predicate is used as is
+  (bottom-right aligned).
+- :class:`StaticKVCache` preallocates (B, Hkv, Tmax, D) buffers and writes at a device-side
+  offset, so a decode step has the same shapes at every position and reads nothing back
+  to the host: a compiled step (CUDA graphs) runs it without recompiling. The key axis is
+  always Tmax, so :meth:`StaticKVCache.place` rewrites the mask (and score mod) to absolute
+  slots and hides the slots not written yet.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
+
+from attnlab.attention.masks import Mask, key_padding
+from attnlab.attention.score_mods import ScoreMod
+
+
+class Placement(NamedTuple):
+    """Where new tokens sit, as :meth:`KVCache.place` / :meth:`StaticKVCache.place` return it.
+
+    Attributes:
+        positions: (T,) or (B, T) position of each new token (for embeddings and RoPE).
+        mask: what the new tokens may attend to (a Mask, or None for everything).
+        score_mod: the score mod to attend with (position bias, soft-capping), or None.
+    """
+
+    positions: torch.Tensor
+    mask: Optional[Mask]
+    score_mod: Optional[ScoreMod]
+
+
+def place_tokens(start: int, batch: int, t: int, mask: Optional[Mask], score_mod: Optional[ScoreMod],
+                 attention_mask: Optional[torch.Tensor], device: torch.device | str) -> Placement:
+    """Placement of ``t`` new tokens after ``start`` cached ones, keys = cached + new (no cache: ``start=0``).
+
+    Args:
+        start: tokens already cached.
+        batch: rows B.
+        t: new tokens.
+        mask: the model's mask predicate.
+        score_mod: the model's score mod (returned unchanged).
+        attention_mask: (B, start + t) 1/0 real-token mask of a left-padded batch, or None:
+            padding is never attended to and each row's positions count its real tokens only.
+        device: where the positions go.
+
+    Raises:
+        ValueError: a malformed ``attention_mask``.
+    """
+    if attention_mask is None:
+        return Placement(torch.arange(start, start + t, device=device), mask, score_mod)  # (T,)
+    if tuple(attention_mask.shape) != (batch, start + t):
+        raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, start + t)}, got {tuple(attention_mask.shape)}")
+    valid = attention_mask.bool()  # (B, cached + T)
+    positions = (valid.long().cumsum(dim=1) - 1).clamp_min(0)[:, start:]  # (B, T)
+    padded = key_padding(valid)
+    return Placement(positions, padded if mask is None else mask & padded, score_mod)
 
 
 class LayerCache:
@@ -64,6 +121,15 @@ class KVCache:
         """Number of tokens already cached (positions of new tokens start here)."""
         return self.layers[0].length
 
+    def length_after(self, t: int) -> Optional[int]:
+        """Tokens cached once ``t`` more are added (always known here; see :class:`StaticKVCache`)."""
+        return self.length + t
+
+    def place(self, batch: int, t: int, mask: Optional[Mask], score_mod: Optional[ScoreMod],
+              attention_mask: Optional[torch.Tensor], device: torch.device | str) -> Placement:
+        """Where ``t`` new tokens of ``batch`` rows go: after the cached ones (see :func:`place_tokens`)."""
+        return place_tokens(self.length, batch, t, mask, score_mod, attention_mask, device)
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows ``index`` in every layer."""
         for layer in self.layers:
@@ -72,3 +138,168 @@ class KVCache:
     def nbytes(self) -> int:
         """Memory held by the cached tensors."""
         return sum(layer.nbytes() for layer in self.layers)
+
+
+class StaticLayerCache:
+    """One layer's preallocated keys and values: (B, Hkv, Tmax, D) buffers written in place.
+
+    The slots to write are those :meth:`StaticKVCache.place` reserved for the current
+    forward pass; :meth:`append` returns the whole buffers (unwritten slots are masked).
+    """
+
+    def __init__(self, owner: StaticKVCache, shape: tuple[int, int, int, int], dtype: torch.dtype,
+                 device: torch.device | str):
+        self.owner = owner
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (B, Hkv, Tmax, D)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        for buf in (self.k, self.v):  # same address every step: CUDA graphs need no copy
+            torch._dynamo.mark_static_address(buf)
+
+    @property
+    def length(self) -> int:
+        return self.owner.length
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, Hkv, Tnew, D) keys/values at the reserved slots; return the (B, Hkv, Tmax, D) buffers."""
+        slots = self.owner.slots  # (Tnew,) device tensor
+        self.k.index_copy_(2, slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, slots, v.to(self.v.dtype))
+        return self.k, self.v
+
+    def nbytes(self) -> int:
+        """Memory held by the buffers (all of it, written or not)."""
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v))
+
+
+class StaticKVCache:
+    """A preallocated KV cache whose write offset lives on the device (for compiled decoding).
+
+    Every forward pass sees keys over all ``max_len`` slots; :meth:`place` reserves the next
+    ``t`` slots, advances the offset in place and gives the model a mask that allows only
+    written slots (and real tokens, after a padded prefill), evaluated at absolute slot
+    positions. Nothing in a step reads the offset back to the host, so a decode step has
+    static shapes and no host sync: ``torch.compile`` builds it once and CUDA graphs can
+    replay it. Build one with :meth:`~attnlab.models.DecoderLM.make_static_cache`.
+
+    Args:
+        n_layers: attention layers.
+        batch_size: B, fixed.
+        n_kv_head: key/value heads per layer.
+        max_len: Tmax, slots per row (prompt + generated tokens).
+        head_dim: D.
+        dtype: buffer dtype (the model's).
+        device: buffer device.
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(f"a static cache needs batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.pos = torch.zeros((), dtype=torch.long, device=device)  # next free slot
+        self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)  # (B, Tmax) real tokens
+        self.slots = torch.zeros(0, dtype=torch.long, device=device)  # (T,) slots of the current forward
+        for buf in (self.pos, self.valid):
+            torch._dynamo.mark_static_address(buf)
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.layers = [StaticLayerCache(self, shape, dtype, device) for _ in range(n_layers)]
+
+    def __getitem__(self, i: int) -> StaticLayerCache:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def length(self) -> int:
+        """Slots written so far (reads the device offset: a host sync)."""
+        return int(self.pos)
+
+    def length_after(self, t: int) -> Optional[int]:
+        """Slots written once ``t`` more are added; None while compiling (not known without a sync)."""
+        return None if torch.compiler.is_compiling() else self.length + t
+
+    def reset(self) -> None:
+        """Forget everything (the buffers are reused, not cleared: unwritten slots are masked)."""
+        self.pos.zero_()
+        self.valid.fill_(True)
+
+    def place(self, batch: int, t: int, mask: Optional[Mask], score_mod: Optional[ScoreMod],
+              attention_mask: Optional[torch.Tensor], device: torch.device | str) -> Placement:
+        """Reserve the next ``t`` slots for new tokens and say how they attend.
+
+        Args:
+            batch: rows B (must be the cache's).
+            t: new tokens.
+            mask: the model's mask predicate (bottom-right aligned, as for a dynamic cache).
+            score_mod: the model's score mod.
+            attention_mask: (B, cached + t) 1/0 real-token mask (a left-padded prompt, given
+                at prefill), or None: the new tokens are real.
+            device: unused (positions live with the cache).
+
+        Returns:
+            (B, T) positions (each row counts its real tokens), a mask over the Tmax slots and
+            the score mod, both seeing absolute slot positions.
+
+        Raises:
+            ValueError: (outside compilation) the tokens do not fit or the mask is malformed.
+        """
+        if not torch.compiler.is_compiling():
+            if batch != self.batch_size:
+                raise ValueError(f"static cache was built for batch_size={self.batch_size}, got {batch} rows")
+            have = self.length
+            if have + t > self.max_len:
+                raise ValueError(f"static cache holds {self.max_len} tokens per row; {have} cached + {t} new do not "
+                                 f"fit: build it with a larger max_len")
+            if attention_mask is not None and tuple(attention_mask.shape) != (self.batch_size, have + t):
+                raise ValueError(f"attention_mask must be (B, cached + T) = {(self.batch_size, have + t)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+        slots = self.pos + torch.arange(t, device=self.pos.device)  # (T,)
+        self.slots = slots
+        if attention_mask is not None:
+            self.valid[:, :attention_mask.shape[1]] = attention_mask.bool()
+        self.pos.add_(t)
+        positions = (self.valid.long().cumsum(dim=1) - 1).clamp_min(0).index_select(1, slots)  # (B, T)
+        # The backends put query i at Tmax - t + i (bottom-right); it really sits at slots[i].
+        shift = slots[0] - (self.max_len - t)  # 0-d
+        return Placement(positions, self._mask(mask, shift, slots[-1] + 1), _shifted(score_mod, shift))
+
+    def _mask(self, mask: Optional[Mask], shift: torch.Tensor, end: torch.Tensor) -> Mask:
+        """``mask`` at absolute slots, restricted to written slots (< ``end``) of real tokens."""
+        valid = self.valid
+        inner = None if mask is None else mask.fn
+
+        def fn(b, h, q, k):
+            allowed = (k < end) & valid[b, k]
+            return allowed if inner is None else allowed & inner(b, h, q + shift, k)
+
+        kind = "full" if mask is None else mask.kind
+        return Mask(fn, f"static({kind})", per_batch=True, per_head=mask is not None and mask.per_head, key=None)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row i becomes old row ``index[i]`` (beam search); the batch size cannot change.
+
+        Raises:
+            ValueError: ``index`` does not have ``batch_size`` entries.
+        """
+        if index.numel() != self.batch_size:
+            raise ValueError(f"a static cache keeps its {self.batch_size} rows; reorder got {index.numel()} indices "
+                             "(use the dynamic KVCache to grow or shrink the batch)")
+        for layer in self.layers:
+            layer.k.copy_(layer.k.index_select(0, index))
+            layer.v.copy_(layer.v.index_select(0, index))
+        self.valid.copy_(self.valid.index_select(0, index))
+
+    def nbytes(self) -> int:
+        """Memory held by the buffers."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+def _shifted(mod: Optional[ScoreMod], shift: torch.Tensor) -> Optional[ScoreMod]:
+    """``mod`` seeing query index ``q + shift`` (absolute slots under a static cache)."""
+    if mod is None:
+        return None
+    fn = mod.fn
+    return ScoreMod(lambda s, b, h, q, k: fn(s, b, h, q + shift, k), mod.kind, additive=mod.additive,
+                    per_batch=mod.per_batch, key=None)

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from attnlab.attention import KVCache
-from attnlab.attention.cache import LayerCache
+from attnlab.attention.cache import LayerCache, StaticKVCache, place_tokens
 from attnlab.attention.linear import LinearState
-from attnlab.attention.masks import Mask, key_padding
+from attnlab.attention.masks import Mask
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
@@ -72,6 +72,29 @@ class DecoderLM(Model):
         """An empty KV cache for :meth:`forward` (recurrent states for linear attention)."""
         return KVCache(len(self.blocks), LinearState if self.config.mixer == "linear" else LayerCache)
 
+    def make_static_cache(self, batch_size: int, max_len: int, *, dtype: Optional[torch.dtype] = None,
+                          device: Optional[torch.device | str] = None) -> StaticKVCache:
+        """A preallocated cache of ``max_len`` tokens per row, for compiled decoding (see :mod:`attnlab.generate.fast`).
+
+        Args:
+            batch_size: rows, fixed for the cache's life.
+            max_len: prompt + generated tokens per row, at most :attr:`max_context`.
+            dtype: buffer dtype (default: the model's).
+            device: buffer device (default: the model's).
+
+        Raises:
+            ValueError: a linear mixer (it keeps a recurrent state, not keys and values) or
+                ``max_len`` beyond the model's context.
+        """
+        if self.config.mixer == "linear":
+            raise ValueError("a static KV cache needs softmax attention; mixer=linear keeps a recurrent state "
+                             "(use make_cache() and the plain generate path)")
+        if not 1 <= max_len <= self.max_context:
+            raise ValueError(f"static cache max_len {max_len} must be in 1..{self.max_context} (the model's context)")
+        weight = self.tok_emb.weight
+        return StaticKVCache(len(self.blocks), batch_size, self.config.kv_heads, max_len, self.config.head_dim,
+                             dtype=dtype or weight.dtype, device=device or weight.device)
+
     def attention_mask(self) -> Mask:
         """Causal, restricted to the configured window and global tokens."""
         return self_attention_mask(self.config, causal=True)
@@ -80,18 +103,14 @@ class DecoderLM(Model):
         """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
         return score_mod_for(self.pos, self.config)
 
-    def _check_padding(self, attention_mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-        """The (B, L) bool real-token mask, after checking the model can honour it."""
-        if attention_mask.shape != (batch, length):
-            raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, length)}, "
-                             f"got {tuple(attention_mask.shape)}")
+    def _check_padding(self) -> None:
+        """Raise unless the model can honour a padding attention_mask."""
         if self.config.mixer == "linear":
             raise ValueError("a padding attention_mask is not supported with mixer=linear (its recurrent state "
                              "would absorb the padding); generate prompts of equal length without a mask")
         if self.config.attention.window is not None and self.config.attention.global_tokens:
             raise ValueError("a padding attention_mask is not supported with attention.global_tokens (global "
                              "positions would fall on padding); generate prompts of equal length without a mask")
-        return attention_mask.bool()
 
     def forward(
         self,
@@ -106,8 +125,9 @@ class DecoderLM(Model):
         Args:
             input_ids: (B, T) token ids. With a ``cache`` these are the new tokens,
                 placed after the cached ones.
-            cache: a :class:`~attnlab.attention.KVCache` from :meth:`make_cache`,
-                updated in place.
+            cache: a :class:`~attnlab.attention.KVCache` from :meth:`make_cache` or a
+                :class:`~attnlab.attention.cache.StaticKVCache` from :meth:`make_static_cache`,
+                updated in place; it places the new tokens (positions, mask).
             return_weights: also return each layer's (B, H, T, Tk) attention weights
                 (runs the eager backend).
             attention_mask: (B, cached + T) 1/0 mask of real tokens over the cached and
@@ -123,23 +143,21 @@ class DecoderLM(Model):
                 or ``attention_mask`` is malformed or given to a linear mixer or global tokens.
         """
         b, t = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if start + t > self.max_context:
+        total = t if cache is None else cache.length_after(t)  # None: not known without a host sync
+        if total is not None and total > self.max_context:
             raise ValueError(
-                f"sequence of {start + t} tokens exceeds the model's context of {self.max_context} (model.block_size"
+                f"sequence of {total} tokens exceeds the model's context of {self.max_context} (model.block_size"
                 + (", times model.rope_scaling_factor)" if self.max_context != self.config.block_size else ")")
             )
-        mask = self.attention_mask()
-        if attention_mask is None:
-            positions = torch.arange(start, start + t, device=input_ids.device)  # (T,)
-        else:
-            valid = self._check_padding(attention_mask, b, start + t)  # (B, cached + T)
-            positions = (valid.long().cumsum(dim=1) - 1).clamp_min(0)[:, start:]  # (B, T)
-            mask = mask & key_padding(valid)
+        if attention_mask is not None:
+            self._check_padding()
+        mask, score_mod = self.attention_mask(), self.score_mod()
+        where = (place_tokens(0, b, t, mask, score_mod, attention_mask, input_ids.device) if cache is None
+                 else cache.place(b, t, mask, score_mod, attention_mask, input_ids.device))
+        positions, mask, score_mod = where  # (T,) or (B, T); what the new tokens attend to
         x = add_position_embedding(self.pos, self.tok_emb(input_ids), positions)  # (B, T, D)
         x = self.emb_dropout(x)
         rotary = self.pos.rotary(positions)
-        score_mod = self.score_mod()
         all_weights = []
         for i, block in enumerate(self.blocks):
             layer_cache = cache[i] if cache is not None else None
