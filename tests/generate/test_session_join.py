@@ -117,6 +117,20 @@ def test_trim_without_padding_is_a_no_op():
     assert s.trim() == 0 and s.tokens.size(1) == 3
 
 
+@torch.no_grad()
+def test_trim_before_the_prefill_drops_tokens_only():
+    """Columns padded in every row are dropped before anything is cached; rows decode as before."""
+    model = make("gpt-tiny", PADDABLE["gpt-tiny"])
+    ids, mask = left_pad([FIRST, [5, 2, 9, 4]], 11)
+    ids, mask = (torch.cat((x.new_full((2, 1), fill), x), dim=1) for x, fill in ((ids, 11), (mask, 0)))  # padded in front
+    s = Session(model, ids, 3, attention_mask=mask)
+    assert s.trim() == 1 and s.consumed == 0 and s.tokens.shape == (2, 4) and s.padding.shape == (2, 4)
+    for _ in range(3):
+        logits = s.next_logits()
+        s.append(logits.argmax(-1))
+    assert s.generated.tolist() == greedy_logits(model, ids, 3, mask)[0].tolist()
+
+
 def cached_after_prefill(model, prompt=FIRST) -> Session:
     s = Session(model, torch.tensor([prompt]), 2)
     s.next_logits()

@@ -15,6 +15,10 @@ room for their keys and values; each layer then calls ``cache[i].append(k, v)``:
   to the host: a compiled step (CUDA graphs) runs it without recompiling. The key axis is
   always Tmax, so :meth:`StaticKVCache.place` rewrites the mask (and score mod) to absolute
   slots and hides the slots not written yet.
+
+The dynamic cache also owns its time axis for iteration-level batching: two caches of
+left-padded rows can be joined (:meth:`KVCache.join`) and leading columns dropped
+(:meth:`KVCache.drop_left`); :attr:`KVCache.joinable` says whether a cache can.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 from attnlab.attention.masks import Mask, key_padding
 from attnlab.attention.score_mods import ScoreMod
@@ -97,6 +102,59 @@ class LayerCache:
         """Memory held by the cached keys and values."""
         return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
 
+    def padded_left(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values left-padded with zeros to ``width`` time steps (the cache is unchanged).
+
+        Args:
+            width: the time length of the result, at least :attr:`length`.
+
+        Returns:
+            (B, Hkv, width, D) keys and values.
+
+        Raises:
+            ValueError: the cache is empty (no shape to pad) or longer than ``width``.
+        """
+        if self.k is None:
+            raise ValueError(f"cannot left-pad an empty layer cache to {width} steps: it has no keys to take the "
+                             f"shape from; prefill it first")
+        extra = width - self.length
+        if extra < 0:
+            raise ValueError(f"cannot left-pad a layer cache of {self.length} steps to {width}; width must be >= "
+                             f"its length")
+        if extra == 0:
+            return self.k, self.v
+        pad = (0, 0, extra, 0)  # (left, right) of D, then of T
+        return F.pad(self.k, pad), F.pad(self.v, pad)  # (B, Hkv, width, D) each
+
+    def pad_left(self, width: int) -> None:
+        """Left-pad the keys and values with zeros to ``width`` time steps, in place.
+
+        The new columns must be hidden from attention (a padding mask), as a left-padded
+        prompt's are.
+
+        Args:
+            width: the time length afterwards, at least :attr:`length`.
+
+        Raises:
+            ValueError: the cache is empty or longer than ``width``.
+        """
+        self.k, self.v = self.padded_left(width)  # (B, Hkv, width, D)
+
+    def drop_left(self, n: int) -> None:
+        """Drop the first ``n`` time steps of the keys and values, in place.
+
+        Args:
+            n: steps to drop, from 0 to :attr:`length`.
+
+        Raises:
+            ValueError: ``n`` is negative or more than the cache holds.
+        """
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot drop {n} steps from a layer cache of {self.length}; drop 0 to {self.length}")
+        if n == 0:
+            return
+        self.k, self.v = self.k[..., n:, :], self.v[..., n:, :]  # (B, Hkv, T - n, D)
+
 
 class KVCache:
     """A dynamic cache: one :class:`LayerCache` per layer, growing by concatenation.
@@ -134,6 +192,62 @@ class KVCache:
         """Keep batch rows ``index`` in every layer."""
         for layer in self.layers:
             layer.reorder(index)
+
+    @property
+    def joinable(self) -> bool:
+        """Whether the cache can be padded, joined and trimmed along time (:meth:`join`,
+        :meth:`drop_left`): True when it has layers and all are :class:`LayerCache` (keys and
+        values), False for recurrent layers (linear attention's ``LinearState``)."""
+        return bool(self.layers) and all(isinstance(layer, LayerCache) for layer in self.layers)
+
+    @property
+    def description(self) -> str:
+        """What the cache holds, for messages: ``"KVCache of LayerCache layers"``, ``"empty KVCache"``."""
+        return f"KVCache of {type(self.layers[0]).__name__} layers" if self.layers else "empty KVCache"
+
+    def _check_joinable(self, what: str) -> None:
+        if not self.joinable:
+            raise ValueError(f"{what} needs a KVCache of LayerCache layers, got a {self.description}")
+
+    def join(self, other: KVCache, width: Optional[int] = None) -> None:
+        """Append ``other``'s batch rows to this cache's, in place (iteration-level batching).
+
+        Every layer of both caches is left-padded with zeros to ``width`` time steps, then
+        the two are concatenated along the batch: (N, Hkv, T, D) and (n, Hkv, t, D) become
+        (N + n, Hkv, width, D). The padding must be hidden by the joined batch's padding
+        mask. ``other`` is left unchanged.
+
+        Args:
+            other: a joinable cache with as many layers (same heads, head dim, dtype, device).
+            width: time steps afterwards; default: the longest layer of the two caches.
+
+        Raises:
+            ValueError: either cache is not :attr:`joinable`, the layer counts differ, a layer
+                is empty (not prefilled) or ``width`` is shorter than a cache.
+        """
+        self._check_joinable("join()")
+        other._check_joinable("join()")
+        if len(other) != len(self):
+            raise ValueError(f"join() needs caches with the same number of layers, got {len(self)} and {len(other)}")
+        if width is None:
+            width = max(layer.length for cache in (self, other) for layer in cache.layers)
+        padded = [(mine.padded_left(width), theirs.padded_left(width))  # checks every layer before changing any
+                  for mine, theirs in zip(self.layers, other.layers)]
+        for layer, ((k, v), (k2, v2)) in zip(self.layers, padded):
+            layer.k, layer.v = torch.cat((k, k2)), torch.cat((v, v2))  # (N + n, Hkv, W, D)
+
+    def drop_left(self, n: int) -> None:
+        """Drop the first ``n`` time steps of every layer, in place (columns no row attends to).
+
+        Args:
+            n: steps to drop, from 0 to the cached length.
+
+        Raises:
+            ValueError: the cache is not :attr:`joinable` or holds fewer than ``n`` steps.
+        """
+        self._check_joinable("drop_left()")
+        for layer in self.layers:
+            layer.drop_left(n)
 
     def nbytes(self) -> int:
         """Memory held by the cached tensors."""
@@ -215,6 +329,11 @@ class StaticKVCache:
     def length(self) -> int:
         """Slots written so far (reads the device offset: a host sync)."""
         return int(self.pos)
+
+    @property
+    def joinable(self) -> bool:
+        """Always False: the buffers have a fixed batch and time axis (see :attr:`KVCache.joinable`)."""
+        return False
 
     def length_after(self, t: int) -> Optional[int]:
         """Slots written once ``t`` more are added; None while compiling (not known without a sync)."""

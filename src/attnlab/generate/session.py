@@ -27,8 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention.cache import KVCache, LayerCache
-
 
 def is_encoder_decoder(model: nn.Module) -> bool:
     """True for models following the encoder–decoder protocol."""
@@ -77,13 +75,9 @@ def _left_padding(model: nn.Module, attention_mask: torch.Tensor, *, decoder_pre
     return valid
 
 
-def _pad_left(x: torch.Tensor, width: int, dim: int, value: float = 0) -> torch.Tensor:
-    """``x`` left-padded with ``value`` to ``width`` along ``dim`` (a negative dim)."""
-    extra = width - x.size(dim)
-    if extra == 0:
-        return x
-    pad = [0, 0] * (-dim - 1) + [extra, 0]  # F.pad lists (left, right) pairs from the last dim back
-    return F.pad(x, pad, value=value)
+def _pad_left(x: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:
+    """(N, T) ``x`` left-padded with ``value`` to (N, width)."""
+    return F.pad(x, (width - x.size(-1), 0), value=value)
 
 
 class Session:
@@ -238,11 +232,8 @@ class Session:
                     f"decode them apart")
         if self.cache is None:
             return None
-        kind = type(self.cache).__name__
-        if isinstance(self.cache, KVCache):
-            kind = f"KVCache of {type(self.cache.layers[0]).__name__} layers" if self.cache.layers else "empty KVCache"
-        if not (isinstance(self.cache, KVCache) and self.cache.layers
-                and all(isinstance(layer, LayerCache) for layer in self.cache.layers)):
+        if not getattr(self.cache, "joinable", False):  # e.g. RNNState, which does not declare it
+            kind = getattr(self.cache, "description", type(self.cache).__name__)
             return (f"a {kind} cannot be padded and joined, only a dynamic KVCache of LayerCache layers; decode "
                     f"these sessions apart (or with use_cache=False)")
         if any(layer.length != self.consumed for layer in self.cache.layers):
@@ -297,14 +288,11 @@ class Session:
         if problem is not None:
             raise ValueError(problem)
         width = max(self.tokens.size(1), other.tokens.size(1))
-        masks = [_pad_left(s._real_mask(), width, -1, False) for s in (self, other)]  # (N, W), (n, W)
-        self.tokens = torch.cat([_pad_left(s.tokens, width, -1) for s in (self, other)])  # (N + n, W)
+        masks = [_pad_left(s._real_mask(), width, False) for s in (self, other)]  # (N, W), (n, W)
+        self.tokens = torch.cat([_pad_left(s.tokens, width) for s in (self, other)])  # (N + n, W)
         self.padding = torch.cat(masks)  # (N + n, W)
         if self.cache is not None:
-            for mine, theirs in zip(self.cache.layers, other.cache.layers):
-                # (N, Hkv, T, D) and (n, Hkv, t, D) -> (N + n, Hkv, W, D)
-                mine.k = torch.cat((_pad_left(mine.k, width, -2), _pad_left(theirs.k, width, -2)))
-                mine.v = torch.cat((_pad_left(mine.v, width, -2), _pad_left(theirs.v, width, -2)))
+            self.cache.join(other.cache, width)  # every column fed: the cache is as wide as the tokens
             self.consumed = width
         self.prefix_len = width
 
@@ -331,9 +319,8 @@ class Session:
         if first == 0:
             return 0
         self.tokens, self.padding = self.tokens[:, first:], self.padding[:, first:]  # (N, T - first)
-        if self.cache is not None:
-            for layer in self.cache.layers:
-                layer.k, layer.v = layer.k[..., first:, :], layer.v[..., first:, :]  # (N, Hkv, T - first, D)
+        if self.cache is not None and self.consumed:  # before the prefill there is nothing cached to drop
+            self.cache.drop_left(first)
             self.consumed -= first
         self.prefix_len = max(self.prefix_len - first, 0)
         return first

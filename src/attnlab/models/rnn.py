@@ -80,7 +80,10 @@ class RNNState:
     Attributes:
         hidden: ``h`` (GRU) or ``(h, c)`` (LSTM), each (layers, B, d_hidden), or None at the start.
         length: tokens consumed so far.
+        joinable: False — a running batch cannot take new rows (see ``Session.join``).
     """
+
+    joinable = False
 
     def __init__(self) -> None:
         self.hidden = None
