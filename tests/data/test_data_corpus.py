@@ -11,7 +11,7 @@ from attnlab.errors import AttnlabError
 
 
 def test_builtin_names():
-    assert builtin_names() == ["shakespeare"]
+    assert builtin_names() == ["poetry", "shakespeare"]
 
 
 def test_builtin_shakespeare_one_document_per_play():
@@ -69,3 +69,10 @@ def test_empty_corpus(tmp_path):
     (tmp_path / "b.txt").write_text("\n\n")
     with pytest.raises(AttnlabError, match="holds no text"):
         read_documents(str(tmp_path))
+
+
+def test_builtin_poetry_is_one_document_of_poems():
+    docs = read_documents("builtin:poetry")
+    assert len(docs) == 1 and docs[0][0] == "poetry/poetry"
+    lines = docs[0][1].splitlines()
+    assert len(lines) == 22425 and all(line.startswith("《") for line in lines[:100])

@@ -15,7 +15,9 @@ from pathlib import Path
 from attnlab.errors import AttnlabError, did_you_mean
 
 BUILTIN_PREFIX = "builtin:"
-_BUILTIN_FILES = {"shakespeare": "shakespeare.txt.gz"}
+# name -> packaged file. Shakespeare is split into plays (see split_plays); the others are
+# one document each (poetry: one Tang poem per line, see data/corpus/poetry/README.md).
+_BUILTIN_FILES = {"shakespeare": "shakespeare.txt.gz", "poetry": "poetry/tang_5_7.txt.gz"}
 
 # In the Shakespeare file each play opens with its title line, a blank line and
 # "by William Shakespeare"; plays and scenes are both separated by runs of blank
@@ -72,7 +74,8 @@ def read_documents(source: str, glob: str = "**/*.txt") -> list[tuple[str, str]]
 
     Returns:
         ``(name, text)`` pairs in a deterministic order; documents holding only
-        whitespace are dropped. Names are ``shakespeare/<play>`` for the builtin corpus,
+        whitespace are dropped. Names are ``shakespeare/<play>`` for the builtin Shakespeare
+        corpus, ``poetry/poetry`` for the builtin Tang poems,
         the file name for a file, and the path relative to ``source`` for a directory.
 
     Raises:
@@ -80,7 +83,9 @@ def read_documents(source: str, glob: str = "**/*.txt") -> list[tuple[str, str]]
     """
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX) :]
-        docs = [(f"{name}/{slug}", t) for slug, t in split_plays(_builtin_text(name))]
+        text = _builtin_text(name)
+        parts = split_plays(text) if name == "shakespeare" else [(name, text)]
+        docs = [(f"{name}/{slug}", t) for slug, t in parts]
     else:
         path = Path(source).expanduser()
         if not path.exists():

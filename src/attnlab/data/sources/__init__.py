@@ -30,6 +30,7 @@ SOURCES: dict[str, str] = {
     "news-titles": "attnlab.data.sources.news:prepare",
     "squad-shakespeare": "attnlab.data.sources.squad_cloze:prepare",
     "digits": "attnlab.data.sources.digits:prepare",
+    "chinese-poetry": "attnlab.data.sources.poetry:prepare",
 }
 
 
