@@ -94,3 +94,12 @@ def test_attention_section_parses():
                                    "model.attention.backend=eager", "model.position=alibi"])
     assert cfg.model.attention.window == 64 and cfg.model.attention.global_tokens == 2
     assert cfg.model.attention.backend == "eager" and cfg.model.position == "alibi"
+
+
+def test_embed_scale_is_refused_outside_encoder_decoders():
+    from attnlab.config import ModelConfig
+    from attnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="embed_scale applies to model.arch=encoder_decoder only"):
+        ModelConfig(arch="encoder", embed_scale=True)
+    assert ModelConfig(arch="encoder_decoder", embed_scale=True).embed_scale

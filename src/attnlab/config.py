@@ -92,7 +92,8 @@ class ModelConfig:
         relative_max_distance: distance beyond which the T5 relative bias is constant.
         bias: whether linear layers and LayerNorms carry a bias.
         tie_embeddings: share the token embedding with the LM head.
-        embed_scale: multiply token embeddings by √d_model (the original Transformer).
+        embed_scale: multiply token embeddings by √d_model (the original Transformer;
+            encoder–decoders only).
         decoder_start_id: token an encoder–decoder's decoder starts from (T5: the pad id, 0).
         type_vocab_size: token-type (segment) embeddings of an encoder, as BERT's
             sentence A / B (``0``: none).
@@ -156,6 +157,9 @@ class ModelConfig:
             raise ConfigError("model.type_vocab_size needs model.arch=encoder; set it to 0 for a decoder")
         if self.n_decoder_layer is not None and (self.arch != "encoder_decoder" or self.n_decoder_layer <= 0):
             raise ConfigError("model.n_decoder_layer must be positive and needs model.arch=encoder_decoder")
+        if self.embed_scale and self.arch != "encoder_decoder":
+            raise ConfigError(f"model.embed_scale applies to model.arch=encoder_decoder only (got arch={self.arch}); "
+                              "set model.embed_scale=false")
         if self.arch == "encoder_decoder" and self.mixer == "linear":
             raise ConfigError("model.mixer=linear is not supported with model.arch=encoder_decoder; use mixer=softmax")
         if self.arch == "encoder" and self.mixer == "linear":
