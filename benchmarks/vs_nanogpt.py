@@ -164,9 +164,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=1024 if on_cuda else 256)
     ap.add_argument("--data", default="gpt-tiny", help="preset whose data config gives the corpus, or 'random'")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=on_cuda)
-    ap.add_argument("--compile-loss", action="store_true",
-                    help="compile attnlab's model and loss as one graph (as nanoGPT's forward with targets is); "
-                         "by default only the model is compiled, as `attnlab train` does")
+    ap.add_argument("--compile-loss", action=argparse.BooleanOptionalAction, default=True,
+                    help="compile attnlab's model and loss as one graph, as single-process `attnlab train` does "
+                         "(and nanoGPT's forward with targets); --no-compile-loss compiles the model only")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps per model (compilation happens here)")
     ap.add_argument("--iters", type=int, default=30 if on_cuda else 20, help="timed steps per model")
     ap.add_argument("--lr", type=float, default=6e-4)

@@ -17,6 +17,7 @@ process up to floating-point reduction order, and a run may resume on another N.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -286,6 +287,11 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
 
     step_model = torch.compile(wrapped) if tc.compile else wrapped
     eval_model = model if env.mode == "ddp" else step_model  # DDP: the replica itself, no gradient hooks
+    # One process: compile the model and its loss as one graph, so the cross-entropy fuses with the
+    # LM head (nanoGPT's compiled forward includes its loss too); under DDP/FSDP only the model.
+    train_loss = functools.partial(objective.loss, step_model)
+    if tc.compile and not env.distributed:
+        train_loss = torch.compile(functools.partial(objective.loss, wrapped))
     amp = autocast_for(device, tc.dtype)
     tokens_per_step = tc.batch_size * seq_len * tc.grad_accum  # global
     flops_step = flops_per_token(cfg.model, seq_len, n_params) * tokens_per_step
@@ -342,7 +348,7 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
                 batch = (_rows(batch, rows) if env.world_size > 1 else batch).to(device)  # (B / N, T)
                 with gradient_sync(wrapped, micro == tc.grad_accum - 1):
                     with amp:
-                        loss = objective.loss(step_model, batch) / tc.grad_accum
+                        loss = train_loss(batch) / tc.grad_accum
                     if step + 1 in inject and micro == 0:  # testing aid (train.inject_nan_steps)
                         loss = loss * float("nan")
                     loss.backward()
