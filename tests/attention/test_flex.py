@@ -108,3 +108,16 @@ def test_unsupported_reasons():
         attention(q.double(), k.double(), v.double(), backend="flex")
     with pytest.raises(ValueError, match="head dims"):
         attention(q[..., :12], k[..., :12], v[..., :12], backend="flex")
+
+
+def test_available_traces_without_a_graph_break():
+    import torch
+
+    from attnlab.attention.backends import flex
+
+    def probe(x):
+        return x + 1 if flex.available() else x - 1
+
+    compiled = torch.compile(probe, fullgraph=True, backend="eager")  # fullgraph: a break raises
+    x = torch.zeros(2)
+    assert torch.equal(compiled(x), probe(x))

@@ -49,8 +49,10 @@ class FlexRecompileError(RuntimeError):
 
 def available() -> bool:
     """Whether this PyTorch has FlexAttention and torch.compile support."""
+    if torch.compiler.is_compiling():  # being traced: dynamo works (and its own check would break the graph)
+        return True
     try:
-        import torch.nn.attention.flex_attention  # noqa: F401
+        from torch.nn.attention import flex_attention  # noqa: F401
     except ImportError:
         return False
     return torch._dynamo.is_dynamo_supported()
