@@ -188,7 +188,9 @@ def test_cli_compile_prints_the_plain_greedy_text(capsys, trained_run, monkeypat
     assert main(args) == 0
     plain = capsys.readouterr().out
     assert main(args + ["--compile"]) == 0
-    assert capsys.readouterr().out == plain
+    out = capsys.readouterr()
+    assert out.out == plain
+    assert "decode path: static-cache+compile(default), compiled 1x" in out.err
     assert len(plain) > len("ROMEO.\n")
     assert compiled == [{"mode": "default", "fullgraph": True, "dynamic": False}]
 

@@ -125,4 +125,6 @@ def run(args: argparse.Namespace) -> int:
                  else stream(model, x, args.max_new_tokens, use_cache=not args.no_cache, **kwargs))
         _print_sample(tok, head, (t[0] for t in steps), args.stop)
         sys.stdout.write(sep if i + 1 < args.num_samples else "")
+    if fast is not None:  # say which path ran (stderr: stdout stays the text)
+        print(f"decode path: {fast.path}, compiled {fast.compiles}x", file=sys.stderr)
     return 0
