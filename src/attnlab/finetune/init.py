@@ -155,6 +155,17 @@ def encoder_special_ids(tokenizer: Tokenizer, purpose: str) -> dict[str, int]:
     return {k: token_id(tokenizer, t, purpose) for k, t in names.items()}
 
 
+def check_vocab(model: nn.Module, tokenizer: Tokenizer) -> None:
+    """Raise unless the model has an embedding for every token of ``tokenizer``.
+
+    Raises:
+        AttnlabError: the tokenizer is larger than ``model.config.vocab_size``.
+    """
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise AttnlabError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                           f"{model.config.vocab_size} embeddings; use the model's own tokenizer")
+
+
 def unwrap(model: nn.Module, attr: str) -> Any:
     """``model.attr`` if the model wraps one (e.g. ``EncoderForMaskedLM.encoder``), else the model."""
     return getattr(model, attr, model)
@@ -183,9 +194,7 @@ def build_encoder(backbone: Backbone, tok: Tokenizer, task: str, max_length: int
         if not isinstance(encoder, EncoderModel):
             raise AttnlabError(f"init '{backbone.source}' holds a {type(backbone.model).__name__}; {task} needs an "
                                "encoder (a BERT-layout hf:DIR, an encoder run, or preset:bert-tiny)")
-    if encoder.config.vocab_size < tok.vocab_size:
-        raise AttnlabError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
-                           f"{encoder.config.vocab_size} embeddings; use the model's own tokenizer")
+    check_vocab(encoder, tok)
     if max_length > encoder.config.block_size:
         raise ConfigError(f"options.max_length={max_length} exceeds the encoder's context of "
                           f"{encoder.config.block_size} tokens; lower options.max_length")

@@ -36,7 +36,7 @@ from attnlab.data.mlm import IGNORE_INDEX
 from attnlab.data.tasks import FORMATS, pad_batch, read_records, require_columns
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, ConfigError
-from attnlab.finetune.init import load_backbone, make_tokenizer
+from attnlab.finetune.init import check_vocab, load_backbone, make_tokenizer
 from attnlab.finetune.recipe import Task
 from attnlab.models import DecoderLM
 
@@ -106,9 +106,7 @@ class LMTask(Task):
             if not isinstance(model, DecoderLM):
                 raise AttnlabError(f"init '{backbone.source}' holds a {type(model).__name__}; lm fine-tunes a "
                                    "decoder language model (a run folder of `attnlab train`)")
-        if model.config.vocab_size < tok.vocab_size:
-            raise AttnlabError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
-                               f"{model.config.vocab_size} embeddings; use the model's own tokenizer")
+        check_vocab(model, tok)
         if self.opt.seq_len > model.max_context:
             raise ConfigError(f"options.seq_len={self.opt.seq_len} exceeds the model's context of "
                               f"{model.max_context} tokens; lower options.seq_len")

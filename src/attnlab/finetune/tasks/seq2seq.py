@@ -42,7 +42,7 @@ from attnlab.data.tasks import pad_batch, read_records, require_columns
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, ConfigError
 from attnlab.eval.generation import bleu, rouge
-from attnlab.finetune.init import Backbone, load_backbone, make_tokenizer
+from attnlab.finetune.init import Backbone, check_vocab, load_backbone, make_tokenizer
 from attnlab.finetune.recipe import Task
 from attnlab.generate import generate
 from attnlab.models.rnn import Seq2SeqConfig, Seq2SeqRNN
@@ -183,9 +183,7 @@ class Seq2SeqTask(Task):
                 raise AttnlabError(f"init '{cfg.init}' holds a {type(model).__name__}; {self.name} needs an "
                                    "encoder-decoder (a T5 hf:DIR, an encoder-decoder run, a preset, or init=rnn)")
             self.state.update(kind="transformer", model=dataclasses.asdict(model.config))
-        if model.config.vocab_size < tok.vocab_size:
-            raise AttnlabError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
-                               f"{model.config.vocab_size} embeddings; use the model's own tokenizer")
+        check_vocab(model, tok)
         self._check_lengths(model)
         return model, tok
 
