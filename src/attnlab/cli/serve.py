@@ -10,9 +10,7 @@ connections, lets requests in flight finish (up to ``--shutdown-timeout`` s) and
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from attnlab.cli._common import load_for_inference
     from attnlab.errors import AttnlabError
-    from attnlab.serve import BatchConfig, Engine, ServeConfig, make_server
+    from attnlab.serve import BatchConfig, Engine, ServeConfig, make_server, serve_until_stopped
 
     if not 0 <= args.port <= 65535:
         raise AttnlabError(f"--port must be in 0..65535, got {args.port}")
@@ -76,22 +74,18 @@ def run(args: argparse.Namespace) -> int:
         engine.close(0)
         raise AttnlabError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
 
-    def stop(signum, frame) -> None:  # shutdown() waits for serve_forever, so call it from another thread
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     host, port = server.server_address[:2]
-    print(f"attnlab serve: {name} on http://{host}:{port} (context {engine.context}, "
-          f"max_tokens cap {engine.max_tokens_cap}, max batch {args.max_batch}); Ctrl-C to stop",
-          file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
+
+    def banner() -> None:
+        print(f"attnlab serve: {name} on http://{host}:{port} (context {engine.context}, "
+              f"max_tokens cap {engine.max_tokens_cap}, max batch {args.max_batch}); Ctrl-C to stop",
+              file=sys.stderr, flush=True)
+
+    def drain() -> None:
         if not server.drain(args.shutdown_timeout):
             print(f"attnlab serve: requests still running after {args.shutdown_timeout} s were ended",
                   file=sys.stderr, flush=True)
-    finally:
-        server.server_close()
-        for s, h in previous.items():
-            signal.signal(s, h)
+
+    serve_until_stopped(server, banner, drain)
     print("attnlab serve: stopped", file=sys.stderr, flush=True)
     return 0

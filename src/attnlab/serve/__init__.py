@@ -5,7 +5,7 @@ requests as one batch), ``make_server`` / ``ServeConfig``, request shapes in ``p
 from attnlab.serve.batcher import BatchConfig, Batcher, Job
 from attnlab.serve.engine import Engine
 from attnlab.serve.protocol import RequestError, Sampling
-from attnlab.serve.server import ServeConfig, Server, make_server, start_in_thread
+from attnlab.serve.server import ServeConfig, Server, make_server, serve_until_stopped, start_in_thread
 
 __all__ = ["BatchConfig", "Batcher", "Engine", "Job", "RequestError", "Sampling", "ServeConfig", "Server",
-           "make_server", "start_in_thread"]
+           "make_server", "serve_until_stopped", "start_in_thread"]

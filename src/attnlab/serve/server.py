@@ -18,13 +18,14 @@ failed, cancelled, batches, max_batch_seen, running, queued). Graceful shutdown:
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 from attnlab.serve.batcher import Job
 from attnlab.serve.engine import Engine
@@ -243,4 +244,27 @@ def start_in_thread(server: Server) -> threading.Thread:
     return thread
 
 
-__all__ = ["Handler", "ServeConfig", "Server", "make_server", "start_in_thread"]
+def serve_until_stopped(server: ThreadingHTTPServer, on_start: Callable[[], None] = lambda: None,
+                        on_stop: Callable[[], None] = lambda: None) -> None:
+    """Serve until Ctrl-C or SIGTERM, then close the socket and restore the signal handlers.
+
+    Must run on the main thread (signal handlers). ``on_start`` runs once the handlers are
+    set; ``on_stop`` once the server stopped accepting, before the socket closes (e.g.
+    :meth:`Server.drain`).
+    """
+
+    def stop(signum, frame) -> None:  # shutdown() waits for serve_forever: call it from another thread
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        on_start()
+        server.serve_forever()
+        on_stop()
+    finally:
+        server.server_close()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+__all__ = ["Handler", "ServeConfig", "Server", "make_server", "serve_until_stopped", "start_in_thread"]

@@ -18,12 +18,11 @@ crash. The model runs one request at a time (:attr:`Explorer.lock`)::
 
 from __future__ import annotations
 
-import signal
 import threading
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 from attnlab.data import Tokenizer
 from attnlab.errors import AttnlabError
 from attnlab.serve.protocol import RequestError
-from attnlab.serve.server import Handler
+from attnlab.serve.server import Handler, serve_until_stopped
 from attnlab.train.objectives import MASK_TOKEN
 from attnlab.viz.capture import attention_layers, capture_attention
 
@@ -254,25 +253,6 @@ def make_explorer_server(explorer: Explorer, cfg: Optional[ExplorerConfig] = Non
         return ExplorerServer(explorer, cfg)
     except OSError as e:
         raise AttnlabError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); pick another --port") from None
-
-
-def serve_until_stopped(server: ThreadingHTTPServer, on_start: Callable[[], None] = lambda: None) -> None:
-    """Serve until Ctrl-C or SIGTERM, then close the socket and restore the signal handlers.
-
-    Must run on the main thread (signal handlers). ``on_start`` runs once the handlers are set.
-    """
-
-    def stop(signum, frame) -> None:  # shutdown() waits for serve_forever: call it from another thread
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        on_start()
-        server.serve_forever()
-    finally:
-        server.server_close()
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 __all__ = ["Explorer", "ExplorerConfig", "ExplorerHandler", "ExplorerServer", "make_explorer_server", "read_page",
