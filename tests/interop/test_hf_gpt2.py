@@ -14,18 +14,9 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 
 V = 101
 
+SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
-
-
-def _tiny_gpt2(seed: int = 0, cls=None, **kw):
-    base = {"vocab_size": V, "n_positions": 32, "n_embd": 64, "n_layer": 2, "n_head": 4,
-            "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-    torch.manual_seed(seed)
-    model = (cls or transformers.GPT2LMHeadModel)(transformers.GPT2Config(**{**base, **kw}))
-    with torch.no_grad():  # non-trivial norm gains and biases, so every weight's mapping matters
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _ids(seed: int = 1):
@@ -38,16 +29,16 @@ def _max_diff(ours, ref, ids) -> float:
 
 
 @pytest.mark.parametrize("kw", [{}, {"activation_function": "gelu", "n_inner": 80, "scale_attn_weights": False}])
-def test_logits_match_transformers(kw):
-    ref = _tiny_gpt2(**kw)
+def test_logits_match_transformers(kw, tiny_hf):
+    ref = tiny_hf("gpt2", **SPECIAL_IDS, **kw)
     ours = from_hf(ref)
     assert isinstance(ours, DecoderLM) and ours.config.tie_embeddings
     assert ours.lm_head.weight is ours.tok_emb.weight
     assert _max_diff(ours, ref, _ids()) < 1e-4
 
 
-def test_from_saved_directory_and_bare_model(tmp_path):
-    ref = _tiny_gpt2(seed=2)
+def test_from_saved_directory_and_bare_model(tmp_path, tiny_hf):
+    ref = tiny_hf("gpt2", **SPECIAL_IDS, seed=2)
     ref.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert _max_diff(from_hf(tmp_path), ref, _ids()) < 1e-4
@@ -56,13 +47,13 @@ def test_from_saved_directory_and_bare_model(tmp_path):
     assert _max_diff(from_hf(bare), ref, _ids()) < 1e-4
 
 
-def test_greedy_decoding_matches_transformers(check_greedy):
-    ref = _tiny_gpt2(seed=3)
+def test_greedy_decoding_matches_transformers(check_greedy, tiny_hf):
+    ref = tiny_hf("gpt2", **SPECIAL_IDS, seed=3)
     check_greedy(ref, from_hf(ref), _ids(4)[:1, :5])
 
 
 
-def test_clear_errors(write_config):
+def test_clear_errors(write_config, tiny_hf):
     base = {"model_type": "gpt2", "vocab_size": V, "n_embd": 64, "n_layer": 2, "n_head": 4}
     with pytest.raises(AttnlabError, match="activation_function 'silu' is not supported"):
         from_hf(write_config(**base, activation_function="silu"))
@@ -72,7 +63,7 @@ def test_clear_errors(write_config):
         from_hf(write_config(**base, architectures=["GPT2ForSequenceClassification"]))
     with pytest.raises(CheckpointError, match="GPT-2 config.json lacks 'n_embd'"):
         from_hf(write_config(model_type="gpt2", vocab_size=V, n_layer=2, n_head=4))
-    ref = _tiny_gpt2()
+    ref = tiny_hf("gpt2", **SPECIAL_IDS)
     ref.transformer.h[0].attn.register_buffer("extra", torch.zeros(1))
     with pytest.raises(CheckpointError, match="weight 'transformer.h.0.attn.extra' has no place"):
         from_hf(ref)

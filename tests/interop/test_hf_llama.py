@@ -14,19 +14,9 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 
 V = 101
 
+SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
-
-
-def _tiny_llama(seed: int = 0, **kw):
-    base = {"vocab_size": V, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
-            "rope_theta": 500.0, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**base, **kw}))
-    with torch.no_grad():  # non-trivial norm gains, so every weight's mapping matters
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _ids(seed: int = 1):
@@ -39,8 +29,8 @@ def _max_diff(ours, ref, ids) -> float:
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_logits_match_transformers(tied, tmp_path):
-    ref = _tiny_llama(tie_word_embeddings=tied)
+def test_logits_match_transformers(tied, tmp_path, tiny_hf):
+    ref = tiny_hf("llama", **SPECIAL_IDS, tie_word_embeddings=tied)
     ours = from_hf(ref)
     assert isinstance(ours, DecoderLM)
     cfg = ours.config
@@ -52,20 +42,21 @@ def test_logits_match_transformers(tied, tmp_path):
     assert _max_diff(from_hf(tmp_path), ref, _ids()) < 1e-4
 
 
-def test_linear_rope_scaling_matches_transformers():
-    ref = _tiny_llama(seed=5, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
+def test_linear_rope_scaling_matches_transformers(tiny_hf):
+    ref = tiny_hf("llama", **SPECIAL_IDS, seed=5,
+                  rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
     ours = from_hf(ref)
     assert (ours.config.rope_scaling, ours.config.rope_scaling_factor) == ("linear", 2.0)
     assert _max_diff(ours, ref, _ids()) < 1e-4
 
 
-def test_greedy_decoding_matches_transformers(check_greedy):
-    ref = _tiny_llama(seed=3)
+def test_greedy_decoding_matches_transformers(check_greedy, tiny_hf):
+    ref = tiny_hf("llama", **SPECIAL_IDS, seed=3)
     check_greedy(ref, from_hf(ref), _ids(4)[:1, :5])
 
 
 
-def test_clear_errors(write_config):
+def test_clear_errors(write_config, tiny_hf):
     base = {"model_type": "llama", "vocab_size": V, "hidden_size": 64, "intermediate_size": 96,
             "num_hidden_layers": 2, "num_attention_heads": 4}
     with pytest.raises(AttnlabError, match="rope scaling 'yarn' is not supported; supported: default, linear"):
@@ -75,7 +66,7 @@ def test_clear_errors(write_config):
     with pytest.raises(AttnlabError, match="attention_bias: true is not supported"):
         from_hf(write_config(**base, attention_bias=True))
     with pytest.raises(AttnlabError, match="mlp_bias: true is not supported"):
-        from_hf(_tiny_llama(mlp_bias=True))
+        from_hf(tiny_hf("llama", **SPECIAL_IDS, mlp_bias=True))
     with pytest.raises(AttnlabError, match="head_dim 32 with hidden_size / num_attention_heads = 64 / 4"):
         from_hf(write_config(**base, head_dim=32))
     with pytest.raises(AttnlabError, match="hidden_act 'gelu' is not supported"):
