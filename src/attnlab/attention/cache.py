@@ -46,6 +46,18 @@ class Placement(NamedTuple):
     score_mod: Optional[ScoreMod]
 
 
+def real_positions(valid: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions of a padded batch that count each row's real tokens only.
+
+    Args:
+        valid: (B, T) bool, True on real tokens.
+
+    Returns:
+        (B, T) long: 0 for the first real token of a row (and for padding before it), then 1, 2, ...
+    """
+    return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
 def place_tokens(start: int, batch: int, t: int, mask: Optional[Mask], score_mod: Optional[ScoreMod],
                  attention_mask: Optional[torch.Tensor], device: torch.device | str) -> Placement:
     """Placement of ``t`` new tokens after ``start`` cached ones, keys = cached + new (no cache: ``start=0``).
@@ -68,7 +80,7 @@ def place_tokens(start: int, batch: int, t: int, mask: Optional[Mask], score_mod
     if tuple(attention_mask.shape) != (batch, start + t):
         raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, start + t)}, got {tuple(attention_mask.shape)}")
     valid = attention_mask.bool()  # (B, cached + T)
-    positions = (valid.long().cumsum(dim=1) - 1).clamp_min(0)[:, start:]  # (B, T)
+    positions = real_positions(valid)[:, start:]  # (B, T)
     padded = key_padding(valid)
     return Placement(positions, padded if mask is None else mask & padded, score_mod)
 
@@ -379,7 +391,7 @@ class StaticKVCache:
         if attention_mask is not None:
             self.valid[:, :attention_mask.shape[1]] = attention_mask.bool()
         self.pos.add_(t)
-        positions = (self.valid.long().cumsum(dim=1) - 1).clamp_min(0).index_select(1, slots)  # (B, T)
+        positions = real_positions(self.valid).index_select(1, slots)  # (B, T)
         # The backends put query i at Tmax - t + i (bottom-right); it really sits at slots[i].
         shift = slots[0] - (self.max_len - t)  # 0-d
         return Placement(positions, self._mask(mask, shift, slots[-1] + 1), _shifted(score_mod, shift))

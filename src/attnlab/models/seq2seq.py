@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from attnlab.attention import KVCache, LayerCache, key_padding
+from attnlab.attention.cache import real_positions
 from attnlab.attention.masks import Mask
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import Block
@@ -110,11 +111,6 @@ def _check_one_run(valid: torch.Tensor) -> None:
     if not bool((runs == 1).all()):
         raise ValueError("attention_mask must mark one run of real tokens (1) in each source row, padded with 0 "
                          "on the left or right only; remove padding between tokens and all-padding rows")
-
-
-def _real_positions(valid: torch.Tensor) -> torch.Tensor:
-    """(B, T) positions that count each row's real tokens only (padding before the first: 0)."""
-    return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
 class Seq2SeqStack(nn.Module):
@@ -272,7 +268,7 @@ class EncoderDecoder(Model):
             padded = not bool(valid.all())
             if padded:
                 _check_one_run(valid)
-                positions = _real_positions(valid)  # (B, S)
+                positions = real_positions(valid)  # (B, S)
                 if self.config.attention.global_tokens and not bool(valid[:, 0].all()):
                     raise ValueError("a left-padded source is not supported with attention.global_tokens (global "
                                      "positions would fall on padding); pad sources on the right")
@@ -356,7 +352,7 @@ class EncoderDecoder(Model):
                 raise ValueError("a decoder attention_mask is not supported with attention.global_tokens (global "
                                  "positions would fall on padding); use decoder prefixes of equal length")
             valid = attention_mask.bool()  # (B, cached + T)
-            positions = _real_positions(valid)[:, start:]  # (B, T)
+            positions = real_positions(valid)[:, start:]  # (B, T)
             mask = mask & key_padding(valid)
         hidden, self_w, cross_w = self.decoder(
             self._embed(decoder_input_ids), start=start, positions=positions, mask=mask,
