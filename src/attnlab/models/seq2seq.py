@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from attnlab.attention import KVCache, LayerCache, key_padding
-from attnlab.attention.cache import real_positions
+from attnlab.attention.cache import place_tokens, real_positions
 from attnlab.attention.masks import Mask
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import Block
@@ -343,17 +343,11 @@ class EncoderDecoder(Model):
         if start + t > self.max_context:
             raise ValueError(f"decoder sequence of {start + t} tokens exceeds the model's decoder context of "
                              f"{self.max_context} (model.block_size)")
-        mask, positions = self.decoder.attention_mask(), None
-        if attention_mask is not None:
-            if attention_mask.shape != (mem.hidden.shape[0], start + t):
-                raise ValueError(f"attention_mask must be (B, cached + T) = {(mem.hidden.shape[0], start + t)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            if self.config.attention.global_tokens:
-                raise ValueError("a decoder attention_mask is not supported with attention.global_tokens (global "
-                                 "positions would fall on padding); use decoder prefixes of equal length")
-            valid = attention_mask.bool()  # (B, cached + T)
-            positions = real_positions(valid)[:, start:]  # (B, T)
-            mask = mask & key_padding(valid)
+        if attention_mask is not None and self.config.attention.global_tokens:
+            raise ValueError("a decoder attention_mask is not supported with attention.global_tokens (global "
+                             "positions would fall on padding); use decoder prefixes of equal length")
+        positions, mask, _ = place_tokens(start, mem.hidden.shape[0], t, self.decoder.attention_mask(), None,
+                                          attention_mask, decoder_input_ids.device)  # (T,) or (B, T)
         hidden, self_w, cross_w = self.decoder(
             self._embed(decoder_input_ids), start=start, positions=positions, mask=mask,
             context=mem.hidden, context_mask=key_padding(mem.mask) if mem.padded else None,
