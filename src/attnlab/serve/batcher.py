@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from attnlab.data import Tokenizer
+from attnlab.data.tasks import pad_batch
 from attnlab.generate import Session, apply_repetition_penalty, next_token
 from attnlab.generate.session import eval_mode
 from attnlab.generate.text import TextStream
@@ -289,14 +290,10 @@ class Batcher:
 
     def _session(self, jobs: list[Job]) -> Session:
         """The left-padded batch of the jobs' prompts (no mask when all have the same length)."""
-        width = max(len(j.ids) for j in jobs)
-        ids = torch.zeros(len(jobs), width, dtype=torch.long, device=self.device)  # (N, T)
-        mask = torch.zeros(len(jobs), width, dtype=torch.long, device=self.device)  # (N, T)
-        for i, job in enumerate(jobs):
-            ids[i, width - len(job.ids):] = torch.tensor(job.ids, device=self.device)
-            mask[i, width - len(job.ids):] = 1
+        ids, mask = pad_batch([j.ids for j in jobs], 0, side="left")  # (N, T) each
         padded = bool((mask == 0).any())
-        return Session(self.model, ids, max(j.max_tokens for j in jobs), attention_mask=mask if padded else None)
+        return Session(self.model, ids.to(self.device), max(j.max_tokens for j in jobs),
+                       attention_mask=mask.to(self.device) if padded else None)
 
     def _pick(self, rows: list[_Row], logits: torch.Tensor, session: Session) -> torch.Tensor:
         """(N,) next tokens, each row with its own penalty, temperature, top-p and generator."""
