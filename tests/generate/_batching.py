@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from attnlab.data.tasks import pad_batch
 from attnlab.generate import Session
 
 
 def pad(rows: list[list[int]], pad_id: int = 0, *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids and their 1/0 mask, rows padded with ``pad_id`` on ``side`` ("left" or "right")."""
-    t = max(map(len, rows))
-    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), t, dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(t - len(row), t) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.tensor(row)
-        mask[i, span] = 1
-    return ids, mask
+    return pad_batch(rows, pad_id, side=side)
 
 
 def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
