@@ -5,9 +5,10 @@ Part 1 times the training step (forward, float32 cross-entropy, backward, clip, 
 ``gpt2-124m-32k`` preset at batch 1 x T, once with its 1024-token sliding window and once with
 full causal attention. Each variant runs in its own child process, so its peak memory (CUDA:
 ``max_memory_allocated``; CPU: growth of the process's peak RSS) and its compile counters are its
-own. Before timing, one uncompiled step records which attention backend ``auto`` picked
-(``attnlab.attention.dispatch_log()``); the run fails unless it is the expected one (window: Flex
-on CUDA, chunked on CPU; full causal: SDPA), if a compiled step breaks its graph, or if the timed
+own. Before timing, ``prepare_masks`` runs the step's forward once without the attention math:
+it records which backend ``auto`` picks and builds the Flex block mask / chunked plan the
+compiled graph then reads as constants. The run fails unless the backend is the expected one
+(window: Flex on CUDA, chunked on CPU; full causal: SDPA), if a compiled step breaks its graph, or if the timed
 steps recompile (dynamo's recompile limit is set to fail rather than fall back).
 
 Part 2 trains a small RoPE model at seq_len 128 on the embedded corpus (``attnlab.train``) and
@@ -42,8 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from attnlab.attention import dispatch_log  # noqa: E402
-from attnlab.attention.backends import flex  # noqa: E402
+from attnlab.attention.backends import flex, prepare_masks  # noqa: E402
 from attnlab.config import Config, load  # noqa: E402
 from attnlab.errors import AttnlabError  # noqa: E402
 from attnlab.models import build  # noqa: E402
@@ -137,14 +137,11 @@ def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    # One uncompiled forward + backward: which backend auto picks, really (inside torch.compile
-    # dispatches are not recorded). On CUDA this also builds and caches the Flex block mask.
-    dispatch_log(clear=True)
+    # Which backend auto picks for the training step (inside torch.compile dispatches are not
+    # recorded), and its per-shape caches (Flex block mask, chunked plan) built before tracing.
     with amp:
-        loss = _loss(model, x, y)
-    loss.backward()
-    opt.zero_grad(set_to_none=True)
-    ran = sorted({r["backend"] for r in dispatch_log(clear=True) if r["q_shape"][-2] == T})
+        used = prepare_masks(functools.partial(_loss, model), x, y, grad=True)
+    ran = sorted({r["backend"] for r in used if r["q_shape"][-2] == T})
     want = expected_backend(window, device)
     if ran != [want]:
         raise AttnlabError(f"{variant}: attention ran on {ran}, expected only '{want}' (auto fell back?)")

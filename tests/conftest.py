@@ -117,3 +117,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Start the test with torch.compile's graph caches empty.
+
+    Dynamo keeps at most ``recompile_limit`` (8) graphs per function, and the suite compiles
+    the same model classes in many shapes in one process; a test that counts compiles, or
+    trains with ``train.compile`` (which refuses to run past the limit), must not inherit
+    the graphs of the tests before it.
+    """
+    import torch
+
+    torch._dynamo.reset()
+    yield

@@ -34,6 +34,7 @@ from attnlab.data.dataset import seeded_generator
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.models import build
 from attnlab.train.checkpoint import check_writable, has_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from attnlab.train.compiled import no_silent_recompile, prepare_compiled
 from attnlab.train.dist_checkpoint import (
     is_dist_checkpoint,
     load_dist_state,
@@ -328,12 +329,21 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
     last_val: Optional[dict[str, float]] = None
     interrupted = stop_now = False
     rows = env.shard(tc.batch_size)
+
+    def micro_batch(step: int, micro: int) -> ObjectiveBatch:
+        x, y = data.get_batch("train", step, tc.batch_size, seq_len, tc.seed, micro)  # (B, T) each
+        rng = seeded_generator(tc.seed, "objective", step, micro)  # masks / spans of this micro-batch
+        batch = objective.make_batch(x, y, rng)
+        return (_rows(batch, rows) if env.world_size > 1 else batch).to(device)  # (B / N, T)
+
+    if tc.compile:
+        prepare_compiled(model, objective, micro_batch(start_step, 0), amp, log)
     inject = set(tc.inject_nan_steps)
     good_step, good_rng = start_step, _rng_state(device)
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True, unit="step")
     t_last, tokens_since, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
     tokens_per_s = 0.0
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, no_silent_recompile(tc.compile, lambda: checkpoint(good_step, good_rng)):
         while step < tc.max_steps:
             if stop_now:
                 interrupted = True
@@ -342,10 +352,7 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
             set_lr(optimizer, lr, tc.lr)
             step_loss = torch.zeros((), device=device)
             for micro in range(tc.grad_accum):
-                x, y = data.get_batch("train", step, tc.batch_size, seq_len, tc.seed, micro)  # (B, T) each
-                rng = seeded_generator(tc.seed, "objective", step, micro)  # masks / spans of this micro-batch
-                batch = objective.make_batch(x, y, rng)
-                batch = (_rows(batch, rows) if env.world_size > 1 else batch).to(device)  # (B / N, T)
+                batch = micro_batch(step, micro)
                 with gradient_sync(wrapped, micro == tc.grad_accum - 1):
                     with amp:
                         loss = train_loss(batch) / tc.grad_accum

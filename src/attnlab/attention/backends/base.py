@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -73,6 +73,13 @@ class AttentionCall:
         return m
 
 
+def needs_grad(call: AttentionCall) -> bool:
+    """Whether this call is part of a backward pass (during :func:`prepare_masks`: whether it will be)."""
+    if _prepare["on"]:
+        return bool(_prepare["grad"])
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (call.q, call.k, call.v))
+
+
 def unmask_empty_rows(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Make fully masked query rows harmless.
 
@@ -132,3 +139,55 @@ def dispatch_log(clear: bool = False) -> list[dict]:
     if clear:
         _records.clear()
     return out
+
+
+# -- preparing cached mask structures before torch.compile ---------------------
+#
+# Flex block masks and chunked block plans are cached per (mask key, shape). Built inside
+# a torch.compile trace they would be traced into the graph (a full Tq x Tk mask evaluation
+# on every step) or break the graph (the chunked plan reads tensor values). One eager pass
+# in "prepare" mode fills the caches; the compiled graph then reads them as constants.
+
+_prepare: dict[str, Any] = {"on": False, "grad": False, "used": []}
+
+
+def is_preparing() -> bool:
+    """Whether a :func:`prepare_masks` pass is running (backends build caches, skip the math)."""
+    return _prepare["on"]
+
+
+def note_prepared(backend: str, reason: str, call: AttentionCall) -> None:
+    """Record, during :func:`prepare_masks`, which backend a call will use."""
+    _prepare["used"].append({"backend": backend, "reason": reason, "mask": call.mask_kind,
+                             "q_shape": tuple(call.q.shape), "k_shape": tuple(call.k.shape)})
+
+
+def prepare_masks(fn: Callable[..., Any], *args: Any, grad: bool, **kwargs: Any) -> list[dict]:
+    """Build the attention caches ``fn(*args, **kwargs)`` will need, without computing attention.
+
+    Runs ``fn`` once, eagerly and without autograd, with every attention call answered by
+    zeros after its backend has built what it caches per shape (Flex ``BlockMask``,
+    chunked block plan). Call it before the first call of a ``torch.compile``-d model so
+    the trace finds them cached; otherwise they are rebuilt inside the graph on every call.
+
+    Args:
+        fn: the callable that will be compiled, e.g. the model or a loss of the model.
+        *args: inputs of the shapes it will see.
+        grad: whether the compiled calls will need a backward pass (backends are chosen
+            as they will be then: Flex has no CPU backward).
+        **kwargs: more inputs.
+
+    Returns:
+        One record per attention call: ``backend``, ``reason``, ``mask``, ``q_shape``, ``k_shape``.
+    """
+    if torch.compiler.is_compiling():
+        raise RuntimeError("prepare_masks runs eagerly, before torch.compile; call it outside the compiled function")
+    if _prepare["on"]:
+        raise RuntimeError("prepare_masks is already running; it does not nest")
+    _prepare.update(on=True, grad=grad, used=[])
+    try:
+        with torch.no_grad():
+            fn(*args, **kwargs)
+        return _prepare["used"]
+    finally:
+        _prepare.update(on=False, grad=False, used=[])

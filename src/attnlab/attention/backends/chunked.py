@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from attnlab.attention.backends.base import AttentionCall, unmask_empty_rows
+from attnlab.attention.backends.base import AttentionCall, needs_grad, unmask_empty_rows
 from attnlab.attention.masks import Mask
 
 BLOCK_SIZE = 256
@@ -82,7 +82,8 @@ def plan(call: AttentionCall, block_size: int = BLOCK_SIZE) -> Plan:
         cache_key = (key, batch if mask.per_batch else 1, heads if mask.per_head else 1, tq, tk, block_size,
                      str(call.q.device))
         if cache_key in _plans:
-            _plans.move_to_end(cache_key)
+            if not torch.compiler.is_compiling():  # traced, the LRU update would become a guard
+                _plans.move_to_end(cache_key)
             return _plans[cache_key]
     out: Plan = []
     for s in range(0, tq, block_size):
@@ -145,9 +146,8 @@ def run(call: AttentionCall, block_size: int = BLOCK_SIZE, use_checkpoint: Optio
     q, k, v = call.q, call.k, call.v
     batch, heads, tq, _ = q.shape
     tk, dv = k.shape[-2], v.shape[-1]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if use_checkpoint is None:
-        use_checkpoint = needs_grad
+        use_checkpoint = needs_grad(call)
     bias = None if call.bias is None else torch.broadcast_to(call.bias, (batch, heads, tq, tk))
     outs = []
     for s, e, lo, hi in plan(call, block_size):
@@ -164,6 +164,11 @@ def run(call: AttentionCall, block_size: int = BLOCK_SIZE, use_checkpoint: Optio
         else:
             outs.append(_block(call, s, lo, *args))
     return torch.cat(outs, dim=-2)  # (B, H, Tq, Dv)
+
+
+def prepare(call: AttentionCall) -> None:
+    """Build and cache the block plan of ``call`` (see :func:`~attnlab.attention.backends.base.prepare_masks`)."""
+    plan(call)
 
 
 def clear_cache() -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Hashable, Optional
 
 import torch
 
-from attnlab.attention.backends.base import AttentionCall
+from attnlab.attention.backends.base import AttentionCall, needs_grad
 from attnlab.attention.masks import Mask
 
 _CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -60,7 +60,7 @@ def available() -> bool:
 
 def unsupported(call: AttentionCall) -> str | None:
     """Why Flex cannot serve ``call``, or None when it can."""
-    q, k, v = call.q, call.k, call.v
+    q, v = call.q, call.v
     if not available():
         return "FlexAttention needs torch.nn.attention.flex_attention and torch.compile (dynamo) support"
     if call.return_weights:
@@ -79,7 +79,7 @@ def unsupported(call: AttentionCall) -> str | None:
     dtypes = _CPU_DTYPES if device == "cpu" else _CUDA_DTYPES
     if q.dtype not in dtypes:
         return f"Flex on {device} supports {', '.join(str(d).replace('torch.', '') for d in dtypes)}, not {q.dtype}"
-    if device == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if device == "cpu" and needs_grad(call):
         return "Flex on CPU is forward-only (no backward); use backend='chunked' for CPU training"
     d, dv = q.shape[-1], v.shape[-1]
     if d < 16 or d & (d - 1) or dv < 16 or dv & (dv - 1):
@@ -115,7 +115,10 @@ def block_mask_for(mask: Mask, batch: int, heads: int, tq: int, tk: int, device:
     """The Flex ``BlockMask`` of ``mask`` for this shape, from the LRU cache when possible.
 
     Masks with ``key`` None are rebuilt on every call (they capture tensors and cannot be
-    identified by value).
+    identified by value). Inside a ``torch.compile`` trace the cache is only read (counters
+    and LRU order would become guards and recompile every call); a miss there is traced
+    into the graph and rebuilt on every call, which
+    :func:`~attnlab.attention.backends.base.prepare_masks` avoids.
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -123,6 +126,11 @@ def block_mask_for(mask: Mask, batch: int, heads: int, tq: int, tk: int, device:
     nh = heads if mask.per_head else None
     key: Optional[Hashable] = getattr(mask, "key", None)
     cache_key = None if key is None else (key, nb, nh, tq, tk, str(device))
+    if torch.compiler.is_compiling():
+        cached = None if cache_key is None else _block_masks.get(cache_key)
+        if cached is not None:
+            return cached
+        return create_block_mask(_offset_mask_mod(mask, tk - tq), nb, nh, tq, tk, device=device)
     if cache_key is not None and cache_key in _block_masks:
         _block_masks.move_to_end(cache_key)
         _stats["block_mask_hits"] += 1
@@ -136,6 +144,12 @@ def block_mask_for(mask: Mask, batch: int, heads: int, tq: int, tk: int, device:
     if len(_block_masks) > BLOCK_MASK_CACHE_SIZE:
         _block_masks.popitem(last=False)
     return block_mask
+
+
+def prepare(call: AttentionCall) -> None:
+    """Build and cache the block mask of ``call`` (see :func:`~attnlab.attention.backends.base.prepare_masks`)."""
+    if call.mask is not None:
+        block_mask_for(call.mask, call.q.shape[0], call.q.shape[1], call.q.shape[-2], call.k.shape[-2], call.q.device)
 
 
 def _compiled_flex() -> Callable[..., torch.Tensor]:

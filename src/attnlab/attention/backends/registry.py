@@ -28,7 +28,7 @@ from types import ModuleType
 import torch
 
 from attnlab.attention.backends import chunked, eager, flex, sdpa
-from attnlab.attention.backends.base import AttentionCall, record_dispatch
+from attnlab.attention.backends.base import AttentionCall, is_preparing, note_prepared, record_dispatch
 from attnlab.attention.masks import Mask
 
 BACKENDS: dict[str, ModuleType] = {"eager": eager, "sdpa": sdpa, "flex": flex, "chunked": chunked}
@@ -110,4 +110,13 @@ def run(call: AttentionCall, backend: str = "auto") -> torch.Tensor | tuple[torc
     """Choose a backend, record the choice, run it."""
     name, reason = choose(call, backend)
     record_dispatch(name, reason, call)
+    if is_preparing():  # prepare_masks: build the backend's per-shape caches, skip the math
+        note_prepared(name, reason, call)
+        prepare = getattr(BACKENDS[name], "prepare", None)
+        if prepare is not None:
+            prepare(call)
+        out = call.q.new_zeros(*call.q.shape[:-1], call.v.shape[-1])  # (B, H, Tq, Dv)
+        if call.return_weights:
+            return out, call.q.new_zeros(*call.q.shape[:-1], call.k.shape[-2])  # (B, H, Tq, Tk)
+        return out
     return BACKENDS[name].run(call)
