@@ -83,6 +83,17 @@ def test_two_processes_match_one_and_resume_in_one(parallel, tmp_path, reference
     assert_close(resumed, reference, range(5, 9))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_compiled_two_processes_match_one_eager(parallel, tmp_path, reference, tiny_overrides):
+    """train.compile under DDP (no_sync during accumulation) and FSDP2 follows the eager single process."""
+    run = tmp_path / f"{parallel}-compiled"
+    done = torchrun(tiny_overrides(run, **OPTS, **{"train.parallel": parallel, "train.compile": "true"}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("compiled attention: sdpa (causal)") == 1  # prepared, said once (rank 0)
+    assert_close(losses(run), reference, range(1, 9))
+
+
 def test_fsdp_resumes_a_single_process_checkpoint(tmp_path, reference, tiny_cfg, one_thread):
     run = tmp_path / "fsdp"
     shutil.copytree(tmp_path / "ref", run)
