@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one call (~20-25 min on one H100): the CUDA tests,
+# Everything that needs a CUDA GPU, in one call (~25-30 min on one H100): the CUDA tests,
 # then the benchmarks of issues 6 and 7 with their CUDA defaults. Results go to
 # benchmarks/results/*-cuda.* and, when $OUT is set (the device machine), are copied there.
 #
 #   bash benchmarks/gpu_suite.sh                 # all steps
-#   bash benchmarks/gpu_suite.sh tests nanogpt   # some steps: tests nanogpt long generate attention
+#   # the device tool allows 10 minutes a command: three calls of at most ~10 min each
+#   bash benchmarks/gpu_suite.sh tests nanogpt; bash benchmarks/gpu_suite.sh long generate
+#   bash benchmarks/gpu_suite.sh attention ttq
+#   bash benchmarks/gpu_suite.sh tests nanogpt   # some steps: tests nanogpt long generate attention ttq
 #
 # nanoGPT's model.py must be in third_party/nanogpt (ignored by git, never committed):
 #   mkdir -p third_party/nanogpt && git --git-dir=/work/.mirror/karpathy+nanoGPT/repo archive HEAD model.py \
@@ -17,9 +20,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python}
 LOG=benchmarks/results/gpu_suite.log
 mkdir -p benchmarks/results
-: > "$LOG"
+echo "=== gpu_suite $(date -u +%F\ %T) steps: ${*:-all}" >> "$LOG"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests nanogpt long generate attention)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests nanogpt long generate attention ttq)
 failed=0
 
 step() {  # step NAME LIMIT_S COMMAND...
@@ -39,19 +42,21 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee -
 
 for s in "${STEPS[@]}"; do
   case $s in
-    tests) step tests 600 $PY -m pytest -p no:cacheprovider tests/gpu tests/bench/test_bench_attention.py -rs ;;
-    nanogpt) step nanogpt 600 $PY benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt ;;
-    long) step long 600 $PY benchmarks/long_context.py --no-rope --strict-graph ;;
-    generate) step generate 420 $PY benchmarks/generate.py ;;
-    attention) step attention 420 $PY -m attnlab bench attention --seq-lens 1024,4096,16384 \
+    tests) step tests 240 $PY -m pytest -p no:cacheprovider tests/gpu tests/bench/test_bench_attention.py -rs ;;
+    nanogpt) step nanogpt 360 $PY benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt ;;
+    long) step long 420 $PY benchmarks/long_context.py --no-rope --strict-graph ;;
+    generate) step generate 300 $PY benchmarks/generate.py ;;
+    attention) step attention 280 $PY -m attnlab bench attention --seq-lens 1024,4096,16384 \
       --backends auto,sdpa,flex,chunked,sdpa-flash,sdpa-cudnn ;;
-    *) echo "unknown step '$s' (tests nanogpt long generate attention)" | tee -a "$LOG"; failed=$((failed + 1)) ;;
+    ttq) step ttq 400 $PY benchmarks/time_to_quality.py --nanogpt third_party/nanogpt --device cuda --budget-s 120 ;;
+    *) echo "unknown step '$s' (tests nanogpt long generate attention ttq)" | tee -a "$LOG"; failed=$((failed + 1)) ;;
   esac
 done
 
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/results"
+  mkdir -p "$OUT/results" "$OUT/docs"
   cp benchmarks/results/*cuda* benchmarks/results/gpu_suite.log "$OUT/results/" 2>/dev/null
+  cp docs/*-cuda.png "$OUT/docs/" 2>/dev/null
 fi
 echo "gpu_suite: ${#STEPS[@]} steps, $failed failed" | tee -a "$LOG"
 exit "$failed"

@@ -20,6 +20,9 @@ Both schedules span the steps the model is expected to run in the budget (its st
 measured first). nanoGPT's ``model.py`` comes from ``--nanogpt`` (see ``vs_nanogpt.py``)::
 
     python benchmarks/time_to_quality.py --nanogpt third_party/nanogpt --threads 1
+    python benchmarks/time_to_quality.py --nanogpt third_party/nanogpt --device cuda --budget-s 120   # GPU: bf16
+
+On CUDA both run under bf16 autocast (nanoGPT's own default there) with fused AdamW, uncompiled.
 """
 
 from __future__ import annotations
@@ -27,23 +30,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import contextlib
+import functools
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import default_device, device_label  # noqa: E402
+
 from attnlab.config import load  # noqa: E402
 from attnlab.data import prepare  # noqa: E402
 from attnlab.models import build  # noqa: E402
 from attnlab.train.health import clip_gradients  # noqa: E402
+from attnlab.train.loop import autocast_for  # noqa: E402
 from attnlab.train.optim import build_optimizer, set_lr  # noqa: E402
 from attnlab.train.schedule import lr_at  # noqa: E402
 from vs_nanogpt import StepFn, attnlab_loss, load_nanogpt, nanogpt_loss, nanogpt_model, run_cli  # noqa: E402
@@ -67,22 +74,25 @@ class Trainee:
     """One recipe: a model, its optimizer and schedule, its training clock and its curve."""
 
     def __init__(self, name: str, model: torch.nn.Module, loss_fn: StepFn, opt: Any, schedule: Any,
-                 clip: Any) -> None:
+                 clip: Any, device: torch.device,
+                 amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
         self.name, self.model, self.loss_fn, self.opt = name, model, loss_fn, opt
-        self.schedule, self.clip = schedule, clip
+        self.schedule, self.clip, self.device, self.amp = schedule, clip, device, amp
         self.step_no = 0
         self.train_s = 0.0
         self.curve: list[dict[str, float]] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        x, y = x.to(self.device), y.to(self.device)  # (B, T) each
         t0 = time.perf_counter()
         self.schedule(self.opt, self.step_no)
-        loss = self.loss_fn(x, y)
+        with self.amp():
+            loss = self.loss_fn(x, y)
         loss.backward()
         self.clip(self.model.parameters())
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        value = loss.item()
+        value = loss.item()  # waits for the device: the step is over
         self.train_s += time.perf_counter() - t0
         self.step_no += 1
         return value
@@ -91,7 +101,8 @@ class Trainee:
     def validate(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Mean next-token loss over the fixed held-out windows (all batches full, so = per token)."""
         self.model.eval()
-        loss = statistics.mean(self.loss_fn(x, y).item() for x, y in batches)
+        with self.amp():
+            loss = statistics.mean(self.loss_fn(x.to(self.device), y.to(self.device)).item() for x, y in batches)
         self.model.train()
         self.curve.append({"train_s": round(self.train_s, 2), "step": self.step_no, "val_loss": round(loss, 4)})
         return loss
@@ -110,18 +121,20 @@ def first_reach(curve: list[dict[str, float]], target: float) -> Optional[float]
 def build_pair(args: argparse.Namespace, data: Any, cfg: Any, steps: dict[str, int]) -> list[Trainee]:
     """The two recipes, freshly initialised, with schedules spanning ``steps[name]`` steps."""
     nano = load_nanogpt(args.nanogpt)
+    device = torch.device(args.device)
+    amp = functools.partial(autocast_for, device, "auto")  # bf16 on CUDA, nothing on CPU
     tc = cfg.train
     tc.max_steps = steps["attnlab"]
     torch.manual_seed(tc.seed)
-    ours = build(cfg)
-    opt = build_optimizer(ours, tc, "cpu")
+    ours = build(cfg).to(device)
+    opt = build_optimizer(ours, tc, device.type)
     attn = Trainee("attnlab", ours, attnlab_loss(ours), opt,
                    schedule=lambda o, s: set_lr(o, lr_at(s, tc), tc.lr),
-                   clip=lambda ps: clip_gradients(list(ps), tc.grad_clip))
+                   clip=lambda ps: clip_gradients(list(ps), tc.grad_clip), device=device, amp=amp)
     torch.manual_seed(1337)
-    theirs = nanogpt_model(nano, cfg)
+    theirs = nanogpt_model(nano, cfg).to(device)
     r = NANOGPT_RECIPE
-    opt_n = theirs.configure_optimizers(r["weight_decay"], r["lr"], r["betas"], "cpu")
+    opt_n = theirs.configure_optimizers(r["weight_decay"], r["lr"], r["betas"], device.type)
     total = steps["nanoGPT"]
 
     def nano_schedule(o: Any, s: int) -> None:
@@ -129,7 +142,7 @@ def build_pair(args: argparse.Namespace, data: Any, cfg: Any, steps: dict[str, i
             g["lr"] = nanogpt_lr(s, total)
 
     base = Trainee("nanoGPT", theirs, nanogpt_loss(theirs), opt_n, schedule=nano_schedule,
-                   clip=lambda ps: torch.nn.utils.clip_grad_norm_(ps, r["grad_clip"]))
+                   clip=lambda ps: torch.nn.utils.clip_grad_norm_(ps, r["grad_clip"]), device=device, amp=amp)
     return [attn, base]
 
 
@@ -142,8 +155,9 @@ def main() -> None:
     ap.add_argument("--eval-every-s", type=float, default=15.0)
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/time_to_quality-cpu)")
-    ap.add_argument("--plot", default=None, help="PNG (default docs/time-to-quality-cpu.png)")
+    ap.add_argument("--device", default=str(default_device()), choices=["cpu", "cuda"])
+    ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/time_to_quality-<device>)")
+    ap.add_argument("--plot", default=None, help="PNG (default docs/time-to-quality-<device>.png)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -183,7 +197,8 @@ def main() -> None:
     result = {
         "benchmark": "time_to_quality",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})",
+        "device": device_label(args.device),
+        "device_type": args.device,
         "torch": torch.__version__,
         "model": {"preset": args.preset, "n_layer": m.n_layer, "n_head": m.n_head, "d_model": m.d_model,
                   "vocab_size": m.vocab_size, "block_size": m.block_size, "bias": m.bias, "dropout": 0.0},
@@ -205,12 +220,12 @@ def main() -> None:
         "ratio": None if t_reach is None else round(t_reach / base_time, 3),
         "curves": {t.name: t.curve for t in pair},
     }
-    stem = Path(args.out) if args.out else Path(__file__).parent / "results" / "time_to_quality-cpu"
+    stem = Path(args.out) if args.out else Path(__file__).parent / "results" / f"time_to_quality-{args.device}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     report = markdown(result)
     stem.with_suffix(".md").write_text(report)
-    png = Path(args.plot) if args.plot else Path(__file__).resolve().parents[1] / "docs" / "time-to-quality-cpu.png"
+    png = Path(args.plot) if args.plot else Path(__file__).resolve().parents[1] / "docs" / f"time-to-quality-{args.device}.png"
     plot(result, png)
     print(report)
     print(f"wrote {stem.with_suffix('.json')}, .md and {png}")
@@ -236,8 +251,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"(`{res['data']['tokenizer']}`), batch {res['data']['batch'][0]} x {res['data']['batch'][1]}, the same "
         f"batch at the same step for both; validation on the same {res['data']['val_windows']} held-out windows. "
         f"Budget {res['budget_s']:.0f} s of training time each (evaluation not counted), steps interleaved in one "
-        "process, `torch.set_num_threads(1)` on a 2-core machine shared with other jobs (load average "
-        f"{res['load_average_1_5_15min_at_end']} at the end), fp32, no compile.",
+        + (f"process, on {res['device']}, bf16 autocast, no compile." if res.get("device_type") == "cuda" else
+           "process, `torch.set_num_threads(1)` on a 2-core machine shared with other jobs (load average "
+           f"{res['load_average_1_5_15min_at_end']} at the end), fp32, no compile."),
         "",
         f"nanoGPT recipe: its model.py and configure_optimizers, lr {n['lr']}, betas {tuple(n['betas'])}, wd "
         f"{n['weight_decay']}, warm-up {n['warmup']}, cosine to {n['min_lr']} over {n['schedule_steps']} steps, "
@@ -274,7 +290,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.axvline(res["attnlab_time_to_nanogpt_final_s"], color="gray", ls=":", lw=1)
     ax.set_xlabel("training time (s, evaluation excluded)")
     ax.set_ylabel("validation loss (nats / token)")
-    ax.set_title(f"{res['model']['preset']} on CPU: time to nanoGPT's final loss ratio {res['ratio']}", fontsize=9)
+    where = "CUDA" if res.get("device_type") == "cuda" else "CPU"
+    ax.set_title(f"{res['model']['preset']} on {where}: time to nanoGPT's final loss ratio {res['ratio']}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

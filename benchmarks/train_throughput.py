@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import device_label  # noqa: E402
 
 from attnlab.config import load  # noqa: E402
 from attnlab.models import build  # noqa: E402
@@ -93,7 +95,7 @@ def main() -> None:
     n_params = model.num_params()
     peak = peak_flops(device)
     mfu = flops_per_token(cfg.model, seq_len, n_params) * tok_s / peak if peak else None
-    dev_name = torch.cuda.get_device_name() if on_cuda else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+    dev_name = device_label("cuda" if on_cuda else "cpu")
     result = {
         "benchmark": "train_throughput",
         "preset": args.preset,

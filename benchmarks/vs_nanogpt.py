@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,9 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import device_label  # noqa: E402
 
 from attnlab.config import Config, load  # noqa: E402
 from attnlab.data import prepare  # noqa: E402
@@ -248,8 +250,7 @@ def main() -> None:
         })
     a, n = rows
     gaps = [abs(u - v) for u, v in zip(runners[0].losses, runners[1].losses)]
-    dev_name = (torch.cuda.get_device_name() if on_cuda
-                else f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})")
+    dev_name = device_label("cuda" if on_cuda else "cpu")
     m = cfg.model
     result = {
         "benchmark": "vs_nanogpt",
