@@ -10,7 +10,7 @@ import attnlab.cli._common as common
 from attnlab import config
 from attnlab.attention.cache import StaticKVCache
 from attnlab.cli import main
-from attnlab.generate import FastDecoder, fast_generate, generate
+from attnlab.generate import FastDecoder, fast_generate, generate, stream
 from attnlab.models import build
 from attnlab.models.rnn import RNNLanguageModel, RNNLMConfig
 
@@ -80,6 +80,18 @@ def test_sampling_and_eos_follow_generate():
     eos = int(greedy[0, 7])  # the first row meets it: it is padded with eos after that
     assert torch.equal(fast_generate(model, ids, 10, temperature=0.0, eos_token_id=eos, compile=False),
                        generate(model, ids, 10, temperature=0.0, eos_token_id=eos))
+
+
+def test_generate_and_stream_take_a_fast_decoder():
+    model, ids = make("gpt"), prompt()
+    dec = FastDecoder(model, batch_size=2, max_len=20, compile=False)
+    want = generate(model, ids, 8, temperature=0.0)
+    assert torch.equal(generate(model, ids, 8, temperature=0.0, decoder=dec), want)
+    assert torch.equal(torch.stack(list(stream(model, ids, 8, temperature=0.0, decoder=dec)), dim=1), want[:, 5:])
+    with pytest.raises(ValueError, match="does not run beam search"):
+        generate(model, ids, 8, num_beams=2, decoder=dec)
+    with pytest.raises(ValueError, match="FastDecoder of another model"):
+        generate(make("gpt", seed=1), ids, 8, decoder=dec)
 
 
 def test_reorder_keeps_rows_like_the_dynamic_cache():

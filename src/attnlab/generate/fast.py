@@ -9,9 +9,10 @@ a CUDA graph and replays it). The prompt is prefilled eagerly, in one forward pa
 
 - :class:`FastDecoder` — ``prefill(input_ids)`` then ``decode_step(tokens)``, reusable
   across prompts of the same batch size (the compiled step is built once per decoder).
-- :func:`fast_generate` / :meth:`FastDecoder.generate` / :meth:`FastDecoder.stream` — the same
-  tokens as ``generate(...)`` for greedy decoding (sampling, EOS, stop sequences and the
-  repetition penalty come from the same code, :mod:`attnlab.generate.sampling`).
+- ``generate(model, ..., decoder=fast)`` / ``stream(..., decoder=fast)`` run on a
+  :class:`FastDecoder` (:meth:`FastDecoder.generate`/:meth:`~FastDecoder.stream` are those calls;
+  :func:`fast_generate` builds a one-off decoder): the same tokens as without it for greedy
+  decoding (sampling, EOS, stop sequences and the repetition penalty are the same code).
 
 Decoder-only softmax-attention models only (:meth:`~attnlab.models.DecoderLM.make_static_cache`);
 encoder–decoders, linear-attention mixers, RNNs and beam search are refused with a
@@ -21,15 +22,14 @@ ValueError, never silently run on the slow path. :attr:`FastDecoder.path` says w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from attnlab.generate.processors import check_repetition_penalty
-from attnlab.generate.sampling import _check_stop_args, _steps
-from attnlab.generate.session import Session, eval_mode, is_encoder_decoder
+from attnlab.generate import sampling
+from attnlab.generate.session import Session, is_encoder_decoder
 
 logger = logging.getLogger("attnlab.generate")
 
@@ -166,34 +166,13 @@ class FastDecoder:
             raise RuntimeError(f"the compiled decode step hit torch._dynamo.config.recompile_limit={limit} (each "
                                "FastDecoder adds one graph); reuse FastDecoders or raise the limit") from e
 
-    def stream(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        eos_token_id: Optional[int] = None,
-        seed: Optional[int] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        repetition_penalty: float = 1.0,
-        stop: Optional[Sequence[Sequence[int]]] = None,
-    ) -> Iterator[torch.Tensor]:
-        """Yield the next (B,) tokens one step at a time (arguments as :func:`~attnlab.generate.stream`)."""
-        check_repetition_penalty(repetition_penalty)
-        stops = _check_stop_args(stop, eos_token_id, 1, input_ids.size(0) if input_ids.dim() == 2 else 1)
-        with eval_mode(self.model), torch.no_grad():
-            session = StaticSession(self, input_ids, max_new_tokens, attention_mask=attention_mask)
-        return _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      eos_token_id=eos_token_id, seed=seed, repetition_penalty=repetition_penalty, stop=stops)
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> Iterator[torch.Tensor]:
+        """Yield the next (B,) tokens one step at a time: :func:`~attnlab.generate.stream` on this decoder."""
+        return sampling.stream(self.model, input_ids, max_new_tokens, decoder=self, **kwargs)
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """(B, T + n) ids, prompt included, as :func:`~attnlab.generate.generate` (keyword args as :meth:`stream`)."""
-        tokens = [input_ids]
-        for tok in self.stream(input_ids, max_new_tokens, **kwargs):
-            tokens.append(tok[:, None])
-        return torch.cat(tokens, dim=1)
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
+        """(B, T + n) ids, prompt included: :func:`~attnlab.generate.generate` on this decoder."""
+        return sampling.generate(self.model, input_ids, max_new_tokens, decoder=self, **kwargs)
 
 
 class StaticSession(Session):
@@ -224,39 +203,32 @@ class StaticSession(Session):
         raise ValueError("the fast decode path does not run beam search; use generate(..., num_beams=N)")
 
 
-def fast_generate(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    eos_token_id: Optional[int] = None,
-    seed: Optional[int] = None,
-    attention_mask: Optional[torch.Tensor] = None,
-    repetition_penalty: float = 1.0,
-    stop: Optional[Sequence[Sequence[int]]] = None,
-    compile: bool = True,
-    mode: Optional[str] = None,
-) -> torch.Tensor:
+def fast_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, compile: bool = True,
+                  mode: Optional[str] = None, **kwargs: Any) -> torch.Tensor:
     """:func:`~attnlab.generate.generate` (greedy or sampling) on the static-cache, compiled path.
 
     Builds a :class:`FastDecoder` for this batch (``max_len`` = prompt + ``max_new_tokens``)
     and runs it once; to amortise compilation over many calls, keep a :class:`FastDecoder`
-    and call its :meth:`~FastDecoder.generate`.
+    and pass it as ``generate(..., decoder=fast)`` (or call :meth:`FastDecoder.generate`).
+
+    Args:
+        model: a decoder-only softmax-attention LM.
+        input_ids: (B, T) prompt ids.
+        max_new_tokens: how many tokens to add at most.
+        compile: compile the decode step (``False``: the static cache, eagerly).
+        mode: ``torch.compile`` mode (default :func:`default_mode`).
+        **kwargs: the sampling arguments of :func:`~attnlab.generate.generate`
+            (temperature, top_k, top_p, eos_token_id, seed, attention_mask, repetition_penalty, stop).
 
     Returns:
         (B, T + n) ids, prompt included; greedy output equals ``generate(..., temperature=0)``.
 
     Raises:
         ValueError: what the fast path does not support (encoder–decoders, linear mixers,
-            RNNs), or bad input as in :func:`~attnlab.generate.generate`.
+            RNNs, beam search), or bad input as in :func:`~attnlab.generate.generate`.
     """
     if input_ids.dim() != 2 or input_ids.numel() == 0:
         raise ValueError(f"input_ids must be (B, T) with B >= 1 and T >= 1, got {tuple(input_ids.shape)}")
     decoder = FastDecoder(model, batch_size=input_ids.shape[0], max_len=input_ids.shape[1] + max(max_new_tokens, 0),
                           compile=compile, mode=mode)
-    return decoder.generate(input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            eos_token_id=eos_token_id, seed=seed, attention_mask=attention_mask,
-                            repetition_penalty=repetition_penalty, stop=stop)
+    return decoder.generate(input_ids, max_new_tokens, **kwargs)

@@ -4,7 +4,7 @@ dispatches to beam search."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from torch import nn
 from attnlab.generate.beam import EarlyStopping, beam_search, check_beam_args
 from attnlab.generate.processors import apply_repetition_penalty, check_repetition_penalty, check_stop, ends_with_stop
 from attnlab.generate.session import Session, eval_mode
+
+if TYPE_CHECKING:
+    from attnlab.generate.fast import FastDecoder
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -79,6 +82,19 @@ def _steps(
                 break
 
 
+def _session(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, attention_mask: Optional[torch.Tensor],
+             use_cache: bool, decoder: Optional[FastDecoder]) -> Session:
+    """The decoding session: the model's own cache, or ``decoder``'s static cache and compiled step."""
+    with eval_mode(model), torch.no_grad():
+        if decoder is None:
+            return Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
+        if decoder.model is not model:
+            raise ValueError("decoder= is a FastDecoder of another model; build it with FastDecoder(model, ...)")
+        from attnlab.generate.fast import StaticSession  # fast builds on this module
+
+        return StaticSession(decoder, input_ids, max_new_tokens, attention_mask=attention_mask)
+
+
 def _check_stop_args(stop: Optional[Sequence[Sequence[int]]], eos_token_id: Optional[int], num_beams: int,
                      rows: int) -> list[torch.Tensor]:
     """Validated stop sequences (see :func:`generate`)."""
@@ -106,6 +122,7 @@ def stream(
     attention_mask: Optional[torch.Tensor] = None,
     repetition_penalty: float = 1.0,
     stop: Optional[Sequence[Sequence[int]]] = None,
+    decoder: Optional[FastDecoder] = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next (B,) tokens one step at a time (same arguments as :func:`generate`).
 
@@ -124,8 +141,7 @@ def stream(
                          f"(num_beams={num_beams}); use generate(..., num_beams={num_beams})")
     check_repetition_penalty(repetition_penalty)
     stops = _check_stop_args(stop, eos_token_id, num_beams, input_ids.size(0) if input_ids.dim() == 2 else 1)
-    with eval_mode(model), torch.no_grad():
-        session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
+    session = _session(model, input_ids, max_new_tokens, attention_mask, use_cache, decoder)
     return _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                   eos_token_id=eos_token_id, seed=seed, repetition_penalty=repetition_penalty, stop=stops)
 
@@ -148,6 +164,7 @@ def generate(
     attention_mask: Optional[torch.Tensor] = None,
     repetition_penalty: float = 1.0,
     stop: Optional[Sequence[Sequence[int]]] = None,
+    decoder: Optional[FastDecoder] = None,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens: greedy, sampled, or by beam search.
 
@@ -189,6 +206,9 @@ def generate(
         stop: token-id stop sequences (greedy / sampling only): a row finishes once its
             generated tokens end with one of them (the stop tokens are kept) and is then
             padded with ``eos_token_id`` (required when B > 1).
+        decoder: a :class:`~attnlab.generate.FastDecoder` of ``model`` to run on (static
+            KV cache, compiled decode step); greedy / sampling only. The same tokens as
+            without it.
 
     Returns:
         Decoder-only: (B · num_return_sequences, T + n) ids, prompt included;
@@ -205,6 +225,9 @@ def generate(
     check_repetition_penalty(repetition_penalty)
     stops = _check_stop_args(stop, eos_token_id, num_beams, input_ids.size(0) if input_ids.dim() == 2 else 1)
     if num_beams > 1:
+        if decoder is not None:
+            raise ValueError("the fast decode path (decoder=FastDecoder) does not run beam search; drop decoder= "
+                             "to use num_beams")
         if top_k is not None or top_p is not None or temperature not in (0.0, 1.0):
             raise ValueError("beam search is deterministic: top_k, top_p and temperature (other than 1) only apply "
                              "to sampling; drop them or use num_beams=1")
@@ -214,8 +237,7 @@ def generate(
                                    use_cache=use_cache, attention_mask=attention_mask,
                                    repetition_penalty=repetition_penalty)
         return sequences
-    with eval_mode(model), torch.no_grad():
-        session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
+    session = _session(model, input_ids, max_new_tokens, attention_mask, use_cache, decoder)
     for _ in _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                     eos_token_id=eos_token_id, seed=seed, repetition_penalty=repetition_penalty, stop=stops):
         pass
