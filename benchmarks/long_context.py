@@ -226,7 +226,8 @@ def rope_experiment(args: argparse.Namespace) -> dict[str, Any]:
     from attnlab.data import prepare
     from attnlab.eval import evaluate_lm
     from attnlab.train import train
-    from attnlab.train.checkpoint import load_model, load_weights
+    from attnlab.eval.context import extend_model
+    from attnlab.train.checkpoint import load_model
 
     L = args.rope_train_len
     lengths = [L, 2 * L, 4 * L]
@@ -247,10 +248,7 @@ def rope_experiment(args: argparse.Namespace) -> dict[str, Any]:
         data = prepare(ckpt.config.data, progress=False)
         rows = []
         for kind, factor in ROPE_SCALINGS:
-            mc = dataclasses.replace(ckpt.config.model, rope_scaling=kind, rope_scaling_factor=factor,
-                                     block_size=max(L, math.ceil(lengths[-1] / factor)))  # RoPE tables long enough
-            model = build(dataclasses.replace(ckpt.config, model=mc))
-            load_weights(model, base.state_dict(), source="the trained run")  # RoPE has no weights
+            model = extend_model(base, lengths[-1], kind, factor)  # same weights: RoPE has none
             row: dict[str, Any] = {"scaling": kind, "factor": factor}
             with torch.no_grad():
                 for n in lengths:

@@ -3,6 +3,7 @@
     attnlab eval runs/gpt-tiny                                  # validation loss, perplexity, bits per byte
     attnlab eval runs/sentiment-minilm                          # the task's metrics on the recipe's test file
     attnlab eval runs/sentiment-minilm --data reviews.jsonl     # ... on another file
+    attnlab eval runs/llama-tiny --seq-len 512 --rope-scaling ntk --rope-factor 4   # beyond the training length
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from attnlab.eval.context import SCALINGS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="split of the model's own data (default: val for pretraining runs, test for fine-tuned)")
     p.add_argument("--batches", type=int, default=50, help="pretraining runs: number of batches (spread over the split)")
     p.add_argument("--batch-size", type=int, default=8, help="pretraining runs: windows per batch")
-    p.add_argument("--seq-len", type=int, default=0, help="pretraining runs: tokens per window (default: the training seq_len)")
+    p.add_argument("--seq-len", type=int, default=0,
+                   help="pretraining runs: tokens per window (default: the training seq_len). Longer than the "
+                   "model's block_size works for every position scheme but learned positions (the RoPE, ALiBi, "
+                   "relative and sinusoidal tables are computed, the weights load unchanged)")
+    p.add_argument("--rope-scaling", choices=list(SCALINGS), default=None,
+                   help="pretraining runs of RoPE models: replace the checkpoint's RoPE scaling: none (plain "
+                   "extrapolation), linear (position interpolation) or ntk (base rescaling); default: the "
+                   "checkpoint's own")
+    p.add_argument("--rope-factor", type=float, default=None,
+                   help="with --rope-scaling linear or ntk (required there): how many times longer than the "
+                   "trained context RoPE should reach, e.g. --seq-len / the training seq_len")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
@@ -49,6 +62,9 @@ def _run_finetuned(args: argparse.Namespace) -> int:
     from attnlab.finetune import load_finetuned
     from attnlab.train.loop import autocast_for, resolve_device
 
+    if args.rope_scaling is not None or args.rope_factor is not None:
+        raise AttnlabError(f"--rope-scaling and --rope-factor apply to pretraining runs; '{args.checkpoint}' "
+                           "is a fine-tuned model, drop them")
     device = resolve_device(args.device)
     task, model, tok = load_finetuned(args.checkpoint, device)
     split = args.split or "test"
@@ -71,6 +87,7 @@ def _run_lm(args: argparse.Namespace) -> int:
     from attnlab.cli._common import load_for_inference
     from attnlab.data import prepare
     from attnlab.errors import AttnlabError
+    from attnlab.eval.context import extend_model, rope_label
     from attnlab.train.loop import autocast_for
     from attnlab.train.objectives import build_objective
 
@@ -84,19 +101,24 @@ def _run_lm(args: argparse.Namespace) -> int:
     data = prepare(data_cfg, tokenizer=tok, progress=False)
     objective = build_objective(ckpt.config, tok)  # the pretraining objective: clm, mlm or span
     seq_len = args.seq_len or ckpt.config.train.seq_len or model.config.block_size
-    context = getattr(model, "max_context", model.config.block_size)
-    if seq_len > context:
-        raise AttnlabError(f"--seq-len {seq_len} exceeds the model's context {context}; lower --seq-len")
+    if args.rope_factor is not None and args.rope_scaling is None:
+        raise AttnlabError("--rope-factor needs --rope-scaling linear or ntk")
+    if args.rope_scaling is not None or seq_len > getattr(model, "max_context", model.config.block_size):
+        model = extend_model(model, seq_len, args.rope_scaling, args.rope_factor)
     res = objective.evaluate(model, data, split=split, batch_size=args.batch_size, seq_len=seq_len,
                              max_batches=args.batches, device=device, autocast=autocast_for(device, "auto"),
                              seed=ckpt.config.train.seed)
-    res.update(step=ckpt.step, objective=objective.name)
+    res.update(step=ckpt.step, objective=objective.name, seq_len=seq_len)
+    rope = rope_label(model.config)
+    if rope is not None:
+        res.update(rope_scaling=model.config.rope_scaling, rope_factor=model.config.rope_scaling_factor)
+    where = f"{split}, seq_len {seq_len}" + (f", rope_scaling {rope}" if rope else "")
     if args.json:
         print(json.dumps(res))
     elif "ppl" in res:
-        print(f"{ckpt.path} on {data_cfg.source} ({split}, {int(res['tokens']):,} tokens): "
+        print(f"{ckpt.path} on {data_cfg.source} ({where}, {int(res['tokens']):,} tokens): "
               f"loss {res['loss']:.4f}, perplexity {res['ppl']:.2f}, {res['bpb']:.3f} bits/byte")
     else:  # perplexity and bits/byte are defined for next-token loss only
-        print(f"{ckpt.path} on {data_cfg.source} ({split}, {int(res['tokens']):,} predicted tokens): "
+        print(f"{ckpt.path} on {data_cfg.source} ({where}, {int(res['tokens']):,} predicted tokens): "
               f"{objective.name} loss {res['loss']:.4f} nats per predicted token")
     return 0
