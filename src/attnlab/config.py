@@ -278,6 +278,11 @@ class TrainConfig:
             as a loss spike (``0`` disables the check).
         inject_nan_steps: testing aid: make the loss NaN at these (1-based) steps, to
             exercise the ``nonfinite`` policy. Leave empty for real runs.
+        document_mask: packed-window document masking for next-token training (``clm``,
+            decoders only): a window usually spans several documents joined by
+            ``<|endoftext|>``, and with this on each token attends only to earlier tokens
+            of its own document (training and validation alike). Positions are not reset
+            per document.
     """
 
     out_dir: str = "runs/default"
@@ -315,6 +320,7 @@ class TrainConfig:
     max_nonfinite: int = 5
     spike_factor: float = 2.0
     inject_nan_steps: list[int] = field(default_factory=list)
+    document_mask: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_batches"):
@@ -337,6 +343,9 @@ class TrainConfig:
             raise ConfigError(f"train.max_nonfinite must be positive, got {self.max_nonfinite}")
         if self.spike_factor != 0 and self.spike_factor <= 1.0:
             raise ConfigError(f"train.spike_factor must be > 1 (or 0 to disable), got {self.spike_factor}")
+        if self.document_mask and self.objective not in ("auto", "clm"):
+            raise ConfigError(f"train.document_mask applies to next-token training (train.objective=clm), not "
+                              f"train.objective={self.objective}; set train.document_mask=false")
 
 
 @dataclass

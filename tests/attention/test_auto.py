@@ -7,7 +7,8 @@ import torch
 
 from attnlab.attention import attention, dispatch_log
 from attnlab.attention.backends import AttentionCall, choose, flex, registry
-from attnlab.attention.masks import Mask
+from attnlab.attention.masks import Mask, document
+from attnlab.attention.masks import causal as causal_mask
 from attnlab.attention.score_mods import ScoreMod, softcap
 
 SHORT, LONG = 64, 1024  # LONG · LONG reaches registry.DENSE_LIMIT
@@ -44,7 +45,9 @@ CASES = [
     ("softcap long training", dict(t=LONG, grad=True, score_mod=softcap(5.0)), "chunked", "forward-only"),
     ("no mask", dict(), "sdpa", "no mask"),
     ("causal long", dict(t=LONG, mask=causal()), "sdpa", "causal"),
-    ("padding long", dict(t=LONG, mask=padding()), "sdpa", "padding-like"),
+    ("padding short", dict(mask=padding()), "sdpa", "data-dependent mask as dense"),
+    ("padding long no grad", dict(t=LONG, mask=padding()), "chunked", "data-dependent mask on CPU would compile"),
+    ("padding long training", dict(t=LONG, grad=True, mask=padding()), "chunked", "data-dependent mask, long"),
     ("dense long", dict(t=LONG, mask=torch.ones(LONG, LONG, dtype=torch.bool)), "sdpa", "dense"),
     ("window short", dict(mask=window()), "sdpa", "short"),
     ("window decode", dict(t=LONG, tq=1, mask=window()), "sdpa", "decode"),
@@ -93,3 +96,24 @@ def test_dispatch_log_records_the_rule():
     assert [r["backend"] for r in log] == ["chunked", "eager", "sdpa", "eager"]
     assert "long sequence" in log[0]["reason"] and log[1]["reason"] == "requested"
     assert "short" in log[2]["reason"] and "non-additive" in log[3]["reason"]
+
+
+def test_long_document_mask_trains_chunked_on_cpu():
+    """A key-None predicate (document ids) on a long sequence: chunked, not a dense (B, 1, T, T) mask."""
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, LONG, 16, generator=gen, requires_grad=True)
+    k, v = torch.randn(2, 1, 2, LONG, 16, generator=gen)
+    ids = (torch.arange(LONG) // 300).view(1, LONG)  # (1, T): documents of 300 tokens
+    mask = causal_mask() & document(ids)
+    assert mask.key is None
+    dispatch_log(clear=True)
+    out = attention(q, k, v, mask=mask)
+    (grad,) = torch.autograd.grad(out.square().sum(), q)
+    log = dispatch_log(clear=True)
+    assert [r["backend"] for r in log] == ["chunked"] and "data-dependent" in log[0]["reason"]
+    ref = attention(q, k, v, mask=mask, backend="eager")
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), q)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-4)
+    # a query attends nowhere across a boundary: the first token of document 2 sees itself only
+    torch.testing.assert_close(out[:, :, 600], v[:, :, 600], rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ from torch import nn
 from attnlab.attention import KVCache
 from attnlab.attention.cache import LayerCache, StaticKVCache, place_tokens
 from attnlab.attention.linear import LinearState
-from attnlab.attention.masks import Mask
+from attnlab.attention.masks import Mask, document
 from attnlab.attention.score_mods import ScoreMod
 from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
@@ -112,6 +112,20 @@ class DecoderLM(Model):
             raise ValueError("a padding attention_mask is not supported with attention.global_tokens (global "
                              "positions would fall on padding); generate prompts of equal length without a mask")
 
+    def _check_documents(self, document_ids: torch.Tensor, input_ids: torch.Tensor, cache: Optional[KVCache],
+                         attention_mask: Optional[torch.Tensor]) -> None:
+        """Raise unless ``document_ids`` can mask this call (full packed windows, softmax attention)."""
+        if cache is not None or attention_mask is not None:
+            what = "a cache" if cache is not None else "an attention_mask (padding)"
+            raise ValueError(f"document_ids masks packed training windows and cannot be combined with {what}; "
+                             f"drop document_ids to decode or to run padded batches")
+        if document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids must be (B, T) like input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(document_ids.shape)}")
+        if self.config.mixer == "linear":
+            raise ValueError("document_ids needs softmax attention (mixer=linear supports only a causal mask); "
+                             "use mixer=softmax or drop document_ids")
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -119,6 +133,7 @@ class DecoderLM(Model):
         cache: Optional[KVCache] = None,
         return_weights: bool = False,
         attention_mask: Optional[torch.Tensor] = None,
+        document_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Next-token logits.
 
@@ -134,13 +149,21 @@ class DecoderLM(Model):
                 the new tokens, for left-padded batches: padding is never attended to and
                 each row's positions count its real tokens only (its first real token is
                 at position 0), so a row decodes as it would alone.
+            document_ids: (B, T) document number of every token of packed training windows
+                (:func:`attnlab.data.packing.document_ids`): a token attends only to earlier
+                tokens of its own document (the model's mask AND
+                :func:`~attnlab.attention.masks.document`). Positions are not reset per
+                document: they still count from the window's start. Training only: not with a
+                ``cache`` or an ``attention_mask``.
 
         Returns:
             (B, T, vocab_size) logits, or ``(logits, [weights per layer])``.
 
         Raises:
             ValueError: if the total length (padding included) would exceed ``block_size``,
-                or ``attention_mask`` is malformed or given to a linear mixer or global tokens.
+                or ``attention_mask`` is malformed or given to a linear mixer or global tokens,
+                or ``document_ids`` is not (B, T) or comes with a ``cache``, an ``attention_mask``
+                or a linear mixer.
         """
         b, t = input_ids.shape
         total = t if cache is None else cache.length_after(t)  # None: not known without a host sync
@@ -151,10 +174,14 @@ class DecoderLM(Model):
             )
         if attention_mask is not None:
             self._check_padding()
+        if document_ids is not None:
+            self._check_documents(document_ids, input_ids, cache, attention_mask)
         mask, score_mod = self.attention_mask(), self.score_mod()
         where = (place_tokens(0, b, t, mask, score_mod, attention_mask, input_ids.device) if cache is None
                  else cache.place(b, t, mask, score_mod, attention_mask, input_ids.device))
         positions, mask, score_mod = where  # (T,) or (B, T); what the new tokens attend to
+        if document_ids is not None:  # packed windows: stay inside each document
+            mask = document(document_ids) if mask is None else mask & document(document_ids)
         x = add_position_embedding(self.pos, self.tok_emb(input_ids), positions)  # (B, T, D)
         x = self.emb_dropout(x)
         rotary = self.pos.rotary(positions)

@@ -157,7 +157,7 @@ def _quiet(message: str) -> None:
 
 def _rows(batch: ObjectiveBatch, rows: slice) -> ObjectiveBatch:
     """This process's rows of a global (micro-)batch."""
-    return ObjectiveBatch(tuple(t[rows] for t in batch.inputs), batch.labels[rows])
+    return batch.apply(lambda t: t[rows])  # inputs, labels and keyword inputs (document ids) alike
 
 
 def _prepare_data(cfg: Config, env: DistEnv, progress: bool) -> TokenData:

@@ -9,6 +9,11 @@ the model on them (:meth:`Objective.loss`, cross-entropy with label smoothing)::
     batch = objective.make_batch(x, y, seeded_generator(seed, "objective", step, micro))
     loss = objective.loss(model, batch.to(device))
 
+Document masking (``train.document_mask``, ``clm`` only): the batch also carries the (B, T)
+document ids of its packed windows (:func:`attnlab.data.packing.document_ids`) as the model's
+``document_ids=`` keyword, so a token attends only to its own document, in training and
+validation alike.
+
 Extra tokens. Masked LM needs a ``<|mask|>`` token and span corruption needs sentinels; a
 BPE trained by ``data.tokenizer: bpe:N`` has only ``<|endoftext|>``. The objective registers
 its extra tokens as *special tokens* of a copy of the tokenizer, which appends them after the
@@ -24,8 +29,8 @@ carries everything needed to decode the model's predictions (``tok.decode`` show
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,7 @@ from torch import nn
 from attnlab.config import Config
 from attnlab.data.dataset import seeded_generator
 from attnlab.data.mlm import IGNORE_INDEX, mask_tokens
+from attnlab.data.packing import document_ids
 from attnlab.data.span import span_corrupt, span_counts
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import ConfigError
@@ -58,15 +64,22 @@ class ObjectiveBatch:
         inputs: positional model arguments, e.g. ``(input_ids,)`` or ``(input_ids, decoder_input_ids)``.
         labels: (B, L) target ids aligned with the model's (B, L, V) logits; :data:`IGNORE_INDEX`
             where nothing is predicted.
+        kwargs: keyword model arguments with a batch dimension first, e.g.
+            ``{"document_ids": (B, T)}`` for document-masked next-token training.
     """
 
     inputs: tuple[torch.Tensor, ...]
     labels: torch.Tensor
+    kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ObjectiveBatch:
+        """The same batch with ``fn`` applied to every tensor (inputs, labels and kwargs)."""
+        return ObjectiveBatch(tuple(fn(t) for t in self.inputs), fn(self.labels),
+                              {name: fn(t) for name, t in self.kwargs.items()})
 
     def to(self, device: torch.device | str) -> ObjectiveBatch:
         """The same batch on ``device``."""
-        return ObjectiveBatch(tuple(t.to(device, non_blocking=True) for t in self.inputs),
-                              self.labels.to(device, non_blocking=True))
+        return self.apply(lambda t: t.to(device, non_blocking=True))
 
     @property
     def n_targets(self) -> int:
@@ -127,8 +140,8 @@ class Objective:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: ObjectiveBatch) -> torch.Tensor:
-        """Training loss: label-smoothed cross-entropy of ``model(*batch.inputs)`` against the labels."""
-        return token_loss(model(*batch.inputs), batch.labels, self.label_smoothing)
+        """Training loss: label-smoothed cross-entropy of ``model(*batch.inputs, **batch.kwargs)`` against the labels."""
+        return token_loss(model(*batch.inputs, **batch.kwargs), batch.labels, self.label_smoothing)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Any, *, split: str = "val", batch_size: int = 8,
@@ -148,7 +161,7 @@ class Objective:
         for i, (x, y) in enumerate(data.eval_batches(split, batch_size, seq_len, max_batches)):
             batch = self.make_batch(x, y, seeded_generator(seed, f"{split}-{self.name}", i)).to(device)
             with autocast or contextlib.nullcontext():
-                logits = model(*batch.inputs)
+                logits = model(*batch.inputs, **batch.kwargs)
             total += token_loss(logits, batch.labels, reduction="sum").item()
             count += batch.n_targets
         model.train(was_training)
@@ -157,17 +170,51 @@ class Objective:
         return {"loss": total / count, "tokens": float(count)}
 
 
+class _WithDocumentIds(nn.Module):
+    """``model(ids)`` called as ``model(ids, document_ids=...)`` of its packed windows (for :func:`evaluate_lm`)."""
+
+    def __init__(self, model: nn.Module, eos_id: int) -> None:
+        super().__init__()
+        self.model, self.eos_id = model, eos_id
+        self.train(model.training)  # evaluate_lm restores the mode it finds
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, document_ids=document_ids(input_ids, self.eos_id))  # (B, T, V)
+
+
 class CausalLM(Objective):
-    """Next-token prediction (GPT): every position predicts the token after it."""
+    """Next-token prediction (GPT): every position predicts the token after it.
+
+    Args:
+        tokenizer: the text tokenizer.
+        label_smoothing: ε of the training loss.
+        document_mask: keep attention inside each document of a packed window (documents end
+            at the tokenizer's ``eos_id``; see :func:`attnlab.data.packing.document_ids`), in
+            training and validation alike.
+
+    Raises:
+        ConfigError: ``document_mask`` with a tokenizer that has no end-of-text token.
+    """
 
     name, arch = "clm", "decoder"
 
+    def __init__(self, tokenizer: Tokenizer, label_smoothing: float = 0.0, document_mask: bool = False) -> None:
+        super().__init__(tokenizer, label_smoothing)
+        if document_mask and tokenizer.eos_id is None:
+            raise ConfigError("train.document_mask needs a tokenizer with an end-of-text token to find document "
+                              "boundaries; use a tokenizer with <|endoftext|> or set train.document_mask=false")
+        self.document_eos: Optional[int] = tokenizer.eos_id if document_mask else None  # None: no document mask
+
     def make_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> ObjectiveBatch:
-        return ObjectiveBatch((x,), y)
+        if self.document_eos is None:
+            return ObjectiveBatch((x,), y)
+        return ObjectiveBatch((x,), y, {"document_ids": document_ids(x, self.document_eos)})  # (B, T)
 
     def evaluate(self, model: nn.Module, data: Any, **kw: Any) -> dict[str, float]:
         """Also ``ppl`` and ``bpb`` (bits per UTF-8 byte), meaningful for next-token loss only."""
         kw.pop("seed", None)
+        if self.document_eos is not None:
+            model = _WithDocumentIds(model, self.document_eos)
         return evaluate_lm(model, data, **kw)
 
 
@@ -241,16 +288,23 @@ def objective_name(cfg: Config) -> str:
     """The objective a config trains with (``auto`` resolved by ``model.arch``).
 
     Raises:
-        ConfigError: the objective does not fit the architecture.
+        ConfigError: the objective does not fit the architecture, or ``train.document_mask`` does
+            not fit the objective or the model.
     """
     arch, name = cfg.model.arch, cfg.train.objective
     if name == "auto":
-        return OBJECTIVE_FOR_ARCH[arch]
-    if OBJECTIVES[name].arch != arch:
+        name = OBJECTIVE_FOR_ARCH[arch]
+    elif OBJECTIVES[name].arch != arch:
         raise ConfigError(
             f"train.objective={name} needs model.arch={OBJECTIVES[name].arch}, but model.arch={arch}; "
             f"use train.objective={OBJECTIVE_FOR_ARCH[arch]} (or auto)"
         )
+    if cfg.train.document_mask and name != "clm":
+        raise ConfigError(f"train.document_mask applies to next-token training of decoders (train.objective=clm), "
+                          f"not model.arch={arch} with objective {name}; set train.document_mask=false")
+    if cfg.train.document_mask and cfg.model.mixer == "linear":
+        raise ConfigError("train.document_mask needs softmax attention (model.mixer=linear supports only a causal "
+                          "mask); set model.mixer=softmax or train.document_mask=false")
     return name
 
 
@@ -259,7 +313,7 @@ def build_objective(cfg: Config, tokenizer: Tokenizer) -> Objective:
 
     Args:
         cfg: the run config (``train.objective``, ``train.label_smoothing``, ``train.mlm_probability``,
-            ``train.span_*``, ``model.arch``, ``model.decoder_start_id``).
+            ``train.span_*``, ``train.document_mask``, ``model.arch``, ``model.decoder_start_id``).
         tokenizer: the text tokenizer (left unchanged).
 
     Raises:
@@ -279,7 +333,7 @@ def build_objective(cfg: Config, tokenizer: Tokenizer) -> Objective:
             )
         return SpanCorruption(tokenizer, tc.label_smoothing, tc.span_noise_density, tc.span_mean_length,
                               cfg.model.decoder_start_id)
-    return CausalLM(tokenizer, tc.label_smoothing)
+    return CausalLM(tokenizer, tc.label_smoothing, tc.document_mask)
 
 
 __all__ = [

@@ -8,11 +8,14 @@ mod and whether weights or gradients are needed (first matching rule wins):
    long CPU forward without grad); ``chunked`` for long sequences otherwise; else ``eager``.
 3. A decode step (Tq == 1): ``sdpa`` — a (1, Tk) dense mask is tiny and Flex would
    compile a kernel per cache length.
-4. A structured predicate mask (``mask.key`` not None, not plain causal/full) or an
-   additive score mod: ``flex`` when it can serve and (on CUDA with a structured mask, or
-   the sequence is long); ``chunked`` for long sequences Flex cannot serve (CPU training);
-   otherwise ``sdpa`` with a dense mask/bias.
-5. No mask, plain causal, padding-like (``key`` None) or dense tensor masks: ``sdpa``.
+4. A structured predicate mask (``mask.key`` not None, not plain causal/full), an
+   additive score mod, or a data-dependent predicate mask (``key`` None: it captures
+   tensors, e.g. padding or document ids) on a long sequence: ``flex`` when it can serve
+   and (on CUDA with a structured mask, or the sequence is long; a data-dependent mask takes
+   Flex on CUDA only); ``chunked`` for long sequences Flex does not serve (CPU training, CPU
+   data-dependent masks); otherwise ``sdpa`` with a dense mask/bias. (Flex rebuilds the
+   block mask of a ``key``-None mask on every call.)
+5. No mask, plain causal, short data-dependent predicate masks or dense tensor masks: ``sdpa``.
 
 "Long" means Tq·Tk ≥ :data:`DENSE_LIMIT`, where a dense mask starts to cost real memory.
 Flex is also skipped (rule 2/4) when its compile budget is spent (a new shape would
@@ -68,9 +71,13 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
     if tq == 1:
         return "sdpa", "auto: decode step, tiny dense mask"
     structured = is_structured(call.mask)
-    if structured or mod is not None:
-        what = "structured mask" if structured else "additive score mod"
-        flex_why = _flex_blocker(call) if ((cuda and structured) or long) else "short sequence"
+    data_mask = long and isinstance(call.mask, Mask) and call.mask.key is None  # a dense mask would be (B, 1, Tq, Tk)
+    if structured or data_mask or mod is not None:
+        what = "structured mask" if structured else "data-dependent mask" if data_mask else "additive score mod"
+        if data_mask and not cuda:  # its shapes vary per call (prompts, batches): not a compile per shape
+            flex_why = "a data-dependent mask on CPU would compile Flex for every new shape"
+        else:
+            flex_why = _flex_blocker(call) if ((cuda and structured) or long) else "short sequence"
         if flex_why is None:
             return "flex", f"auto: {what} on flex"
         if long and chunked.unsupported(call) is None:
@@ -80,7 +87,9 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
         return "sdpa", "auto: no mask, fused kernel"
     if isinstance(call.mask, Mask) and call.mask.kind == "causal":
         return "sdpa", "auto: causal, fused kernel"
-    return "sdpa", "auto: padding-like or dense mask"
+    if isinstance(call.mask, Mask) and call.mask.key is None:
+        return "sdpa", "auto: data-dependent mask as dense mask, short sequence"
+    return "sdpa", "auto: dense mask"
 
 
 def choose(call: AttentionCall, backend: str = "auto") -> tuple[str, str]:
