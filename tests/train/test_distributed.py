@@ -94,6 +94,16 @@ def test_compiled_two_processes_match_one_eager(parallel, tmp_path, reference, t
     assert_close(losses(run), reference, range(1, 9))
 
 
+@pytest.mark.slow
+def test_fsdp_muon_matches_one_process(tmp_path, tiny_cfg, tiny_overrides, one_thread):
+    """Muon on FSDP2 shards (ShardedMuon: one gather per matrix) follows torch.optim.Muon in one process."""
+    muon = {**OPTS, "train.optimizer": "muon", "train.muon_lr": 0.02}
+    train(tiny_cfg(tmp_path / "ref", **muon), progress=False, log=quiet)
+    done = torchrun(tiny_overrides(tmp_path / "fsdp", **muon, **{"train.parallel": "fsdp"}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_close(losses(tmp_path / "fsdp"), losses(tmp_path / "ref"), range(1, 9))
+
+
 def test_fsdp_resumes_a_single_process_checkpoint(tmp_path, reference, tiny_cfg, one_thread):
     run = tmp_path / "fsdp"
     shutil.copytree(tmp_path / "ref", run)

@@ -77,3 +77,22 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(one_thread):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sharded_muon_steps_plain_tensors_exactly_like_muon():
+    """Without shards ShardedMuon is torch.optim.Muon, bit for bit (its FSDP path: test_distributed)."""
+    from attnlab.train.muon import ShardedMuon
+
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(8, 5, generator=gen), torch.randn(4, 12, generator=gen)]
+    a = [torch.nn.Parameter(w.clone()) for w in weights]
+    b = [torch.nn.Parameter(w.clone()) for w in weights]
+    opts = [torch.optim.Muon(a, lr=0.05, weight_decay=0.1), ShardedMuon(b, lr=0.05, weight_decay=0.1)]
+    for step in range(3):
+        for params, opt in zip((a, b), opts):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            opt.step()
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not torch.equal(a[0], weights[0])  # it stepped

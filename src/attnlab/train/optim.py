@@ -84,7 +84,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
     gains (the fused CUDA kernel on GPU). ``"muon"``: :class:`torch.optim.Muon` (lr
     ``cfg.muon_lr``, momentum ``cfg.muon_momentum``, decoupled weight decay) for the hidden
     layers' 2-D weight matrices, and AdamW as above for everything else (embeddings, output
-    head, norms, biases), combined in an :class:`OptimizerGroup`.
+    head, norms, biases), combined in an :class:`OptimizerGroup`; on FSDP2-sharded
+    parameters Muon is :class:`~attnlab.train.muon.ShardedMuon` (the same arithmetic, one
+    all-gather per matrix and step).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     muon = _muon_matrices(model) if cfg.optimizer == "muon" else []
@@ -102,7 +104,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
     )
     if not muon:
         return adamw
-    matrices = torch.optim.Muon(
+    from torch.distributed.tensor import DTensor
+
+    from attnlab.train.muon import ShardedMuon  # FSDP2 shards (DTensor): one gather per matrix and step
+
+    muon_cls = ShardedMuon if any(isinstance(p, DTensor) for p in muon) else torch.optim.Muon
+    matrices = muon_cls(
         [{"params": muon, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr, momentum=cfg.muon_momentum,
         weight_decay=cfg.weight_decay,
     )
