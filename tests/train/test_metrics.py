@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -33,3 +35,23 @@ def test_truncate_missing_file_is_noop(tmp_path):
     assert m.read() == []
     with pytest.raises(FileNotFoundError):
         (tmp_path / "none.jsonl").read_text()
+
+
+def test_mfu_is_logged_and_summarised_when_the_peak_is_known(tmp_path, tiny_cfg, monkeypatch, one_thread):
+    import attnlab.train.loop as loop
+    from attnlab.train import train
+    from attnlab.train.metrics import flops_per_token
+
+    peak = 1e12  # pretend FLOP/s of this CPU
+    monkeypatch.setattr(loop, "peak_flops", lambda device: peak)
+    cfg = tiny_cfg(tmp_path / "run", **{"train.max_steps": 3})
+    summary = train(cfg, progress=False, log=lambda s: None)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "mfu" in r]
+    assert len(logged) == 3
+    n_params = loop.build(cfg).num_params()
+    for r in logged:  # achieved model FLOP/s over the peak
+        assert r["mfu"] == pytest.approx(flops_per_token(cfg.model, cfg.train.seq_len, n_params) * r["tokens_per_s"] / peak)
+    assert summary["mfu"] == pytest.approx(logged[-1]["mfu"])
+    monkeypatch.setattr(loop, "peak_flops", lambda device: None)
+    assert train(tiny_cfg(tmp_path / "cpu"), progress=False, log=lambda s: None)["mfu"] is None

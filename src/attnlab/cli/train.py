@@ -55,5 +55,8 @@ def run(args: argparse.Namespace) -> int:
             f"validation {s['objective']} loss {s['val_loss']:.4f} nats per predicted token\n"
             f"unigram entropy of the corpus {s['unigram_entropy']:.4f} nats/token"
         )
+    if s.get("tokens_per_s"):
+        mfu = f", {s['mfu']:.1%} model FLOPs utilisation" if s.get("mfu") else ""
+        print(f"throughput: {s['tokens_per_s']:,.0f} tokens/s{mfu}")
     print(f"checkpoint: {s['checkpoint']}\nloss curve: {s['loss_curve']}")
     return 0

@@ -191,8 +191,9 @@ def train(
     Returns:
         Summary with ``objective``, final ``val_loss`` (the objective's NLL per predicted token,
         without label smoothing; plus ``val_ppl`` and ``val_bpb`` for clm only), ``unigram_entropy``,
-        ``step``, ``checkpoint`` path, ``tokens_per_s``, ``nonfinite_steps``, ``loss_spikes`` and
-        ``interrupted``.
+        ``step``, ``checkpoint`` path, ``tokens_per_s`` (the last logging window), ``mfu`` (model
+        FLOPs utilisation, None where the device's peak is unknown, e.g. CPUs), ``nonfinite_steps``,
+        ``loss_spikes`` and ``interrupted``.
 
     Raises:
         AttnlabError: bad config for the data, an objective that does not fit the
@@ -414,7 +415,10 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
                 if env.is_main:
                     metrics.write(record)
                 if loss_n:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                    shown = {"loss": f"{record['loss']:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
+                    if "mfu" in record:  # a GPU whose peak is known
+                        shown["mfu"] = f"{record['mfu']:.1%}"
+                    bar.set_postfix(shown, refresh=False)
                 t_last, tokens_since, loss_sum, loss_n = now, 0, 0.0, 0
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.max_steps:
                 last_val = validate(step)
@@ -446,6 +450,7 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
         "checkpoint": str(ckpt_path),
         "loss_curve": str(run_dir / "loss.png"),
         "tokens_per_s": tokens_per_s,
+        "mfu": flops_step * tokens_per_s / tokens_per_step / (peak * env.world_size) if peak else None,
         "unigram_entropy": entropy,
         "unigram_bpb": entropy / math.log(2) / data.bytes_per_token("train"),
         "nonfinite_steps": health.nonfinite_total,
