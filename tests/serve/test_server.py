@@ -218,8 +218,9 @@ def test_cli_serves_and_stops_on_signal(trained_run, sig):
         base = line.split(" on ")[1].split()[0]
         assert call(base, "/health")[0] == 200
         proc.send_signal(sig)
-        assert proc.wait(timeout=10) == 0
-        assert "stopped" in proc.stderr.read()
+        rc, err = proc.wait(timeout=10), proc.stderr.read()
+        assert rc == 0, err[-2000:]
+        assert "stopped" in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -253,8 +253,11 @@ def serve_until_stopped(server: ThreadingHTTPServer, on_start: Callable[[], None
     :meth:`Server.drain`).
     """
 
+    stoppers: list[threading.Thread] = []
+
     def stop(signum, frame) -> None:  # shutdown() waits for serve_forever: call it from another thread
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        stoppers.append(threading.Thread(target=server.shutdown, daemon=True))
+        stoppers[-1].start()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -265,6 +268,12 @@ def serve_until_stopped(server: ThreadingHTTPServer, on_start: Callable[[], None
         server.server_close()
         for s, h in previous.items():
             signal.signal(s, h)
+        # A stopper thread drops its reference to server.shutdown as it ends; if that were the
+        # last reference, the server and its model would be freed on that daemon thread while
+        # the interpreter shuts down, which aborts the process ("terminate called without an
+        # active exception", exit -6). Let it end while the caller still holds the server.
+        for t in stoppers:
+            t.join(timeout=10)
 
 
 __all__ = ["Handler", "ServeConfig", "Server", "make_server", "serve_until_stopped", "start_in_thread"]
