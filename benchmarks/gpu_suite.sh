@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one call (~25-30 min on one H100): the CUDA tests,
-# then the benchmarks of issues 6 and 7 with their CUDA defaults. Results go to
+# Everything that needs a CUDA GPU, in one call (~30 min on one H100): the CUDA tests, the
+# benchmarks of issues 6 and 7 with their CUDA defaults, and 40 steps of `attnlab train
+# gpt2-124m-32k` (32k tokens, 1024-token window) through the CLI. Results go to
 # benchmarks/results/*-cuda.* and, when $OUT is set (the device machine), are copied there.
 #
 #   bash benchmarks/gpu_suite.sh                 # all steps
 #   # the device tool allows 10 minutes a command: three calls of at most ~10 min each
-#   bash benchmarks/gpu_suite.sh tests nanogpt; bash benchmarks/gpu_suite.sh long generate
-#   bash benchmarks/gpu_suite.sh attention ttq
-#   bash benchmarks/gpu_suite.sh tests nanogpt   # some steps: tests nanogpt long generate attention ttq
+#   bash benchmarks/gpu_suite.sh tests nanogpt; bash benchmarks/gpu_suite.sh long train32k
+#   bash benchmarks/gpu_suite.sh generate attention ttq
+#   bash benchmarks/gpu_suite.sh tests nanogpt   # some steps: tests nanogpt long train32k generate attention ttq
 #
 # nanoGPT's model.py must be in third_party/nanogpt (ignored by git, never committed):
 #   mkdir -p third_party/nanogpt && git --git-dir=/work/.mirror/karpathy+nanoGPT/repo archive HEAD model.py \
@@ -22,7 +23,7 @@ LOG=benchmarks/results/gpu_suite.log
 mkdir -p benchmarks/results
 echo "=== gpu_suite $(date -u +%F\ %T) steps: ${*:-all}" >> "$LOG"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests nanogpt long generate attention ttq)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests nanogpt long train32k generate attention ttq)
 failed=0
 
 step() {  # step NAME LIMIT_S COMMAND...
@@ -45,11 +46,15 @@ for s in "${STEPS[@]}"; do
     tests) step tests 240 $PY -m pytest -p no:cacheprovider tests/gpu tests/bench/test_bench_attention.py -rs ;;
     nanogpt) step nanogpt 360 $PY benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt ;;
     long) step long 420 $PY benchmarks/long_context.py --no-rope --strict-graph ;;
+    train32k) rm -rf /tmp/gpt2-124m-32k
+      step train32k 420 $PY -m attnlab train gpt2-124m-32k train.max_steps=40 train.eval_every=20 \
+        train.ckpt_every=0 train.log_every=5 train.out_dir=/tmp/gpt2-124m-32k --no-progress
+      cp /tmp/gpt2-124m-32k/metrics.jsonl benchmarks/results/train_gpt2-124m-32k-cuda.jsonl 2>/dev/null ;;
     generate) step generate 300 $PY benchmarks/generate.py ;;
     attention) step attention 280 $PY -m attnlab bench attention --seq-lens 1024,4096,16384 \
       --backends auto,sdpa,flex,chunked,sdpa-flash,sdpa-cudnn ;;
     ttq) step ttq 400 $PY benchmarks/time_to_quality.py --nanogpt third_party/nanogpt --device cuda --budget-s 120 ;;
-    *) echo "unknown step '$s' (tests nanogpt long generate attention ttq)" | tee -a "$LOG"; failed=$((failed + 1)) ;;
+    *) echo "unknown step '$s' (tests nanogpt long train32k generate attention ttq)" | tee -a "$LOG"; failed=$((failed + 1)) ;;
   esac
 done
 
