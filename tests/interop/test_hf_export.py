@@ -10,11 +10,11 @@ from attnlab.config import load
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.interop.hf import from_hf, to_hf
 from attnlab.models import build
+from tests.interop._parity import V, random_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install attnlab[hf])")
 
-V = 101
 SMALL = ["model.n_layer=2", "model.d_model=64", "model.block_size=32"]
 GPT = ("gpt-tiny", ["model.bias=true"])
 LLAMA = ("llama-tiny", ["model.n_kv_head=2", "model.norm_eps=1e-5", "model.rope_theta=500.0"])
@@ -30,10 +30,6 @@ def _ours(preset: str, overrides: list[str], seed: int = 0):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model
-
-
-def _ids(seed: int = 1):
-    return torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(seed))
 
 
 def _logits(model, ids):
@@ -52,7 +48,7 @@ def _logits(model, ids):
 def test_export_matches_and_round_trips(family, extra, hf_class, tied, tmp_path):
     preset, overrides = family
     ours = _ours(preset, overrides + extra)
-    ids = _ids()
+    ids = random_ids()
     expected = _logits(ours, ids)
     exported = to_hf(ours, tmp_path)
     assert type(exported).__name__ == hf_class
@@ -115,7 +111,7 @@ def test_extra_weights_are_refused():
 
 
 def _bert_inputs():
-    ids = _ids(2)
+    ids = random_ids(2)
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0  # right padding in one row
     types = torch.zeros_like(ids)
@@ -160,7 +156,7 @@ def test_bert_unexpressible_config_is_refused(extra, field):
 def test_t5_export_matches_and_round_trips(extra, tmp_path):
     ours = _ours("t5-tiny", ["model.dropout=0.0", *extra])
     ids, mask, _ = _bert_inputs()
-    dec = _ids(3)[:, :6]
+    dec = random_ids(3)[:, :6]
     with torch.no_grad():
         expected = ours(ids, dec, mask)
     exported = to_hf(ours, tmp_path)

@@ -8,24 +8,12 @@ import torch
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.interop.hf import from_hf
 from attnlab.models import DecoderLM
+from tests.interop._parity import SPECIAL_IDS, V, max_logit_diff, random_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install attnlab[hf])")
 
-V = 101
-
-SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
-
-
-def _ids(seed: int = 1):
-    return torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(seed))
-
-
-def _max_diff(ours, ref, ids) -> float:
-    with torch.no_grad():
-        return (ours(ids) - ref(ids).logits).abs().max().item()
 
 
 @pytest.mark.parametrize("kw", [{}, {"activation_function": "gelu", "n_inner": 80, "scale_attn_weights": False}])
@@ -34,22 +22,22 @@ def test_logits_match_transformers(kw, tiny_hf):
     ours = from_hf(ref)
     assert isinstance(ours, DecoderLM) and ours.config.tie_embeddings
     assert ours.lm_head.weight is ours.tok_emb.weight
-    assert _max_diff(ours, ref, _ids()) < 1e-4
+    assert max_logit_diff(ours, ref, random_ids()) < 1e-4
 
 
 def test_from_saved_directory_and_bare_model(tmp_path, tiny_hf):
     ref = tiny_hf("gpt2", **SPECIAL_IDS, seed=2)
     ref.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
-    assert _max_diff(from_hf(tmp_path), ref, _ids()) < 1e-4
+    assert max_logit_diff(from_hf(tmp_path), ref, random_ids()) < 1e-4
     bare = transformers.GPT2Model(ref.config).eval()  # no head: logits from the tied embedding
     bare.load_state_dict(ref.transformer.state_dict())
-    assert _max_diff(from_hf(bare), ref, _ids()) < 1e-4
+    assert max_logit_diff(from_hf(bare), ref, random_ids()) < 1e-4
 
 
 def test_greedy_decoding_matches_transformers(check_greedy, tiny_hf):
     ref = tiny_hf("gpt2", **SPECIAL_IDS, seed=3)
-    check_greedy(ref, from_hf(ref), _ids(4)[:1, :5])
+    check_greedy(ref, from_hf(ref), random_ids(4)[:1, :5])
 
 
 

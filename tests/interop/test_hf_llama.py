@@ -3,29 +3,16 @@
 import os
 
 import pytest
-import torch
 
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.interop.hf import from_hf
 from attnlab.models import DecoderLM
+from tests.interop._parity import SPECIAL_IDS, V, max_logit_diff, random_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install attnlab[hf])")
 
-V = 101
-
-SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
-
-
-def _ids(seed: int = 1):
-    return torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(seed))
-
-
-def _max_diff(ours, ref, ids) -> float:
-    with torch.no_grad():
-        return (ours(ids) - ref(ids).logits).abs().max().item()
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -36,10 +23,10 @@ def test_logits_match_transformers(tied, tmp_path, tiny_hf):
     cfg = ours.config
     assert (cfg.n_head, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps) == (4, 2, 500.0, 1e-5)
     assert (ours.lm_head.weight is ours.tok_emb.weight) == tied
-    assert _max_diff(ours, ref, _ids()) < 1e-4
+    assert max_logit_diff(ours, ref, random_ids()) < 1e-4
     ref.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
-    assert _max_diff(from_hf(tmp_path), ref, _ids()) < 1e-4
+    assert max_logit_diff(from_hf(tmp_path), ref, random_ids()) < 1e-4
 
 
 def test_linear_rope_scaling_matches_transformers(tiny_hf):
@@ -47,12 +34,12 @@ def test_linear_rope_scaling_matches_transformers(tiny_hf):
                   rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
     ours = from_hf(ref)
     assert (ours.config.rope_scaling, ours.config.rope_scaling_factor) == ("linear", 2.0)
-    assert _max_diff(ours, ref, _ids()) < 1e-4
+    assert max_logit_diff(ours, ref, random_ids()) < 1e-4
 
 
 def test_greedy_decoding_matches_transformers(check_greedy, tiny_hf):
     ref = tiny_hf("llama", **SPECIAL_IDS, seed=3)
-    check_greedy(ref, from_hf(ref), _ids(4)[:1, :5])
+    check_greedy(ref, from_hf(ref), random_ids(4)[:1, :5])
 
 
 

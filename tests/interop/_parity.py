@@ -1,0 +1,18 @@
+"""Inputs and logit comparison shared by the decoder-only Hugging Face interop tests."""
+
+import torch
+
+V = 101  # vocabulary of the tiny GPT-2 / Llama checkpoints (tests/interop/conftest.py TINY_HF)
+
+SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+
+
+def random_ids(seed: int = 1) -> torch.Tensor:
+    """(3, 12) random token ids below :data:`V`."""
+    return torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(seed))
+
+
+def max_logit_diff(ours, ref, input_ids: torch.Tensor) -> float:
+    """Largest |our logits − transformers' logits| on ``input_ids``."""
+    with torch.no_grad():
+        return (ours(input_ids) - ref(input_ids).logits).abs().max().item()
