@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import json
 import math
-import platform
 import resource
 import statistics
 import subprocess
@@ -42,6 +41,9 @@ from typing import Any, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import device_label  # noqa: E402
 
 from attnlab.attention.backends import flex, prepare_masks  # noqa: E402
 from attnlab.config import Config, load  # noqa: E402
@@ -264,12 +266,6 @@ def rope_experiment(args: argparse.Namespace) -> dict[str, Any]:
 # -- report ---------------------------------------------------------------------------------
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.machine()}), {torch.get_num_threads()} threads"
-
-
 def markdown(res: dict[str, Any]) -> str:
     m = res["meta"]
     mem = "peak GiB" if m["device_type"] == "cuda" else "peak RSS growth MiB"
@@ -360,7 +356,7 @@ def main() -> None:
         print(f"{variant:>6}: {r['backend']:>7} {r['ms_per_iter']:9.1f} ms/iter {r['tokens_per_s']:>9,} tokens/s "
               f"peak {r.get('peak_gib', r.get('peak_mib'))}")
     cfg = bench_config(args, args.window).model
-    meta = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+    meta = {"device": device_label(device), "device_type": device.type, "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "seq_len": args.seq_len, "compile": args.compile,
             "activation_checkpointing": args.activation_checkpointing, "iters": args.iters, "warmup": args.warmup,
             "dtype": "bf16 autocast" if (args.dtype == "auto" and on_cuda) or args.dtype == "bfloat16" else "fp32",
