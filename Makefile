@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean docs docs-check
+.PHONY: demo test test-fast lint bench venv clean docs docs-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The inner-loop tier: everything not marked slow (end-to-end training, subprocesses, browsers).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+# Lint is part of the build (rules in pyproject.toml's [tool.ruff]); .ci/run calls it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
