@@ -10,6 +10,8 @@ text file. The number matches when the recorded value, rounded to the quoted num
 decimals, equals it. A source outside the repository (``../shared/DESIGN.md``, a reference
 measured elsewhere) is checked only where that file is present. An :class:`Unrecorded`
 passage quotes figures measured by the command beside it whose output is not (yet) a file.
+In ``README.md`` and ``benchmarks/README.md`` every number with a unit of speed, time, size or
+loss, or a ratio, must lie inside a registered quote (or a phrase listed as not a measurement).
 
     python benchmarks/figures.py --check   # exit 1 on a figure its source does not hold, or a stale FIGURES.md
     python benchmarks/figures.py --write   # regenerate benchmarks/FIGURES.md
@@ -155,6 +157,28 @@ def check_figure(fig: Figure, docs: dict[str, str]) -> tuple[str, str]:
     return "ok", f"{value:g}"
 
 
+# A measured-looking number: a speed, time, size, loss unit or a ratio. Scanned in COVERED_DOCS only.
+MEASURE = re.compile(
+    r"[~≈]?\d[\d,]*(?:\.\d+)?\s?(?:k\s)?(?:tokens/s|req/s|ms/iter|ms\b|MiB|GiB|MB\b|bits/byte|nats/token|×|x\b|s\b|%)"
+)
+
+
+def uncovered(doc: str, text: str, quotes: list[str], ignore: list[str]) -> list[str]:
+    """Measured-looking numbers in ``text`` (whitespace collapsed) outside every registered or ignored quote."""
+    spans = []
+    for quote in [*quotes, *ignore]:
+        q = squash(quote)
+        start = text.find(q)
+        while start >= 0:
+            spans.append((start, start + len(q)))
+            start = text.find(q, start + 1)
+    return [
+        f"{doc} quotes {text[max(0, m.start() - 30):m.end()]!r}: register it in benchmarks/figures_table.py"
+        for m in MEASURE.finditer(text)
+        if not any(a <= m.start() < b for a, b in spans)
+    ]
+
+
 def load_docs(figures: list[Figure], passages: list[Unrecorded]) -> dict[str, str]:
     """Each quoting doc's text, whitespace collapsed."""
     names = sorted({f.doc for f in figures} | {p.doc for p in passages})
@@ -223,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="regenerate benchmarks/FIGURES.md")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from figures_table import FIGURES, UNRECORDED
+    from figures_table import COVERED_DOCS, FIGURES, NOT_MEASUREMENTS, UNRECORDED
 
     docs = load_docs(FIGURES, UNRECORDED)
     results = [check_figure(f, docs) for f in FIGURES]
     failures = [f"{f.doc}: {detail}" for f, (status, detail) in zip(FIGURES, results, strict=True) if status == "FAIL"]
+    for doc in COVERED_DOCS:
+        quotes = [f.quote for f in FIGURES if f.doc == doc] + [p.quote for p in UNRECORDED if p.doc == doc]
+        failures += uncovered(doc, docs[doc], quotes, NOT_MEASUREMENTS.get(doc, []))
     failures += [f"{p.doc} no longer says {p.quote!r}" for p in UNRECORDED if squash(p.quote) not in docs[p.doc]]
     text = render(FIGURES, UNRECORDED, results)
     if args.write:
