@@ -10,8 +10,9 @@ text file. The number matches when the recorded value, rounded to the quoted num
 decimals, equals it. A source outside the repository (``../shared/DESIGN.md``, a reference
 measured elsewhere) is checked only where that file is present. An :class:`Unrecorded`
 passage quotes figures measured by the command beside it whose output is not (yet) a file.
-In ``README.md`` and ``benchmarks/README.md`` every number with a unit of speed, time, size or
-loss, or a ratio, must lie inside a registered quote (or a phrase listed as not a measurement).
+In the docs of ``COVERED_DOCS`` (the READMEs, the how-tos, the results pages) every number with a
+unit of speed, time, size or loss, or a ratio, must lie inside a registered quote (or a phrase
+listed as not a measurement): a new figure cannot be quoted without a row in the table.
 
     python benchmarks/figures.py --check   # exit 1 on a figure its source does not hold, or a stale FIGURES.md
     python benchmarks/figures.py --write   # regenerate benchmarks/FIGURES.md
@@ -179,9 +180,9 @@ def uncovered(doc: str, text: str, quotes: list[str], ignore: list[str]) -> list
     ]
 
 
-def load_docs(figures: list[Figure], passages: list[Unrecorded]) -> dict[str, str]:
-    """Each quoting doc's text, whitespace collapsed."""
-    names = sorted({f.doc for f in figures} | {p.doc for p in passages})
+def load_docs(figures: list[Figure], passages: list[Unrecorded], covered: tuple[str, ...] = ()) -> dict[str, str]:
+    """The text of each quoting or covered doc, whitespace collapsed."""
+    names = sorted({f.doc for f in figures} | {p.doc for p in passages} | set(covered))
     return {name: squash((ROOT / name).read_text(encoding="utf-8")) for name in names}
 
 
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from figures_table import COVERED_DOCS, FIGURES, NOT_MEASUREMENTS, UNRECORDED
 
-    docs = load_docs(FIGURES, UNRECORDED)
+    docs = load_docs(FIGURES, UNRECORDED, COVERED_DOCS)
     results = [check_figure(f, docs) for f in FIGURES]
     failures = [f"{f.doc}: {detail}" for f, (status, detail) in zip(FIGURES, results, strict=True) if status == "FAIL"]
     for doc in COVERED_DOCS:

@@ -81,3 +81,9 @@ def test_a_changed_doc_a_missing_file_or_key_fails():
 def test_an_external_reference_absent_here_is_skipped_not_failed():
     ref = Figure("README.md", "36.4 ms/iter", "36.4", "../no-such-folder/DESIGN.md", r"re:([\d.]+) ms/iter", "ref")
     assert check_figure(ref, _docs("36.4 ms/iter"))[0] == "skipped"
+
+
+def test_an_unregistered_measurement_in_a_covered_doc_is_reported():
+    text = squash("The step ran at 12.5 tokens/s on\n 2 cores, batch 16 × 128.")
+    assert len(figures.uncovered("README.md", text, [], [])) == 2
+    assert figures.uncovered("README.md", text, ["ran at 12.5 tokens/s"], ["batch 16 × 128"]) == []
