@@ -207,6 +207,8 @@ def render(figures: list[Figure], passages: list[Unrecorded], results: list[tupl
         "an expression over such paths, or `re:` a pattern whose first group is the figure.",
         "Run the commands from the repository root with `.venv/bin/python` (or `PYTHONPATH=src`).",
         "",
+        "## Figures checked against a result file",
+        "",
     ]
     by_source: dict[str, list[int]] = {}
     for i, fig in enumerate(figures):
@@ -215,7 +217,7 @@ def render(figures: list[Figure], passages: list[Unrecorded], results: list[tupl
         external = source.startswith("../")
         note = " (a reference measured elsewhere, NOT ours; outside this repository)" if external else ""
         title = f"`{source}`{note}"
-        out += [f"## {title}", ""]
+        out += [f"### {title}", ""]
         commands = sorted({figures[i].command for i in idx})
         out += [f"Produced by: {_code(c)}" if not external else f"Origin: {c}" for c in commands] + [""]
         out += ["| doc | quoted text | figure | key | recorded |", "|---|---|---|---|---|"]
