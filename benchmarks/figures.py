@@ -187,7 +187,8 @@ def load_docs(figures: list[Figure], passages: list[Unrecorded], covered: tuple[
 
 
 def _cell(text: str) -> str:
-    return squash(text).replace("|", "\\|")
+    """Text for a table cell: pipes escaped, and no quoted link left live (its target is the doc's)."""
+    return squash(text).replace("|", "\\|").replace("](", "]\\(")
 
 
 def _code(text: str) -> str:

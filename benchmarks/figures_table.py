@@ -214,8 +214,7 @@ UNRECORDED: list[Unrecorded] = [
                    "of 6.216 nats/token = 2.885 bits/byte", "make demo"),
     Unrecorded(RM, "in about 3–4 minutes of training at ~5,000–7,000 tokens/s (3 min 24 s for the whole `make demo`",
                "make demo"),
-    Unrecorded(RM, "Measured on 2 CPU cores with the shipped recipes (commands, data and details in "
-                   "[docs/results.md](docs/results.md))", _SEE_RESULTS),
+    Unrecorded(RM, "Measured on 2 CPU cores with the shipped recipes", _SEE_RESULTS),
     Unrecorded(RM, "| sentiment (Rotten Tomatoes), test accuracy | bag of words 79.8 % · tiny encoder from scratch "
                    "76.0 % · **pretrained MiniLM-L6 83.8 %** (LoRA rank 8: 82.8 % training 2.1 % of the weights, "
                    "optimizer state 5.5 vs 260 MiB) |", _SEE_RESULTS),
