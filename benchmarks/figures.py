@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not TABLE_MD.is_file() or TABLE_MD.read_text(encoding="utf-8") != text:
         failures.append("benchmarks/FIGURES.md is stale: run `python benchmarks/figures.py --write`")
     skipped = sum(status == "skipped" for status, _ in results)
+    failures = list(dict.fromkeys(failures))  # figures sharing a quote report a changed doc once
     for line in failures:
         print(f"FAIL {line}", file=sys.stderr)
     print(
