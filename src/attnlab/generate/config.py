@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Optional, Union
+from typing import Any
 
 from attnlab.errors import ConfigError
 
 SEED_MAX = 2**63 - 1
 """The largest seed (``torch.Generator.manual_seed`` takes 0..2**63-1 portably)."""
 
-EarlyStopping = Union[bool, str]
+EarlyStopping = bool | str
 """``True``, ``False`` or ``"never"`` (see :mod:`attnlab.generate.beam`)."""
 
 
@@ -68,11 +68,11 @@ class SamplingConfig:
             (``top_k``, ``top_p``, a temperature other than 0 or 1, ``stop``) with ``num_beams > 1``.
     """
 
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: int | None = None
     temperature: float = 1.0
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    seed: Optional[int] = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
     num_beams: int = 1
     length_penalty: float = 1.0
     early_stopping: EarlyStopping = True
@@ -98,6 +98,7 @@ class SamplingConfig:
         if not (_is_number(r) and math.isfinite(r) and r > 0):
             raise SamplingError("repetition_penalty", f"must be > 0 (1 = off, > 1 discourages repeats), got {r!r}")
         object.__setattr__(self, "temperature", float(t))
+        object.__setattr__(self, "top_p", None if p is None else float(p))
         object.__setattr__(self, "length_penalty", float(self.length_penalty))
         object.__setattr__(self, "repetition_penalty", float(r))
         object.__setattr__(self, "stop", self._checked_stop())

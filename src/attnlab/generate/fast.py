@@ -168,7 +168,7 @@ class FastDecoder:
 
     def session(self, input_ids: torch.Tensor, max_new_tokens: int, *,
                 attention_mask: Optional[torch.Tensor] = None) -> StaticSession:
-        """A decoding session on this decoder (what ``generate(..., decoder=self)`` runs; see :class:`StaticSession`)."""
+        """A decoding session on this decoder: what ``generate(..., decoder=self)`` runs (:class:`StaticSession`)."""
         return StaticSession(self, input_ids, max_new_tokens, attention_mask=attention_mask)
 
     def stream(self, input_ids: torch.Tensor, max_new_tokens: Optional[int] = None,
