@@ -107,7 +107,7 @@ def _session(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, att
         return decoder.session(input_ids, max_new_tokens, attention_mask=attention_mask)
 
 
-def resolve(input_ids: torch.Tensor, max_new_tokens: Optional[int], sampling: Optional[SamplingConfig],
+def _resolve(input_ids: torch.Tensor, max_new_tokens: Optional[int], sampling: Optional[SamplingConfig],
             eos_token_id: Optional[int], options: dict[str, Any]) -> tuple[SamplingConfig, int]:
     """The call's validated options and token budget (see :func:`generate`).
 
@@ -151,7 +151,7 @@ def stream(
         ValueError: ``num_beams > 1`` (beam search only knows its tokens at the end), or
             bad input as in :func:`generate`.
     """
-    cfg, n = resolve(input_ids, max_new_tokens, sampling, eos_token_id, options)
+    cfg, n = _resolve(input_ids, max_new_tokens, sampling, eos_token_id, options)
     if cfg.num_beams != 1:
         raise ValueError(f"stream() yields greedy or sampled tokens one step at a time and cannot run beam search "
                          f"(num_beams={cfg.num_beams}); use generate(..., num_beams={cfg.num_beams})")
@@ -233,7 +233,7 @@ def generate(
         ValueError: empty input, a sequence longer than the model's context, a mask that is
             not left padding or that the model cannot honour, beam search with ``decoder``.
     """
-    cfg, n = resolve(input_ids, max_new_tokens, sampling, eos_token_id, options)
+    cfg, n = _resolve(input_ids, max_new_tokens, sampling, eos_token_id, options)
     if cfg.num_beams > 1:
         if decoder is not None:
             raise ValueError("the fast decode path (decoder=FastDecoder) does not run beam search; drop decoder= "
