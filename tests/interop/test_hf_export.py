@@ -8,7 +8,7 @@ import torch
 
 from attnlab.config import load
 from attnlab.errors import AttnlabError, CheckpointError
-from attnlab.interop.hf import from_hf, to_hf
+from attnlab.interop import from_hf, to_hf
 from attnlab.models import build
 from tests.interop._parity import V, random_ids
 

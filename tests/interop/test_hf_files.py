@@ -9,7 +9,7 @@ import torch
 from attnlab.config import load
 from attnlab.data import Tokenizer
 from attnlab.errors import AttnlabError, CheckpointError
-from attnlab.interop.hf import from_hf, to_hf
+from attnlab.interop import from_hf, to_hf
 from attnlab.models import build
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -67,7 +67,7 @@ def _hf_to_attnlab(src: Path, out: Path) -> None:
 
 
 def _attnlab_to_hf(src: Path, out: Path, max_shard_size: int | str | None) -> None:
-    from attnlab.interop.hf import to_hf
+    from attnlab.interop.export import to_hf
     from attnlab.train.checkpoint import load_model
 
     model, ckpt = load_model(src)

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from attnlab.generate import SamplingConfig
+
+
+DEFAULT_MAX_NEW_TOKENS = 200
+"""The most new tokens generated when ``--max-new-tokens`` is not given (fewer when the context is shorter)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,16 +27,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Continue a prompt with a trained model (KV-cached decoding). "
         "--temperature 0 is greedy.",
     )
+    # Numbers are read as text and checked by SamplingConfig, so a bad one is a one-line error (exit 2).
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (with beams: best beams to print)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: sample or greedy)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**penalty")
+    p.add_argument("--max-new-tokens", default=None, metavar="N",
+                   help=f"tokens to generate at most (default: as many as the model's context holds after the "
+                   f"prompt, at most {DEFAULT_MAX_NEW_TOKENS}); more than the context holds is an error")
+    p.add_argument("--temperature", default="0.8", metavar="T", help="sampling temperature, >= 0; 0 is greedy "
+                   "(default: 0.8)")
+    p.add_argument("--top-k", default=None, metavar="K", help="sample among the K most likely tokens (0: off)")
+    p.add_argument("--top-p", default=None, metavar="P", help="sample from the nucleus of mass P, in (0, 1]")
+    p.add_argument("--seed", default=None, metavar="S", help="seed for reproducible sampling (0..2**63-1)")
+    p.add_argument("--num-samples", default="1", metavar="N",
+                   help="samples to draw (with beams: best beams to print; default: 1)")
+    p.add_argument("--num-beams", default="1", metavar="N", help="beam search width (1: sample or greedy; default: 1)")
+    p.add_argument("--length-penalty", default="1.0", metavar="X",
+                   help="beam score = sum log p / length**X (default: 1.0)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the generated text contains TEXT (not printed); repeatable")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slow)")
@@ -37,6 +51,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "same tokens, faster for long outputs once compiled")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=run)
+
+
+_FIELDS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int,
+           "num_beams": int, "length_penalty": float}
+"""SamplingConfig fields set from the flag of the same name, with the type its text must parse as."""
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _number(text: Any, field: str, kind: type) -> Any:
+    """``text`` (a flag's value) as an int or float; a one-line AttnlabError if it is neither."""
+    from attnlab.errors import AttnlabError
+
+    if text is None or not isinstance(text, str):
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise AttnlabError(f"{_flag(field)} must be {what}, got '{text}'") from None
+
+
+def _checked(cfg: SamplingConfig | None, **values: Any) -> SamplingConfig:
+    """``cfg`` (None: the defaults) with ``values``, validated; a bad value is a one-line error naming its flag."""
+    from attnlab.errors import AttnlabError
+    from attnlab.generate import SamplingConfig, SamplingError
+
+    try:
+        return (cfg or SamplingConfig()).with_options(**values)
+    except SamplingError as e:
+        raise AttnlabError(f"{_flag(e.field)} {e.problem}") from None
+
+
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The :class:`~attnlab.generate.SamplingConfig` of the flags (``max_new_tokens`` None when not given).
+
+    With ``--num-beams`` > 1 the sampling flags (temperature, top-k, top-p) do not apply: beam search is
+    deterministic; their values are still checked.
+
+    Raises:
+        AttnlabError: a value that is not a number or out of range, naming the flag.
+    """
+    values = {field: _number(getattr(args, field), field, kind) for field, kind in _FIELDS.items()}
+    beams = values.pop("num_beams")
+    cfg = _checked(None, **values)
+    return cfg if beams == 1 else _checked(cfg, num_beams=beams, temperature=0.0, top_k=None, top_p=None)
 
 
 def _print_sample(tok, head: list[int], tokens, stops: list[str]) -> None:
@@ -64,23 +126,53 @@ def _fast_decoder(model, max_len: int):
         raise AttnlabError(f"--compile: {e}") from None
 
 
+def _budget(cfg: SamplingConfig, n_prompt: int, limit: int, encdec: bool) -> int:
+    """New tokens to generate: ``--max-new-tokens``, or by default what the context holds, capped.
+
+    Raises:
+        AttnlabError: the prompt (with ``--max-new-tokens``) does not fit the model's context.
+    """
+    from attnlab.errors import AttnlabError
+
+    used = 1 if encdec else n_prompt  # the decoder's start token, or the prompt
+    room = limit - used
+    if cfg.max_new_tokens is None:
+        if room < 1:
+            raise AttnlabError(f"the prompt is {n_prompt} tokens and fills the model's context of {limit} tokens; "
+                               "shorten the prompt")
+        return min(DEFAULT_MAX_NEW_TOKENS, room)
+    if cfg.max_new_tokens <= room:
+        return cfg.max_new_tokens
+    if encdec:
+        raise AttnlabError(f"--max-new-tokens {cfg.max_new_tokens} exceeds the decoder's context of {limit} "
+                           f"(start token included); lower it to {room}")
+    raise AttnlabError(f"prompt is {n_prompt} tokens and --max-new-tokens is {cfg.max_new_tokens}, but the model's "
+                       f"context is {limit} tokens; shorten the prompt or lower --max-new-tokens to {max(room, 0)}")
+
+
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
     from attnlab.cli._common import load_for_inference
     from attnlab.errors import AttnlabError
     from attnlab.generate import generate, is_encoder_decoder, stream
 
-    if args.max_new_tokens <= 0 or args.num_samples <= 0 or args.num_beams <= 0:
-        raise AttnlabError("--max-new-tokens, --num-samples and --num-beams must be positive")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise AttnlabError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.num_beams > 1 and args.num_samples > args.num_beams:
-        raise AttnlabError(f"--num-samples {args.num_samples} exceeds --num-beams {args.num_beams}; "
+    cfg = sampling_config(args)
+    num_samples = _number(args.num_samples, "num_samples", int)
+    if num_samples <= 0:
+        raise AttnlabError(f"--num-samples must be positive, got {num_samples}")
+    if cfg.num_beams > 1 and num_samples > cfg.num_beams:
+        raise AttnlabError(f"--num-samples {num_samples} exceeds --num-beams {cfg.num_beams}; "
                            "beam search returns at most one sequence per beam")
-    if args.compile and (args.num_beams > 1 or args.no_cache):
+    if cfg.num_beams == 1 and cfg.seed is not None:  # sample i is seeded with seed + i: check the last one
+        _checked(cfg, seed=cfg.seed + num_samples - 1)
+    if args.compile and (cfg.num_beams > 1 or args.no_cache):
         raise AttnlabError("--compile runs greedy/sampled decoding on a static KV cache; drop --num-beams/--no-cache "
                            "or --compile")
+    if any(not t for t in args.stop):
+        raise AttnlabError("--stop needs a non-empty text")
     model, tok, ckpt, device = load_for_inference(args.checkpoint, args.device)
     if ckpt.config.model.arch == "encoder":
         raise AttnlabError(f"'{ckpt.path}' holds an encoder (model.arch=encoder, masked LM), which does not "
@@ -89,42 +181,29 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         raise AttnlabError("the prompt encodes to no tokens; pass a non-empty --prompt")
     encdec = is_encoder_decoder(model)
-    limit = model.max_context
-    if encdec:
-        if len(ids) > model.config.block_size:
-            raise AttnlabError(f"the source is {len(ids)} tokens but the encoder reads at most "
-                               f"{model.config.block_size}; shorten the prompt")
-        if args.max_new_tokens + 1 > limit:
-            raise AttnlabError(f"--max-new-tokens {args.max_new_tokens} exceeds the decoder's context of {limit} "
-                               f"(start token included); lower it to {limit - 1}")
-    elif len(ids) + args.max_new_tokens > limit:
-        raise AttnlabError(
-            f"prompt is {len(ids)} tokens and --max-new-tokens is {args.max_new_tokens}, but the model's "
-            f"context is {limit} tokens; shorten the prompt or lower --max-new-tokens to {max(limit - len(ids), 0)}"
-        )
-    fast = _fast_decoder(model, len(ids) + args.max_new_tokens) if args.compile else None
+    if encdec and len(ids) > model.config.block_size:
+        raise AttnlabError(f"the source is {len(ids)} tokens but the encoder reads at most "
+                           f"{model.config.block_size}; shorten the prompt")
+    n = _budget(cfg, len(ids), model.max_context, encdec)
+    cfg = dataclasses.replace(cfg, max_new_tokens=n)
+    fast = _fast_decoder(model, len(ids) + n) if args.compile else None
     x = torch.tensor([ids], device=device)
     skip = 1 if encdec else len(ids)  # the decoder's start token, or the echoed prompt
     head = [] if encdec else list(ids)
-    if any(not t for t in args.stop):
-        raise AttnlabError("--stop needs a non-empty text")
     sep = "-" * 40 + "\n"
-    if args.num_beams > 1:
-        seqs = generate(model, x, args.max_new_tokens, num_beams=args.num_beams, length_penalty=args.length_penalty,
-                        num_return_sequences=args.num_samples, eos_token_id=tok.eos_id,
-                        use_cache=not args.no_cache, temperature=0.0)
+    if cfg.num_beams > 1:
+        seqs = generate(model, x, sampling=dataclasses.replace(cfg, num_return_sequences=num_samples),
+                        eos_token_id=tok.eos_id, use_cache=not args.no_cache)
         for i, row in enumerate(seqs.tolist()):
             _print_sample(tok, head, row[skip:], args.stop)
             sys.stdout.write(sep if i + 1 < len(seqs) else "")
         return 0
-    for i in range(args.num_samples):
-        seed = None if args.seed is None else args.seed + i
-        kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=tok.eos_id,
-                      seed=seed)
-        steps = (fast.stream(x, args.max_new_tokens, **kwargs) if fast is not None
-                 else stream(model, x, args.max_new_tokens, use_cache=not args.no_cache, **kwargs))
+    for i in range(num_samples):
+        sample = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
+        steps = (fast.stream(x, sampling=sample, eos_token_id=tok.eos_id) if fast is not None
+                 else stream(model, x, sampling=sample, eos_token_id=tok.eos_id, use_cache=not args.no_cache))
         _print_sample(tok, head, (t[0] for t in steps), args.stop)
-        sys.stdout.write(sep if i + 1 < args.num_samples else "")
+        sys.stdout.write(sep if i + 1 < num_samples else "")
     if fast is not None:  # say which path ran (stderr: stdout stays the text)
         print(f"decode path: {fast.path}, compiled {fast.compiles}x", file=sys.stderr)
     return 0

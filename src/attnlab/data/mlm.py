@@ -18,6 +18,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (as ``F.cross_entropy``'s default)."""
 
+MASK_TOKEN = "<|mask|>"
+"""The special token an encoder's masked positions read (added to the tokenizer by the MLM objective)."""
+
 
 def mask_tokens(
     input_ids: torch.Tensor,

@@ -7,24 +7,11 @@ one) score 1 only when the prediction is empty after normalization.
 
 from __future__ import annotations
 
-import re
-import string
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-_PUNCTUATION = frozenset(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(s: str) -> str:
-    """Lowercase, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace.
-
-    The steps run in that order, as in the official SQuAD v1.1 script.
-    """
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
+from attnlab.data.text_norm import normalize_answer
 
 
 def _golds(golds: str | Sequence[str]) -> list[str]:

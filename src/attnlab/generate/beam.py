@@ -23,18 +23,15 @@ stopping rules included, so both return the same sequences for the same model:
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.generate.processors import apply_repetition_penalty, check_repetition_penalty
+from attnlab.generate.config import EarlyStopping, SamplingConfig
+from attnlab.generate.processors import apply_repetition_penalty
 from attnlab.generate.session import Session, eval_mode
-
-
-EarlyStopping = Union[bool, str]
-"""``True``, ``False`` or ``"never"`` (see the module docstring)."""
 
 
 class Hypotheses:
@@ -73,18 +70,6 @@ class Hypotheses:
         # lift a longer beam's score, which only "never" waits for (up to the longest length).
         best_length = max_length if early_stopping == "never" and self.length_penalty > 0 else length
         return self.score(best_running, best_length) <= self.items[-1][0]
-
-
-def check_beam_args(num_beams: int, num_return_sequences: int, early_stopping: EarlyStopping = True) -> None:
-    """Raise a ValueError unless ``1 <= num_return_sequences <= num_beams`` and ``early_stopping``
-    is True, False or "never"."""
-    if not (isinstance(early_stopping, bool) or early_stopping == "never"):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if not 1 <= num_return_sequences <= num_beams:
-        raise ValueError(f"num_return_sequences must be between 1 and num_beams ({num_beams}), "
-                         f"got {num_return_sequences}; raise num_beams to return more sequences")
 
 
 @torch.no_grad()
@@ -129,9 +114,11 @@ def beam_search(
     Returns:
         ``(sequences, scores)``: (B · num_return_sequences, prefix + n) ids (prompt or start
         token included, padded with EOS) and their (B · num_return_sequences,) scores.
+    Raises:
+        SamplingError: a bad beam option (see :class:`~attnlab.generate.config.SamplingConfig`).
     """
-    check_beam_args(num_beams, num_return_sequences, early_stopping)
-    check_repetition_penalty(repetition_penalty)
+    SamplingConfig(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                   num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty)  # validates
     k = num_beams
     with eval_mode(model):
         session = Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)

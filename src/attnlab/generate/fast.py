@@ -166,11 +166,18 @@ class FastDecoder:
             raise RuntimeError(f"the compiled decode step hit torch._dynamo.config.recompile_limit={limit} (each "
                                "FastDecoder adds one graph); reuse FastDecoders or raise the limit") from e
 
-    def stream(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> Iterator[torch.Tensor]:
+    def session(self, input_ids: torch.Tensor, max_new_tokens: int, *,
+                attention_mask: Optional[torch.Tensor] = None) -> StaticSession:
+        """A decoding session on this decoder: what ``generate(..., decoder=self)`` runs (:class:`StaticSession`)."""
+        return StaticSession(self, input_ids, max_new_tokens, attention_mask=attention_mask)
+
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: Optional[int] = None,
+               **kwargs: Any) -> Iterator[torch.Tensor]:
         """Yield the next (B,) tokens one step at a time: :func:`~attnlab.generate.stream` on this decoder."""
         return sampling.stream(self.model, input_ids, max_new_tokens, decoder=self, **kwargs)
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: Optional[int] = None,
+                 **kwargs: Any) -> torch.Tensor:
         """(B, T + n) ids, prompt included: :func:`~attnlab.generate.generate` on this decoder."""
         return sampling.generate(self.model, input_ids, max_new_tokens, decoder=self, **kwargs)
 
@@ -217,8 +224,8 @@ def fast_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int
         max_new_tokens: how many tokens to add at most.
         compile: compile the decode step (``False``: the static cache, eagerly).
         mode: ``torch.compile`` mode (default :func:`default_mode`).
-        **kwargs: the sampling arguments of :func:`~attnlab.generate.generate`
-            (temperature, top_k, top_p, eos_token_id, seed, attention_mask, repetition_penalty, stop).
+        **kwargs: the other arguments of :func:`~attnlab.generate.generate` (``sampling=``, eos_token_id,
+            attention_mask, and the sampling options: temperature, top_k, top_p, seed, repetition_penalty, stop).
 
     Returns:
         (B, T + n) ids, prompt included; greedy output equals ``generate(..., temperature=0)``.

@@ -9,12 +9,6 @@ from typing import Optional
 import torch
 
 
-def check_repetition_penalty(penalty: float) -> None:
-    """Raise a ValueError unless ``penalty > 0``."""
-    if not penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1 = off, > 1 discourages repeats), got {penalty}")
-
-
 def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, penalty: float,
                              valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CTRL's repetition penalty: for every token already in a row's sequence, divide a
@@ -37,19 +31,9 @@ def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, penalty
     return torch.where(present, penalised, logits)  # (N, V)
 
 
-def check_stop(stop: Optional[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
-    """Validate token-id stop sequences; returns them as 1-D long tensors.
-
-    Raises:
-        ValueError: an empty stop sequence or one that is not made of ints.
-    """
-    out = []
-    for seq in stop or ():
-        ids = list(seq)
-        if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise ValueError(f"each stop sequence must be a non-empty list of token ids, got {seq!r}")
-        out.append(torch.tensor(ids, dtype=torch.long))
-    return out
+def stop_tensors(stop: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Token-id stop sequences (validated by :class:`~attnlab.generate.config.SamplingConfig`) as 1-D long tensors."""
+    return [torch.tensor(list(seq), dtype=torch.long) for seq in stop]
 
 
 def ends_with_stop(generated: torch.Tensor, stops: list[torch.Tensor]) -> torch.Tensor:
@@ -61,4 +45,4 @@ def ends_with_stop(generated: torch.Tensor, stops: list[torch.Tensor]) -> torch.
     return hit
 
 
-__all__ = ["apply_repetition_penalty", "check_repetition_penalty", "check_stop", "ends_with_stop"]
+__all__ = ["apply_repetition_penalty", "ends_with_stop", "stop_tensors"]

@@ -1,20 +1,35 @@
 """Autoregressive decoding: greedy, temperature, top-k, top-p, with a KV cache; ``generate`` also
-dispatches to beam search."""
+dispatches to beam search.
+
+The decoding options are one :class:`~attnlab.generate.config.SamplingConfig`, passed as
+``sampling=`` and/or as keyword arguments naming its fields (``generate(model, ids, 20, temperature=0.8)``);
+keyword arguments replace the config's fields, and the result is validated once, by the config.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Iterator
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
 
-from attnlab.generate.beam import EarlyStopping, beam_search, check_beam_args
-from attnlab.generate.processors import apply_repetition_penalty, check_repetition_penalty, check_stop, ends_with_stop
+from attnlab.generate.beam import beam_search
+from attnlab.generate.config import SamplingConfig, SamplingError
+from attnlab.generate.processors import apply_repetition_penalty, ends_with_stop, stop_tensors
 from attnlab.generate.session import Session, eval_mode
 
-if TYPE_CHECKING:
-    from attnlab.generate.fast import FastDecoder
+
+class StepDecoder(Protocol):
+    """What ``decoder=`` takes: an object that runs a decoding session of its ``model`` its own way
+    (:class:`~attnlab.generate.fast.FastDecoder`: a static KV cache and a compiled step)."""
+
+    model: nn.Module
+
+    def session(self, input_ids: torch.Tensor, max_new_tokens: int, *,
+                attention_mask: Optional[torch.Tensor] = None) -> Session:
+        """A :class:`~attnlab.generate.session.Session` whose model calls go to this decoder."""
+        ...
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -57,20 +72,19 @@ def next_token(
 
 
 @torch.no_grad()
-def _steps(
-    session: Session, max_new_tokens: int, *, temperature: float, top_k: Optional[int], top_p: Optional[float],
-    eos_token_id: Optional[int], seed: Optional[int], repetition_penalty: float = 1.0,
-    stop: Optional[list[torch.Tensor]] = None,
-) -> Iterator[torch.Tensor]:
+def _steps(session: Session, max_new_tokens: int, cfg: SamplingConfig,
+           eos_token_id: Optional[int]) -> Iterator[torch.Tensor]:
     """Pick, append and yield one (B,) token per step until done."""
     device = session.tokens.device
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    generator = None if cfg.seed is None else torch.Generator(device=device).manual_seed(cfg.seed)
+    stop = stop_tensors(cfg.stop)
     done = torch.zeros(session.tokens.size(0), dtype=torch.bool, device=device)
     with eval_mode(session.model):
         for _ in range(max_new_tokens):
             logits = session.next_logits()  # (B, V)
-            logits = apply_repetition_penalty(logits, session.tokens, repetition_penalty, session.padding)
-            tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            logits = apply_repetition_penalty(logits, session.tokens, cfg.repetition_penalty, session.padding)
+            tok = next_token(logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                             generator=generator)
             if eos_token_id is not None:
                 tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
                 done |= tok == eos_token_id
@@ -83,46 +97,47 @@ def _steps(
 
 
 def _session(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, attention_mask: Optional[torch.Tensor],
-             use_cache: bool, decoder: Optional[FastDecoder]) -> Session:
-    """The decoding session: the model's own cache, or ``decoder``'s static cache and compiled step."""
+             use_cache: bool, decoder: Optional[StepDecoder]) -> Session:
+    """The decoding session: the model's own cache, or ``decoder``'s (a static cache and compiled step)."""
     with eval_mode(model), torch.no_grad():
         if decoder is None:
             return Session(model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=use_cache)
         if decoder.model is not model:
             raise ValueError("decoder= is a FastDecoder of another model; build it with FastDecoder(model, ...)")
-        from attnlab.generate.fast import StaticSession  # fast builds on this module
-
-        return StaticSession(decoder, input_ids, max_new_tokens, attention_mask=attention_mask)
+        return decoder.session(input_ids, max_new_tokens, attention_mask=attention_mask)
 
 
-def _check_stop_args(stop: Optional[Sequence[Sequence[int]]], eos_token_id: Optional[int], num_beams: int,
-                     rows: int) -> list[torch.Tensor]:
-    """Validated stop sequences (see :func:`generate`)."""
-    stops = check_stop(stop)
-    if stops and num_beams > 1:
-        raise ValueError("stop sequences are not supported with beam search; use num_beams=1 or eos_token_id")
-    if stops and rows > 1 and eos_token_id is None:
+def _resolve(input_ids: torch.Tensor, max_new_tokens: Optional[int], sampling: Optional[SamplingConfig],
+            eos_token_id: Optional[int], options: dict[str, Any]) -> tuple[SamplingConfig, int]:
+    """The call's validated options and token budget (see :func:`generate`).
+
+    Raises:
+        SamplingError: a bad option, or no ``max_new_tokens`` anywhere.
+        ValueError: stop sequences over several rows without ``eos_token_id``.
+    """
+    cfg = (sampling or SamplingConfig()).with_options(**options)
+    n = max_new_tokens if max_new_tokens is not None else cfg.max_new_tokens
+    if n is None:
+        raise SamplingError("max_new_tokens", "is required: pass generate(model, input_ids, max_new_tokens) or "
+                            "SamplingConfig(max_new_tokens=...)")
+    rows = input_ids.size(0) if input_ids.dim() == 2 else 1
+    if cfg.stop and rows > 1 and eos_token_id is None:
         raise ValueError("stop sequences with several rows need eos_token_id to pad the rows that stopped early; "
                          "pass eos_token_id")
-    return stops
+    return cfg, n
 
 
 def stream(
     model: nn.Module,
     input_ids: torch.Tensor,
-    max_new_tokens: int,
+    max_new_tokens: Optional[int] = None,
     *,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    num_beams: int = 1,
+    sampling: Optional[SamplingConfig] = None,
     eos_token_id: Optional[int] = None,
-    seed: Optional[int] = None,
     use_cache: bool = True,
     attention_mask: Optional[torch.Tensor] = None,
-    repetition_penalty: float = 1.0,
-    stop: Optional[Sequence[Sequence[int]]] = None,
-    decoder: Optional[FastDecoder] = None,
+    decoder: Optional[StepDecoder] = None,
+    **options: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield the next (B,) tokens one step at a time (same arguments as :func:`generate`).
 
@@ -136,35 +151,25 @@ def stream(
         ValueError: ``num_beams > 1`` (beam search only knows its tokens at the end), or
             bad input as in :func:`generate`.
     """
-    if num_beams != 1:
+    cfg, n = _resolve(input_ids, max_new_tokens, sampling, eos_token_id, options)
+    if cfg.num_beams != 1:
         raise ValueError(f"stream() yields greedy or sampled tokens one step at a time and cannot run beam search "
-                         f"(num_beams={num_beams}); use generate(..., num_beams={num_beams})")
-    check_repetition_penalty(repetition_penalty)
-    stops = _check_stop_args(stop, eos_token_id, num_beams, input_ids.size(0) if input_ids.dim() == 2 else 1)
-    session = _session(model, input_ids, max_new_tokens, attention_mask, use_cache, decoder)
-    return _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                  eos_token_id=eos_token_id, seed=seed, repetition_penalty=repetition_penalty, stop=stops)
+                         f"(num_beams={cfg.num_beams}); use generate(..., num_beams={cfg.num_beams})")
+    session = _session(model, input_ids, n, attention_mask, use_cache, decoder)
+    return _steps(session, n, cfg, eos_token_id)
 
 
 def generate(
     model: nn.Module,
     input_ids: torch.Tensor,
-    max_new_tokens: int,
+    max_new_tokens: Optional[int] = None,
     *,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: EarlyStopping = True,
-    num_return_sequences: int = 1,
+    sampling: Optional[SamplingConfig] = None,
     eos_token_id: Optional[int] = None,
-    seed: Optional[int] = None,
     use_cache: bool = True,
     attention_mask: Optional[torch.Tensor] = None,
-    repetition_penalty: float = 1.0,
-    stop: Optional[Sequence[Sequence[int]]] = None,
-    decoder: Optional[FastDecoder] = None,
+    decoder: Optional[StepDecoder] = None,
+    **options: Any,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens: greedy, sampled, or by beam search.
 
@@ -177,38 +182,43 @@ def generate(
         model: a decoder-only LM or an encoder–decoder.
         input_ids: (B, T) prompt ids (decoder-only; rows of different lengths are
             left-padded, see ``attention_mask``) or source ids.
-        max_new_tokens: how many tokens to add at most.
-        temperature: softmax temperature; ``0`` means greedy (argmax). Beam search is
-            deterministic and accepts only the defaults 1 (or 0).
-        top_k: sample only among the k most likely tokens (not with beams).
-        top_p: sample only from the nucleus of probability mass p (not with beams).
-        num_beams: beam search width; 1 is greedy / sampling.
-        length_penalty: beam search ranks finished sequences by
-            ``sum log p / n ** length_penalty`` (n: generated tokens, EOS included);
-            > 0 favours longer ones, 0 ranks by total log-probability.
-        early_stopping: beam search stops a row once ``num_beams`` sequences finished
-            (``True``); ``False``: once the best running beam, scored at its current length,
-            cannot beat the worst of them (transformers' heuristic); ``"never"``: once no
-            running beam can, whatever its future length.
-        num_return_sequences: best beams returned per row (≤ ``num_beams``), best first.
+        max_new_tokens: how many tokens to add at most (0: none); None: ``sampling.max_new_tokens``.
+        sampling: the decoding options (:class:`~attnlab.generate.config.SamplingConfig`);
+            default: sampling at temperature 1, no beams.
         eos_token_id: a row (beam) finishes when it emits this token; shorter outputs
             are padded with it.
-        seed: seeds sampling for reproducible output.
         use_cache: decode with a KV cache / recurrent state (same tokens, much faster).
         attention_mask: (B, S) 1/0 source padding mask (encoder–decoders), or (B, T) 1/0
             mask of left-padded prompts (decoder-only :class:`~attnlab.models.DecoderLM`):
             padding is never attended to and each row's positions start at its first real
             token, so every row decodes as it would alone. The padding stays in the output.
-        repetition_penalty: CTRL's penalty on tokens already in the row (prompt included,
-            padding excluded): positive logits are divided by it, negative ones multiplied
-            (before temperature / filtering; beam search applies it to the log-probabilities,
-            as transformers does). 1 is off; must be > 0.
-        stop: token-id stop sequences (greedy / sampling only): a row finishes once its
-            generated tokens end with one of them (the stop tokens are kept) and is then
-            padded with ``eos_token_id`` (required when B > 1).
         decoder: a :class:`~attnlab.generate.FastDecoder` of ``model`` to run on (static
             KV cache, compiled decode step); greedy / sampling only. The same tokens as
             without it.
+        **options: fields of :class:`~attnlab.generate.config.SamplingConfig`, replacing
+            those of ``sampling``:
+
+            - ``temperature`` (1.0): softmax temperature; ``0`` means greedy (argmax). Beam
+              search is deterministic and accepts only the defaults 1 (or 0).
+            - ``top_k`` / ``top_p``: sample only among the k most likely tokens / from the
+              nucleus of probability mass p (not with beams).
+            - ``seed``: seeds sampling for reproducible output.
+            - ``num_beams`` (1): beam search width; 1 is greedy / sampling.
+            - ``length_penalty`` (1.0): beam search ranks finished sequences by
+              ``sum log p / n ** length_penalty`` (n: generated tokens, EOS included);
+              > 0 favours longer ones, 0 ranks by total log-probability.
+            - ``early_stopping`` (True): beam search stops a row once ``num_beams`` sequences
+              finished; ``False``: once the best running beam, scored at its current length,
+              cannot beat the worst of them (transformers' heuristic); ``"never"``: once no
+              running beam can, whatever its future length.
+            - ``num_return_sequences`` (1): best beams returned per row (≤ ``num_beams``), best first.
+            - ``repetition_penalty`` (1.0): CTRL's penalty on tokens already in the row (prompt
+              included, padding excluded): positive logits are divided by it, negative ones
+              multiplied (before temperature / filtering; beam search applies it to the
+              log-probabilities, as transformers does). 1 is off; must be > 0.
+            - ``stop``: token-id stop sequences (greedy / sampling only): a row finishes once
+              its generated tokens end with one of them (the stop tokens are kept) and is then
+              padded with ``eos_token_id`` (required when B > 1).
 
     Returns:
         Decoder-only: (B · num_return_sequences, T + n) ids, prompt included;
@@ -217,28 +227,23 @@ def generate(
         one input row are consecutive.
 
     Raises:
-        ValueError: empty input, a sequence longer than the model's context, bad beam
-            arguments, sampling options or ``stop`` together with ``num_beams > 1``, a
-            penalty <= 0, a mask that is not left padding or that the model cannot honour.
+        SamplingError: a bad option (a ConfigError and a ValueError), see
+            :class:`~attnlab.generate.config.SamplingConfig`.
+        TypeError: an option that is not a SamplingConfig field.
+        ValueError: empty input, a sequence longer than the model's context, a mask that is
+            not left padding or that the model cannot honour, beam search with ``decoder``.
     """
-    check_beam_args(num_beams, num_return_sequences, early_stopping)
-    check_repetition_penalty(repetition_penalty)
-    stops = _check_stop_args(stop, eos_token_id, num_beams, input_ids.size(0) if input_ids.dim() == 2 else 1)
-    if num_beams > 1:
+    cfg, n = _resolve(input_ids, max_new_tokens, sampling, eos_token_id, options)
+    if cfg.num_beams > 1:
         if decoder is not None:
             raise ValueError("the fast decode path (decoder=FastDecoder) does not run beam search; drop decoder= "
                              "to use num_beams")
-        if top_k is not None or top_p is not None or temperature not in (0.0, 1.0):
-            raise ValueError("beam search is deterministic: top_k, top_p and temperature (other than 1) only apply "
-                             "to sampling; drop them or use num_beams=1")
-        sequences, _ = beam_search(model, input_ids, max_new_tokens, num_beams=num_beams,
-                                   length_penalty=length_penalty, early_stopping=early_stopping,
-                                   num_return_sequences=num_return_sequences, eos_token_id=eos_token_id,
-                                   use_cache=use_cache, attention_mask=attention_mask,
-                                   repetition_penalty=repetition_penalty)
+        sequences, _ = beam_search(model, input_ids, n, num_beams=cfg.num_beams, length_penalty=cfg.length_penalty,
+                                   early_stopping=cfg.early_stopping, num_return_sequences=cfg.num_return_sequences,
+                                   eos_token_id=eos_token_id, use_cache=use_cache, attention_mask=attention_mask,
+                                   repetition_penalty=cfg.repetition_penalty)
         return sequences
-    session = _session(model, input_ids, max_new_tokens, attention_mask, use_cache, decoder)
-    for _ in _steps(session, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                    eos_token_id=eos_token_id, seed=seed, repetition_penalty=repetition_penalty, stop=stops):
+    session = _session(model, input_ids, n, attention_mask, use_cache, decoder)
+    for _ in _steps(session, n, cfg, eos_token_id):
         pass
     return session.tokens

@@ -480,5 +480,3 @@ def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                                       f"{tuple(own[name].shape)} in the model")
             own[name].copy_(tensor)
 
-
-from attnlab.interop.export import to_hf  # noqa: F401  (re-export; export.py needs this module first)

@@ -124,7 +124,7 @@ class _Row:
     def __init__(self, job: Job, tokenizer: Tokenizer, device: torch.device):
         self.job = job
         self.text = TextStream(tokenizer, job.opts.stop, tokenizer.eos_id)
-        seed = job.opts.seed
+        seed = job.opts.config.seed
         self.generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         self.steps = 0
 
@@ -299,11 +299,11 @@ class Batcher:
         """(N,) next tokens, each row with its own penalty, temperature, top-p and generator."""
         picked = []
         for i, row in enumerate(rows):
-            o = row.job.opts
+            o = row.job.opts.config
             valid = None if session.padding is None else session.padding[i:i + 1]
             row_logits = apply_repetition_penalty(logits[i:i + 1], session.tokens[i:i + 1], o.repetition_penalty,
                                                   valid)  # (1, V)
-            picked.append(next_token(row_logits, temperature=o.temperature, top_k=None, top_p=o.top_p,
+            picked.append(next_token(row_logits, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                                      generator=row.generator))
         return torch.cat(picked)  # (N,)
 

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnlab.generate.config import SamplingConfig, SamplingError
+
 CHAT_ROLES = ("system", "user", "assistant")
 
 
@@ -46,39 +48,60 @@ class RequestError(Exception):
 
 @dataclass
 class Sampling:
-    """Validated generation options of one request.
+    """Validated options of one request: how to decode (the :class:`~attnlab.generate.SamplingConfig`
+    that ``generate`` takes) and how to answer.
 
     Attributes:
-        max_tokens: tokens to generate at most (None: fill up to the cap / context).
-        temperature: 0 is greedy.
-        top_p: nucleus mass in (0, 1].
+        config: ``temperature`` (0 is greedy), ``top_p``, ``seed``, ``repetition_penalty`` (an extension, as
+            in vLLM) and ``max_new_tokens`` (the request's ``max_tokens``; None: fill up to the cap / context).
         stop: strings that end the text (trimmed from it).
-        seed: seeds sampling.
         stream: answer as server-sent events.
-        repetition_penalty: CTRL penalty on tokens already seen (1 = off; an extension, as in vLLM).
         include_usage: ``stream_options.include_usage``: a stream ends with a chunk holding ``usage``.
     """
 
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float | None = None
+    config: SamplingConfig = field(default_factory=SamplingConfig)
     stop: list[str] = field(default_factory=list)
-    seed: int | None = None
     stream: bool = False
-    repetition_penalty: float = 1.0
     include_usage: bool = False
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Tokens to generate at most (None: fill up to the cap / context)."""
+        return self.config.max_new_tokens
+
+
+SAMPLING_FIELDS = {"max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
+                   "repetition_penalty": "repetition_penalty"}
+"""Request field → :class:`~attnlab.generate.SamplingConfig` field; the config checks the values."""
+
+UPPER_BOUNDS = {"temperature": 2.0, "repetition_penalty": 10.0}
+"""This server's own upper bounds (OpenAI's range for temperature), on top of the config's checks."""
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _bad(param: str, message: str) -> RequestError:
     return RequestError(400, f"'{param}': {message}", param=param, code="invalid_value")
+
+
+def _config(body: dict[str, Any]) -> SamplingConfig:
+    """The request's :class:`~attnlab.generate.SamplingConfig`; a bad value is a 400 naming its field."""
+    values = {}
+    for param, name in SAMPLING_FIELDS.items():
+        v = body.get(param)
+        if v is None:
+            continue
+        bound = UPPER_BOUNDS.get(param)
+        if bound is not None and _is_number(v) and v > bound:
+            raise _bad(param, f"must be at most {bound}, got {v!r}")
+        values[name] = v
+    try:
+        return SamplingConfig(**values)
+    except SamplingError as e:
+        param = next(p for p, name in SAMPLING_FIELDS.items() if name == e.field)
+        raise _bad(param, e.problem) from None
 
 
 def parse_sampling(body: dict[str, Any]) -> Sampling:
@@ -87,40 +110,17 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
     Raises:
         RequestError: a field of the wrong type or out of range (400).
     """
-    s = Sampling()
-    if body.get("max_tokens") is not None:
-        if not _is_int(body["max_tokens"]) or body["max_tokens"] < 1:
-            raise _bad("max_tokens", f"must be a positive integer, got {body['max_tokens']!r}")
-        s.max_tokens = body["max_tokens"]
-    if body.get("temperature") is not None:
-        t = body["temperature"]
-        if not _is_number(t) or not 0.0 <= t <= 2.0:
-            raise _bad("temperature", f"must be a number in [0, 2], got {t!r}")
-        s.temperature = float(t)
-    if body.get("top_p") is not None:
-        p = body["top_p"]
-        if not _is_number(p) or not 0.0 < p <= 1.0:
-            raise _bad("top_p", f"must be a number in (0, 1], got {p!r}")
-        s.top_p = float(p)
+    s = Sampling(config=_config(body))
     stop = body.get("stop")
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or not all(isinstance(x, str) and x for x in stops) or len(stops) > 4:
             raise _bad("stop", "must be a non-empty string or a list of at most 4 non-empty strings")
         s.stop = list(stops)
-    if body.get("seed") is not None:
-        if not _is_int(body["seed"]):
-            raise _bad("seed", f"must be an integer, got {body['seed']!r}")
-        s.seed = body["seed"]
     if body.get("stream") is not None:
         if not isinstance(body["stream"], bool):
             raise _bad("stream", f"must be true or false, got {body['stream']!r}")
         s.stream = body["stream"]
-    if body.get("repetition_penalty") is not None:
-        r = body["repetition_penalty"]
-        if not _is_number(r) or not 0.0 < r <= 10.0:
-            raise _bad("repetition_penalty", f"must be a number in (0, 10] (1 = off), got {r!r}")
-        s.repetition_penalty = float(r)
     options = body.get("stream_options")
     if options is not None:
         if not s.stream:

@@ -38,14 +38,13 @@ from torch import nn
 
 from attnlab.config import Config
 from attnlab.data.dataset import seeded_generator
-from attnlab.data.mlm import IGNORE_INDEX, mask_tokens
+from attnlab.data.mlm import IGNORE_INDEX, MASK_TOKEN, mask_tokens
 from attnlab.data.packing import document_ids
 from attnlab.data.span import span_corrupt, span_counts
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import ConfigError
 from attnlab.eval import evaluate_lm
 
-MASK_TOKEN = "<|mask|>"
 N_SENTINELS = 100
 OBJECTIVE_FOR_ARCH = {"decoder": "clm", "encoder": "mlm", "encoder_decoder": "span"}
 """The objective ``train.objective: auto`` picks for each ``model.arch``."""

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from attnlab.data import Tokenizer
+from attnlab.data.mlm import MASK_TOKEN
 from attnlab.errors import AttnlabError
 from attnlab.serve.protocol import RequestError
 from attnlab.serve.server import Handler, serve_until_stopped
-from attnlab.train.objectives import MASK_TOKEN
 from attnlab.viz.capture import attention_layers, capture_attention
 
 STATIC_DIR = Path(__file__).parent / "static"

@@ -36,8 +36,8 @@ from typing import Any, Optional
 
 from attnlab.data.corpus import read_documents
 from attnlab.data.tasks import split_records
+from attnlab.data.text_norm import normalize_answer
 from attnlab.errors import AttnlabError
-from attnlab.eval.squad import normalize_answer
 
 SOURCE = "builtin:shakespeare"
 QUOTE_WORDS = 5
