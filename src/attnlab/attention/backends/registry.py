@@ -30,7 +30,8 @@ a ValueError that names why; nothing silently falls back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from string import Formatter
 from typing import Callable, Optional, Union
 
 import torch
@@ -131,14 +132,22 @@ class Situation:
 class Rule:
     """One line of the auto table: ``pick`` names a backend or None; ``name`` is the recorded reason.
 
-    ``name`` may hold ``{s.<fact>}`` fields, filled in from the :class:`Situation`.
+    ``name`` may hold ``{fact}`` fields (``{what}``, ``{why_not_flex}``), filled in from the
+    :class:`Situation` only when the rule decides.
     """
 
     name: str
     pick: Callable[[Situation], Optional[str]]
+    facts: tuple[str, ...] = field(init=False, default=())  # the facts named in ``name``, read once here
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "facts", tuple(f for _, f, _, _ in Formatter().parse(self.name) if f))
 
     def reason(self, s: Situation) -> str:
-        return "auto: " + (self.name.format(s=s) if "{" in self.name else self.name)
+        """``"auto: " + name`` with the situation's facts filled in (traceable by dynamo)."""
+        if not self.facts:
+            return f"auto: {self.name}"
+        return f"auto: {self.name.format(**{f: getattr(s, f) for f in self.facts})}"
 
 
 def _when(cond: Callable[[Situation], bool], backend: str) -> Callable[[Situation], Optional[str]]:
@@ -150,14 +159,14 @@ AUTO_RULES: list[Rule] = [
     Rule("weights requested", _when(lambda s: s.call.return_weights, "eager")),
     Rule("top-k needs eager", _when(lambda s: s.call.topk is not None, "eager")),
     Rule("non-additive score mod on flex", _when(lambda s: s.non_additive and s.why_not_flex is None, "flex")),
-    Rule("non-additive score mod, long sequence, not flex: {s.why_not_flex}",
+    Rule("non-additive score mod, long sequence, not flex: {why_not_flex}",
          _when(lambda s: s.non_additive and s.chunked_serves_long(), "chunked")),
     Rule("non-additive score mod, short sequence", _when(lambda s: s.non_additive, "eager")),
     Rule("decode step, tiny dense mask", _when(lambda s: s.tq == 1, "sdpa")),
-    Rule("{s.what} on flex", _when(lambda s: s.what is not None and s.why_not_flex is None, "flex")),
-    Rule("{s.what}, long sequence, not flex: {s.why_not_flex}",
+    Rule("{what} on flex", _when(lambda s: s.what is not None and s.why_not_flex is None, "flex")),
+    Rule("{what}, long sequence, not flex: {why_not_flex}",
          _when(lambda s: s.what is not None and s.chunked_serves_long(), "chunked")),
-    Rule("{s.what} as dense mask/bias, short sequence", _when(lambda s: s.what is not None, "sdpa")),
+    Rule("{what} as dense mask/bias, short sequence", _when(lambda s: s.what is not None, "sdpa")),
     Rule("no mask, fused kernel", _when(lambda s: s.call.mask is None, "sdpa")),
     Rule("causal, fused kernel",
          _when(lambda s: isinstance(s.call.mask, Mask) and s.call.mask.kind == "causal", "sdpa")),
