@@ -42,7 +42,8 @@ class ScoreFunction(nn.Module):
                 f"{type(self).__name__} needs query (B, Tq, Dq) and keys (B, Tk, Dk), "
                 f"got {tuple(query.shape)} and {tuple(keys.shape)}; use Tq = 1 for a single step"
             )
-        if (self.d_q is not None and query.shape[-1] != self.d_q) or (self.d_k is not None and keys.shape[-1] != self.d_k):
+        wrong_q = self.d_q is not None and query.shape[-1] != self.d_q
+        if wrong_q or (self.d_k is not None and keys.shape[-1] != self.d_k):
             raise ValueError(
                 f"{type(self).__name__} was built for d_q={self.d_q}, d_k={self.d_k}, "
                 f"got query width {query.shape[-1]} and key width {keys.shape[-1]}"
@@ -63,7 +64,8 @@ class DotProductScore(ScoreFunction):
     def __init__(self, d_q: Optional[int] = None, d_k: Optional[int] = None):
         d_k = d_q if d_k is None else d_k
         if d_q is not None and d_q != d_k:
-            raise ValueError(f"dot-product scoring needs equal query and key widths, got {d_q} and {d_k}; use 'general'")
+            raise ValueError(f"dot-product scoring needs equal query and key widths, got {d_q} and {d_k}; "
+                             "use 'general'")
         super().__init__(d_q, d_k)
 
     def check(self, query: torch.Tensor, keys: torch.Tensor) -> None:

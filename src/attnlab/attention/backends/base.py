@@ -11,7 +11,6 @@ from typing import Any, Callable, Optional, Protocol, Union
 
 import torch
 
-from attnlab.attention.backends.dense import unmask_empty_rows
 from attnlab.attention.masks import Mask
 from attnlab.attention.score_mods import ScoreMod
 
