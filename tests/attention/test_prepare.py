@@ -40,7 +40,7 @@ def test_prepare_builds_caches_answers_zeros_and_reports_backends(one_thread):
     used = prepare_masks(model, x, grad=True)
     assert [r["backend"] for r in used] == ["chunked", "chunked"]  # one per layer
     assert used[0]["mask"] == "sliding_window" and used[0]["q_shape"] == (2, 4, 64, 16)
-    assert len(chunked._plans) == 1
+    assert len(chunked.STATE.plans) == 1
     flex.stats(reset=True)
     if flex.available():
         model = windowed_model("flex").eval()

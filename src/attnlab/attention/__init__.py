@@ -5,7 +5,7 @@ function every model calls; :mod:`attnlab.attention.backends` holds HOW it runs.
 """
 
 from attnlab.attention import masks, scoring
-from attnlab.attention.backends import dispatch_log
+from attnlab.attention.backends import Backend, dispatch_log, register_backend
 from attnlab.attention.cache import KVCache, LayerCache, StaticKVCache
 from attnlab.attention.functional import attention
 from attnlab.attention.linear import LinearAttention, LinearState, linear_attention
@@ -39,10 +39,10 @@ from attnlab.attention.score_mods import ScoreMod, alibi, softcap
 from attnlab.attention.scoring import attend, build_scoring
 
 __all__ = [
-    "ALiBiPositions", "KVCache", "LayerCache", "StaticKVCache", "LearnedPositions", "LinearAttention", "LinearState", "Mask",
-    "MultiHeadAttention", "PositionEncoding", "RelativePositionBias", "RotaryPositions", "ScoreMod",
-    "SinusoidalPositions", "adjacency", "attention", "block_sparse", "build_positions", "causal", "dispatch_log",
-    "document", "full", "key_padding", "linear_attention", "local_global", "masks", "padding", "prefix_lm",
-    "sliding_window", "softcap", "strided", "alibi", "alibi_slopes", "attend", "build_scoring",
-    "relative_position_bucket", "scoring",
+    "ALiBiPositions", "Backend", "KVCache", "LayerCache", "StaticKVCache", "LearnedPositions", "LinearAttention",
+    "LinearState", "Mask", "MultiHeadAttention", "PositionEncoding", "RelativePositionBias", "RotaryPositions",
+    "ScoreMod", "SinusoidalPositions", "adjacency", "attention", "block_sparse", "build_positions", "causal",
+    "dispatch_log", "document", "full", "key_padding", "linear_attention", "local_global", "masks", "padding",
+    "prefix_lm", "register_backend", "sliding_window", "softcap", "strided", "alibi", "alibi_slopes", "attend",
+    "build_scoring", "relative_position_bucket", "scoring",
 ]

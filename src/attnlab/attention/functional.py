@@ -47,7 +47,8 @@ def attention(
         bias: float tensor broadcastable to (B, H, Tq, Tk) added to the scores.
         scale: score multiplier, default 1/sqrt(D).
         dropout_p: dropout on the weights (pass 0 at eval time).
-        backend: ``"auto"``, ``"eager"``, ``"sdpa"``, ``"flex"`` or ``"chunked"``.
+        backend: ``"auto"``, ``"eager"``, ``"sdpa"``, ``"flex"``, ``"chunked"``, or a name given to
+            :func:`~attnlab.attention.backends.registry.register_backend`.
         return_weights: also return the attention weights.
         score_mod: a :class:`~attnlab.attention.score_mods.ScoreMod` applied to the scaled
             scores before masking (ALiBi, relative position bias, soft-capping).

@@ -26,6 +26,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from attnlab.attention.backends.dense import compute_dtype
 from attnlab.attention.functional import check_qkv
 from attnlab.attention.masks import Mask, is_kind
 from attnlab.attention.positions import Rotary
@@ -96,11 +97,6 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> N
         raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq positions), got {q.shape[2]} > {k.shape[2]}")
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulate half-precision inputs in float32 (the sums run over the whole sequence)."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
 def _kv_sums(phk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, Hkv, T, F), (B, Hkv, T, Dv) → S (B, Hkv, F, Dv), z (B, Hkv, F)."""
     return phk.transpose(-2, -1) @ v, phk.sum(-2)
@@ -163,7 +159,7 @@ def _linear_attention(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     b, h, tq, _ = q.shape
     hkv, tk = k.shape[1], k.shape[2]
-    work = _work_dtype(q)
+    work = compute_dtype(q.dtype)
     phq = feature_map(q).to(work)  # (B, H, Tq, F)
     phk = feature_map(k).to(work)  # (B, Hkv, Tk, F)
     vw = v.to(work)
@@ -230,7 +226,7 @@ def linear_attention_quadratic(
     _check(q, k, v, causal)
     h, hkv = q.shape[1], k.shape[1]
     tq, tk = q.shape[2], k.shape[2]
-    work = _work_dtype(q)
+    work = compute_dtype(q.dtype)
     phq = feature_map(q).to(work)  # (B, H, Tq, F)
     phk = feature_map(k).to(work).repeat_interleave(h // hkv, dim=1)  # (B, H, Tk, F)
     vw = v.to(work).repeat_interleave(h // hkv, dim=1)  # (B, H, Tk, Dv)
@@ -346,7 +342,7 @@ class LinearAttention(HeadProjections):
         if cache is not None and cache.S is not None:
             S0, z0 = cache.S, cache.z
         if context is not None and S0 is not None:  # cross attention: context's state is cached
-            phq = self.feature_map(q).to(_work_dtype(q))  # (B, H, Tq, F)
+            phq = self.feature_map(q).to(compute_dtype(q.dtype))  # (B, H, Tq, F)
             phq = phq.reshape(b, self.n_kv_head, -1, tq, phq.shape[-1])  # (B, Hkv, G, Tq, F)
             num = phq @ S0.unsqueeze(2)  # (B, Hkv, G, Tq, Dv)
             den = phq @ z0.unsqueeze(2).unsqueeze(-1)  # (B, Hkv, G, Tq, 1)

@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from attnlab.attention.backends.dense import compute_dtype, masked_softmax
+
 
 class ScoreFunction(nn.Module):
     """Base class: ``forward(query, keys) -> scores``.
@@ -40,7 +42,8 @@ class ScoreFunction(nn.Module):
                 f"{type(self).__name__} needs query (B, Tq, Dq) and keys (B, Tk, Dk), "
                 f"got {tuple(query.shape)} and {tuple(keys.shape)}; use Tq = 1 for a single step"
             )
-        if (self.d_q is not None and query.shape[-1] != self.d_q) or (self.d_k is not None and keys.shape[-1] != self.d_k):
+        wrong_q = self.d_q is not None and query.shape[-1] != self.d_q
+        if wrong_q or (self.d_k is not None and keys.shape[-1] != self.d_k):
             raise ValueError(
                 f"{type(self).__name__} was built for d_q={self.d_q}, d_k={self.d_k}, "
                 f"got query width {query.shape[-1]} and key width {keys.shape[-1]}"
@@ -61,7 +64,8 @@ class DotProductScore(ScoreFunction):
     def __init__(self, d_q: Optional[int] = None, d_k: Optional[int] = None):
         d_k = d_q if d_k is None else d_k
         if d_q is not None and d_q != d_k:
-            raise ValueError(f"dot-product scoring needs equal query and key widths, got {d_q} and {d_k}; use 'general'")
+            raise ValueError(f"dot-product scoring needs equal query and key widths, got {d_q} and {d_k}; "
+                             "use 'general'")
         super().__init__(d_q, d_k)
 
     def check(self, query: torch.Tensor, keys: torch.Tensor) -> None:
@@ -165,7 +169,7 @@ def attend(
     values: torch.Tensor,
     mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax the scores over the keys and average the values.
+    """Softmax the scores over the keys and average the values (the masked softmax of the dense kernel).
 
     Args:
         scores: (B, Tq, Tk).
@@ -180,18 +184,12 @@ def attend(
     if scores.dim() != 3 or values.dim() != 3 or scores.shape[-1] != values.shape[1]:
         raise ValueError(f"attend needs scores (B, Tq, Tk) and values (B, Tk, Dv), "
                          f"got {tuple(scores.shape)} and {tuple(values.shape)}")
-    work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
-    empty = None
+    allowed = None
     if mask is not None:
         if mask.dtype != torch.bool:
             raise TypeError(f"attend needs a bool mask (True = may attend), got {mask.dtype}")
         allowed = torch.broadcast_to(mask, scores.shape)  # (B, Tq, Tk)
-        empty = ~allowed.any(dim=-1, keepdim=True)  # (B, Tq, 1)
-        # Empty rows attend everywhere (a finite softmax), then get zeroed.
-        work = work.masked_fill(~(allowed | empty), float("-inf"))
-    weights = torch.softmax(work, dim=-1).to(scores.dtype)  # (B, Tq, Tk)
-    if empty is not None:
-        weights = weights.masked_fill(empty, 0.0)
+    weights = masked_softmax(scores.to(compute_dtype(scores.dtype)), allowed).to(scores.dtype)  # (B, Tq, Tk)
     context = weights @ values.to(weights.dtype)  # (B, Tq, Dv)
     return context, weights
 

@@ -1,11 +1,13 @@
-"""The request every backend serves, and the record of which backend ran."""
+"""The contract of a backend: the request it serves (:class:`AttentionCall`), the three
+methods it implements (:class:`Backend`), the record of which backend ran, and the
+``prepare_masks`` pass that fills backend caches before ``torch.compile``."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol, Union
 
 import torch
 
@@ -73,60 +75,82 @@ class AttentionCall:
         return m
 
 
+class Backend(Protocol):
+    """How attention runs: what every backend implements (a class instance or a module).
+
+    Register one with :func:`~attnlab.attention.backends.registry.register_backend`; then
+    ``attention(..., backend=name)`` runs it. ``auto`` picks only among the built-in backends.
+    """
+
+    def unsupported(self, call: AttentionCall) -> Optional[str]:
+        """Why this backend cannot serve ``call`` (one line naming the fix), or None when it can."""
+        ...
+
+    def prepare(self, call: AttentionCall) -> None:
+        """Build what the backend caches per shape for ``call`` (see :func:`prepare_masks`); may do nothing."""
+        ...
+
+    def run(self, call: AttentionCall) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The (B, H, Tq, Dv) output, or ``(output, weights)`` when ``call.return_weights``."""
+        ...
+
+
+BACKEND_METHODS = ("unsupported", "prepare", "run")
+
+
 def needs_grad(call: AttentionCall) -> bool:
     """Whether this call is part of a backward pass (during :func:`prepare_masks`: whether it will be)."""
-    if _prepare["on"]:
-        return bool(_prepare["grad"])
+    if PREPARE.on:
+        return PREPARE.grad
     return torch.is_grad_enabled() and any(t.requires_grad for t in (call.q, call.k, call.v))
-
-
-def unmask_empty_rows(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Make fully masked query rows harmless.
-
-    A query that may attend to nothing has no defined softmax. We let such rows
-    attend everywhere (so kernels never see an all -inf row and never produce NaN,
-    also in the backward pass) and return which rows were empty so the caller can
-    zero their output.
-
-    Args:
-        allowed: bool (B|1, H|1, Tq, Tk).
-
-    Returns:
-        ``(allowed_fixed, empty)`` with ``empty`` bool (B|1, H|1, Tq, 1).
-    """
-    empty = ~allowed.any(dim=-1, keepdim=True)
-    return allowed | empty, empty
 
 
 # -- which backend ran --------------------------------------------------------
 
-_MAX_RECORDS = 256
-_records: dict[tuple, dict] = {}
+
+@dataclass
+class DispatchRecords:
+    """The dispatch log: one record per distinct (backend, mask, shapes, dtype, device), bounded."""
+
+    limit: int = 256
+    records: dict[tuple, dict] = field(default_factory=dict)
+
+    def add(self, backend: str, reason: str, call: AttentionCall) -> None:
+        """Count ``call`` under its key; a new key is recorded (oldest dropped past ``limit``) and logged."""
+        key = (backend, call.mask_kind, call.bias is not None, tuple(call.q.shape), tuple(call.k.shape),
+               call.q.dtype, call.q.device.type)
+        if key in self.records:
+            self.records[key]["count"] += 1
+            return
+        if len(self.records) >= self.limit:
+            self.records.pop(next(iter(self.records)))
+        self.records[key] = {
+            "backend": backend,
+            "reason": reason,
+            "mask": call.mask_kind,
+            "bias": call.bias is not None,
+            "q_shape": tuple(call.q.shape),
+            "k_shape": tuple(call.k.shape),
+            "dtype": str(call.q.dtype).replace("torch.", ""),
+            "device": call.q.device.type,
+            "count": 1,
+        }
+        logger.info("attention: %s (%s) mask=%s q=%s k=%s %s", backend, reason, call.mask_kind,
+                    tuple(call.q.shape), tuple(call.k.shape), call.q.dtype)
+
+    def reset(self) -> None:
+        """Forget every record."""
+        self.records.clear()
+
+
+DISPATCH = DispatchRecords()
 
 
 def record_dispatch(backend: str, reason: str, call: AttentionCall) -> None:
     """Remember (and log once at INFO) each new backend/shape/mask combination."""
     if torch.compiler.is_compiling():
         return
-    key = (backend, call.mask_kind, call.bias is not None, tuple(call.q.shape), tuple(call.k.shape), call.q.dtype, call.q.device.type)
-    if key in _records:
-        _records[key]["count"] += 1
-        return
-    if len(_records) >= _MAX_RECORDS:
-        _records.pop(next(iter(_records)))
-    _records[key] = {
-        "backend": backend,
-        "reason": reason,
-        "mask": call.mask_kind,
-        "bias": call.bias is not None,
-        "q_shape": tuple(call.q.shape),
-        "k_shape": tuple(call.k.shape),
-        "dtype": str(call.q.dtype).replace("torch.", ""),
-        "device": call.q.device.type,
-        "count": 1,
-    }
-    logger.info("attention: %s (%s) mask=%s q=%s k=%s %s", backend, reason, call.mask_kind,
-                tuple(call.q.shape), tuple(call.k.shape), call.q.dtype)
+    DISPATCH.add(backend, reason, call)
 
 
 def dispatch_log(clear: bool = False) -> list[dict]:
@@ -135,9 +159,9 @@ def dispatch_log(clear: bool = False) -> list[dict]:
     Args:
         clear: forget the records after returning them.
     """
-    out = [dict(r) for r in _records.values()]
+    out = [dict(r) for r in DISPATCH.records.values()]
     if clear:
-        _records.clear()
+        DISPATCH.reset()
     return out
 
 
@@ -148,18 +172,32 @@ def dispatch_log(clear: bool = False) -> list[dict]:
 # on every step) or break the graph (the chunked plan reads tensor values). One eager pass
 # in "prepare" mode fills the caches; the compiled graph then reads them as constants.
 
-_prepare: dict[str, Any] = {"on": False, "grad": False, "used": []}
+
+@dataclass
+class PrepareState:
+    """Whether a :func:`prepare_masks` pass runs, for which pass, and what it has seen."""
+
+    on: bool = False
+    grad: bool = False
+    used: list[dict] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Back to "not preparing"."""
+        self.on, self.grad, self.used = False, False, []
+
+
+PREPARE = PrepareState()
 
 
 def is_preparing() -> bool:
     """Whether a :func:`prepare_masks` pass is running (backends build caches, skip the math)."""
-    return _prepare["on"]
+    return PREPARE.on
 
 
 def note_prepared(backend: str, reason: str, call: AttentionCall) -> None:
     """Record, during :func:`prepare_masks`, which backend a call will use."""
-    _prepare["used"].append({"backend": backend, "reason": reason, "mask": call.mask_kind,
-                             "q_shape": tuple(call.q.shape), "k_shape": tuple(call.k.shape)})
+    PREPARE.used.append({"backend": backend, "reason": reason, "mask": call.mask_kind,
+                         "q_shape": tuple(call.q.shape), "k_shape": tuple(call.k.shape)})
 
 
 def prepare_masks(fn: Callable[..., Any], *args: Any, grad: bool, **kwargs: Any) -> list[dict]:
@@ -182,12 +220,12 @@ def prepare_masks(fn: Callable[..., Any], *args: Any, grad: bool, **kwargs: Any)
     """
     if torch.compiler.is_compiling():
         raise RuntimeError("prepare_masks runs eagerly, before torch.compile; call it outside the compiled function")
-    if _prepare["on"]:
+    if PREPARE.on:
         raise RuntimeError("prepare_masks is already running; it does not nest")
-    _prepare.update(on=True, grad=grad, used=[])
+    PREPARE.on, PREPARE.grad, PREPARE.used = True, bool(grad), []
     try:
         with torch.no_grad():
             fn(*args, **kwargs)
-        return _prepare["used"]
+        return PREPARE.used
     finally:
-        _prepare.update(on=False, grad=False, used=[])
+        PREPARE.reset()

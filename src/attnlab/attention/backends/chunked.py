@@ -8,9 +8,10 @@ memory is O(T · (W + block)) instead of O(T²). Under autograd each block runs 
 ``torch.utils.checkpoint`` so the backward pass recomputes it instead of keeping every
 block's scores: backward memory stays linear in T too.
 
-For a mask with a hashable ``key`` the per-block key ranges (the "plan") are cached per
-shape, so repeated training steps skip the full-grid scan. Masks with ``key`` None
-(padding, document ids) are scanned on every call.
+Each block runs :func:`~attnlab.attention.backends.dense.dense_attention`, the kernel of
+the eager backend. For a mask with a hashable ``key`` the per-block key ranges (the "plan")
+are cached per shape in :data:`STATE`, so repeated training steps skip the full-grid scan.
+Masks with ``key`` None (padding, document ids) are scanned on every call.
 
 This is the path for CPU training with structured masks (Flex is forward-only on CPU).
 A query that may attend to nothing outputs zeros, never NaN.
@@ -19,20 +20,35 @@ A query that may attend to nothing outputs zeros, never NaN.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from attnlab.attention.backends.base import AttentionCall, needs_grad, unmask_empty_rows
+from attnlab.attention.backends.base import AttentionCall, needs_grad
+from attnlab.attention.backends.dense import dense_attention
 from attnlab.attention.masks import Mask
 
 BLOCK_SIZE = 256
 PLAN_CACHE_SIZE = 64
 
 Plan = list[tuple[int, int, int, int]]  # (q_start, q_end, kv_start, kv_end) per query block
-_plans: OrderedDict[tuple, Plan] = OrderedDict()
+
+
+@dataclass
+class ChunkedState:
+    """What the chunked backend caches: block plans per (mask key, shape), least recently used first."""
+
+    plans: OrderedDict[tuple, Plan] = field(default_factory=OrderedDict)
+    limit: int = PLAN_CACHE_SIZE
+
+    def reset(self) -> None:
+        """Forget the cached block plans."""
+        self.plans.clear()
+
+
+STATE = ChunkedState()
 
 
 def unsupported(call: AttentionCall) -> str | None:
@@ -81,10 +97,11 @@ def plan(call: AttentionCall, block_size: int = BLOCK_SIZE) -> Plan:
     if key is not None:
         cache_key = (key, batch if mask.per_batch else 1, heads if mask.per_head else 1, tq, tk, block_size,
                      str(call.q.device))
-        if cache_key in _plans:
+        plans = STATE.plans
+        if cache_key in plans:
             if not torch.compiler.is_compiling():  # traced, the LRU update would become a guard
-                _plans.move_to_end(cache_key)
-            return _plans[cache_key]
+                plans.move_to_end(cache_key)
+            return plans[cache_key]
     out: Plan = []
     for s in range(0, tq, block_size):
         e = min(s + block_size, tq)
@@ -96,38 +113,30 @@ def plan(call: AttentionCall, block_size: int = BLOCK_SIZE) -> Plan:
         lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
         out.append((s, e, lo, hi))
     if cache_key is not None:
-        _plans[cache_key] = out
-        if len(_plans) > PLAN_CACHE_SIZE:
-            _plans.popitem(last=False)
+        STATE.plans[cache_key] = out
+        if len(STATE.plans) > STATE.limit:
+            STATE.plans.popitem(last=False)
     return out
 
 
 def _block(call: AttentionCall, s: int, lo: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            allowed: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """Attention of query rows starting at ``s`` over keys starting at ``lo`` (one block)."""
-    batch, heads, n, _ = q.shape
-    n_rep = heads // k.shape[1]
-    if n_rep > 1:
-        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)  # (B, H, w, D)
-    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    scores = (q.to(work) @ k.to(work).transpose(-2, -1)) * call.softmax_scale  # (B, H, n, w)
-    if bias is not None:
-        scores = scores + bias.to(work)
-    if call.score_mod is not None:
+    """Attention of query rows starting at ``s`` over keys starting at ``lo`` (one block): (B, H, n, Dv)."""
+    mod = call.score_mod
+    score_mod = None
+    if mod is not None:
+        batch, heads, n, _ = q.shape
         tq, tk = call.q.shape[-2], call.k.shape[-2]
         pos = torch.arange(tk - tq + s, tk - tq + s + n, device=q.device)
         keys = torch.arange(lo, lo + k.shape[-2], device=q.device)
-        scores = call.score_mod.fn(scores, *_grid(batch, heads, pos, keys, True, True))
-    empty = None
-    if allowed is not None:
-        allowed, empty = unmask_empty_rows(allowed)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)  # (B, H, n, w)
-    if empty is not None:
-        weights = weights.masked_fill(empty, 0.0)
-    if call.dropout_p > 0.0:
-        weights = F.dropout(weights, p=call.dropout_p)
-    return (weights @ v.to(work)).to(q.dtype)  # (B, H, n, Dv)
+        grid = _grid(batch, heads, pos, keys, True, True)
+
+        def score_mod(scores: torch.Tensor) -> torch.Tensor:  # (B, H, n, w) at absolute positions
+            return mod.fn(scores, *grid)
+
+    out, _ = dense_attention(q, k, v, scale=call.softmax_scale, bias=bias, score_mod=score_mod, allowed=allowed,
+                             dropout_p=call.dropout_p)
+    return out
 
 
 def run(call: AttentionCall, block_size: int = BLOCK_SIZE, use_checkpoint: Optional[bool] = None) -> torch.Tensor:
@@ -172,5 +181,5 @@ def prepare(call: AttentionCall) -> None:
 
 
 def clear_cache() -> None:
-    """Forget the cached block plans."""
-    _plans.clear()
+    """Forget the cached block plans (``STATE.reset()``)."""
+    STATE.reset()

@@ -8,6 +8,7 @@ sits at absolute position ``Tk - Tq + i``, so both the mask and the score mod se
 
 Caching and compilation:
 
+- Everything cached lives in one :class:`FlexState` (:data:`STATE`, ``STATE.reset()``).
 - Block masks are built once per ``(mask.key, B|None, H|None, Tq, Tk, device)`` and kept
   in a bounded LRU cache. A mask whose ``key`` is None (it captures tensors: padding,
   document ids) cannot be identified by value, so its block mask is rebuilt on every call.
@@ -25,6 +26,7 @@ On CPU, Flex runs forward only (no backward), in float32/float16/bfloat16.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional
 
 import torch
@@ -36,11 +38,42 @@ _CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK_MASK_CACHE_SIZE = 64
 
-_compiled: Optional[Callable[..., torch.Tensor]] = None
-_block_masks: OrderedDict[tuple, Any] = OrderedDict()
-_signatures: set[tuple] = set()
-_stats: dict[str, int] = {"calls": 0, "compiles": 0, "block_mask_hits": 0, "block_mask_misses": 0,
-                          "block_mask_uncached": 0}
+COUNTERS = ("calls", "compiles", "block_mask_hits", "block_mask_misses", "block_mask_uncached")
+
+
+@dataclass
+class FlexState:
+    """Everything the Flex backend caches and counts.
+
+    Attributes:
+        block_masks: ``BlockMask`` per (mask key, shape), least recently used first.
+        limit: how many block masks to keep.
+        counters: ``calls``, ``compiles``, ``block_mask_hits``/``misses``/``uncached``.
+        kernel: the compiled ``flex_attention``, made on first use.
+        signatures: what ``kernel`` has been specialised on (see :func:`signature`).
+    """
+
+    block_masks: OrderedDict[tuple, Any] = field(default_factory=OrderedDict)
+    limit: int = BLOCK_MASK_CACHE_SIZE
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    kernel: Optional[Callable[..., torch.Tensor]] = None
+    signatures: set[tuple] = field(default_factory=set)
+
+    def reset(self, kernel: bool = False) -> None:
+        """Zero the counters and empty the block-mask cache.
+
+        Args:
+            kernel: also drop the compiled kernel and its signatures (the next call compiles anew).
+        """
+        for name in self.counters:
+            self.counters[name] = 0
+        self.block_masks.clear()
+        if kernel:
+            self.kernel = None
+            self.signatures.clear()
+
+
+STATE = FlexState()
 
 
 class FlexRecompileError(RuntimeError):
@@ -126,23 +159,25 @@ def block_mask_for(mask: Mask, batch: int, heads: int, tq: int, tk: int, device:
     nh = heads if mask.per_head else None
     key: Optional[Hashable] = getattr(mask, "key", None)
     cache_key = None if key is None else (key, nb, nh, tq, tk, str(device))
+    cache = STATE.block_masks
     if torch.compiler.is_compiling():
-        cached = None if cache_key is None else _block_masks.get(cache_key)
+        cached = None if cache_key is None else cache.get(cache_key)
         if cached is not None:
             return cached
         return create_block_mask(_offset_mask_mod(mask, tk - tq), nb, nh, tq, tk, device=device)
-    if cache_key is not None and cache_key in _block_masks:
-        _block_masks.move_to_end(cache_key)
-        _stats["block_mask_hits"] += 1
-        return _block_masks[cache_key]
+    counters = STATE.counters
+    if cache_key is not None and cache_key in cache:
+        cache.move_to_end(cache_key)
+        counters["block_mask_hits"] += 1
+        return cache[cache_key]
     block_mask = create_block_mask(_offset_mask_mod(mask, tk - tq), nb, nh, tq, tk, device=device)
     if cache_key is None:
-        _stats["block_mask_uncached"] += 1
+        counters["block_mask_uncached"] += 1
         return block_mask
-    _stats["block_mask_misses"] += 1
-    _block_masks[cache_key] = block_mask
-    if len(_block_masks) > BLOCK_MASK_CACHE_SIZE:
-        _block_masks.popitem(last=False)
+    counters["block_mask_misses"] += 1
+    cache[cache_key] = block_mask
+    if len(cache) > STATE.limit:
+        cache.popitem(last=False)
     return block_mask
 
 
@@ -153,12 +188,12 @@ def prepare(call: AttentionCall) -> None:
 
 
 def _compiled_flex() -> Callable[..., torch.Tensor]:
-    global _compiled
-    if _compiled is None:
+    """The compiled ``flex_attention``, made once and kept in :data:`STATE`."""
+    if STATE.kernel is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _compiled = torch.compile(flex_attention, fullgraph=True, dynamic=False)
-    return _compiled
+        STATE.kernel = torch.compile(flex_attention, fullgraph=True, dynamic=False)
+    return STATE.kernel
 
 
 def signature(call: AttentionCall) -> tuple:
@@ -172,12 +207,12 @@ def signature(call: AttentionCall) -> tuple:
 
 def compile_budget_left() -> int:
     """Roughly how many new signatures can still compile before dynamo's recompile limit."""
-    return int(torch._dynamo.config.recompile_limit) - len(_signatures)
+    return int(torch._dynamo.config.recompile_limit) - len(STATE.signatures)
 
 
 def is_known(call: AttentionCall) -> bool:
     """Whether a call with this signature already ran on Flex (so it needs no new compile)."""
-    return signature(call) in _signatures
+    return signature(call) in STATE.signatures
 
 
 def run(call: AttentionCall) -> torch.Tensor:
@@ -208,9 +243,9 @@ def run(call: AttentionCall) -> torch.Tensor:
             "dtypes or mask/score-mod constants); it would run unfused and ~50x slower. Use fewer shapes, "
             "raise the limit, or pick backend='sdpa'/'chunked'"
         ) from e
-    _stats["calls"] += 1
-    _stats["compiles"] += counters["stats"]["unique_graphs"] - before
-    _signatures.add(signature(call))
+    STATE.counters["calls"] += 1
+    STATE.counters["compiles"] += counters["stats"]["unique_graphs"] - before
+    STATE.signatures.add(signature(call))
     return out
 
 
@@ -219,11 +254,9 @@ def stats(reset: bool = False) -> dict[str, int]:
 
     Args:
         reset: zero the counters and empty the block-mask cache afterwards (compiled
-            kernels stay).
+            kernels stay): ``STATE.reset()``.
     """
-    out = dict(_stats, cached_block_masks=len(_block_masks))
+    out = dict(STATE.counters, cached_block_masks=len(STATE.block_masks))
     if reset:
-        for name in _stats:
-            _stats[name] = 0
-        _block_masks.clear()
+        STATE.reset()
     return out

@@ -1,7 +1,12 @@
-"""Backend lookup and the ``"auto"`` choice.
+"""The backend registry and the ``"auto"`` choice.
+
+:data:`BACKENDS` maps a name to a :class:`~attnlab.attention.backends.base.Backend`;
+:func:`register_backend` adds one (the four built-in ones are registered here).
 
 ``auto`` decides per call, from the device, dtype, sequence lengths, mask kind, score
-mod and whether weights or gradients are needed (first matching rule wins):
+mod and whether weights or gradients are needed, by walking :data:`AUTO_RULES` in order:
+the first rule that names a backend wins, and its name is the reason recorded in the
+dispatch log (``"auto: " + name``, with the situation's facts filled in). In words:
 
 1. ``eager`` when weights or top-k are requested (only it computes them).
 2. A non-additive score mod (soft-capping): ``flex`` when Flex can serve (CUDA, or a
@@ -19,24 +24,59 @@ mod and whether weights or gradients are needed (first matching rule wins):
 
 "Long" means Tq·Tk ≥ :data:`DENSE_LIMIT`, where a dense mask starts to cost real memory.
 Flex is also skipped (rule 2/4) when its compile budget is spent (a new shape would
-exceed dynamo's recompile limit). Every decision is recorded with the rule's name
-(:func:`~attnlab.attention.backends.base.dispatch_log`). An explicit backend that cannot
-serve a request raises a ValueError that names why; nothing silently falls back.
+exceed dynamo's recompile limit). An explicit backend that cannot serve a request raises
+a ValueError that names why; nothing silently falls back.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import Callable, Optional, Union
 
 import torch
 
 from attnlab.attention.backends import chunked, eager, flex, sdpa
-from attnlab.attention.backends.base import AttentionCall, is_preparing, note_prepared, record_dispatch
+from attnlab.attention.backends.base import (
+    BACKEND_METHODS,
+    AttentionCall,
+    Backend,
+    is_preparing,
+    note_prepared,
+    record_dispatch,
+)
 from attnlab.attention.masks import Mask
+from attnlab.errors import AttnlabError
 
-BACKENDS: dict[str, ModuleType] = {"eager": eager, "sdpa": sdpa, "flex": flex, "chunked": chunked}
+BACKENDS: dict[str, Backend] = {}
 
 DENSE_LIMIT = 1024 * 1024  # Tq·Tk from which a dense (Tq, Tk) mask is "long"
+
+
+def register_backend(name: str, impl: Backend, *, replace: bool = False) -> None:
+    """Make ``impl`` available as ``attention(..., backend=name)``.
+
+    Args:
+        name: the backend's name (not ``"auto"``).
+        impl: an object (or module) with ``unsupported(call)``, ``prepare(call)`` and ``run(call)``.
+        replace: allow replacing a backend already registered under ``name``.
+
+    Raises:
+        AttnlabError: ``name`` is ``"auto"`` or taken, or ``impl`` lacks one of the three methods.
+    """
+    if name == "auto" or not name:
+        raise AttnlabError(f"'{name}' cannot name a backend ('auto' is the automatic choice); pick another name")
+    if name in BACKENDS and not replace:
+        raise AttnlabError(f"attention backend '{name}' is already registered; pass replace=True to replace it")
+    missing = [m for m in BACKEND_METHODS if not callable(getattr(impl, m, None))]
+    if missing:
+        raise AttnlabError(f"backend '{name}' lacks {', '.join(missing)}; a backend implements "
+                           f"{', '.join(BACKEND_METHODS)} (see attnlab.attention.backends.base.Backend)")
+    BACKENDS[name] = impl
+
+
+for _name, _impl in (("eager", eager), ("sdpa", sdpa), ("flex", flex), ("chunked", chunked)):
+    register_backend(_name, _impl)
 
 
 def is_structured(mask: object) -> bool:
@@ -52,44 +92,98 @@ def _flex_blocker(call: AttentionCall) -> str | None:
     return why
 
 
-def _auto(call: AttentionCall) -> tuple[str, str]:
-    tq, tk = call.q.shape[-2], call.k.shape[-2]
-    long = tq * tk >= DENSE_LIMIT
-    cuda = call.q.device.type == "cuda"
-    mod = call.score_mod
-    if call.return_weights:
-        return "eager", "auto: weights requested"
-    if call.topk is not None:
-        return "eager", "auto: top-k needs eager"
-    if mod is not None and not mod.additive:
-        flex_why = _flex_blocker(call) if (cuda or long) else "short sequence"
-        if flex_why is None:
-            return "flex", "auto: non-additive score mod on flex"
-        if long and chunked.unsupported(call) is None:
-            return "chunked", f"auto: non-additive score mod, long sequence, not flex: {flex_why}"
-        return "eager", "auto: non-additive score mod, short sequence"
-    if tq == 1:
-        return "sdpa", "auto: decode step, tiny dense mask"
-    structured = is_structured(call.mask)
-    data_mask = long and isinstance(call.mask, Mask) and call.mask.key is None  # a dense mask would be (B, 1, Tq, Tk)
-    if structured or data_mask or mod is not None:
-        what = "structured mask" if structured else "data-dependent mask" if data_mask else "additive score mod"
-        if data_mask and not cuda:  # its shapes vary per call (prompts, batches): not a compile per shape
-            flex_why = "a data-dependent mask on CPU would compile Flex for every new shape"
-        else:
-            flex_why = _flex_blocker(call) if ((cuda and structured) or long) else "short sequence"
-        if flex_why is None:
-            return "flex", f"auto: {what} on flex"
-        if long and chunked.unsupported(call) is None:
-            return "chunked", f"auto: {what}, long sequence, not flex: {flex_why}"
-        return "sdpa", f"auto: {what} as dense mask/bias, short sequence"
-    if call.mask is None:
-        return "sdpa", "auto: no mask, fused kernel"
-    if isinstance(call.mask, Mask) and call.mask.kind == "causal":
-        return "sdpa", "auto: causal, fused kernel"
-    if isinstance(call.mask, Mask) and call.mask.key is None:
-        return "sdpa", "auto: data-dependent mask as dense mask, short sequence"
-    return "sdpa", "auto: dense mask"
+class Situation:
+    """The facts about one call that the auto rules read (``why_not_flex`` is worked out on first use)."""
+
+    def __init__(self, call: AttentionCall):
+        self.call = call
+        self.tq, self.tk = call.q.shape[-2], call.k.shape[-2]
+        self.long = self.tq * self.tk >= DENSE_LIMIT
+        self.cuda = call.q.device.type == "cuda"
+        mod, mask = call.score_mod, call.mask
+        self.non_additive = mod is not None and not mod.additive
+        self.structured = is_structured(mask)
+        self.data_mask = self.long and isinstance(mask, Mask) and mask.key is None  # dense: (B, 1, Tq, Tk)
+        what = "structured mask" if self.structured else "data-dependent mask" if self.data_mask else None
+        self.what = what if what is not None or mod is None else "additive score mod"
+        self._why_not_flex: Optional[str] = None
+        self._why_known = False
+
+    @property
+    def why_not_flex(self) -> Optional[str]:
+        """Why Flex should not serve this call (None: it may)."""
+        if not self._why_known:
+            self._why_not_flex, self._why_known = self._flex_reason(), True
+        return self._why_not_flex
+
+    def _flex_reason(self) -> Optional[str]:
+        if self.non_additive:
+            return _flex_blocker(self.call) if (self.cuda or self.long) else "short sequence"
+        if self.data_mask and not self.cuda:  # its shapes vary per call (prompts, batches): not a compile per shape
+            return "a data-dependent mask on CPU would compile Flex for every new shape"
+        return _flex_blocker(self.call) if ((self.cuda and self.structured) or self.long) else "short sequence"
+
+    def chunked_serves_long(self) -> bool:
+        """Whether the sequence is long and the chunked backend can serve the call."""
+        return self.long and chunked.unsupported(self.call) is None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One line of the auto table: ``pick`` names a backend or None; ``name`` is the recorded reason.
+
+    ``name`` may hold ``{fact}`` fields (``{what}``, ``{why_not_flex}``), filled in from the
+    :class:`Situation` only when the rule decides.
+    """
+
+    name: str
+    pick: Callable[[Situation], Optional[str]]
+    facts: tuple[str, ...] = field(init=False, default=())  # the facts named in ``name``, read once here
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "facts", tuple(f for _, f, _, _ in Formatter().parse(self.name) if f))
+
+    def reason(self, s: Situation) -> str:
+        """``"auto: " + name`` with the situation's facts filled in (traceable by dynamo)."""
+        if not self.facts:
+            return f"auto: {self.name}"
+        return f"auto: {self.name.format(**{f: getattr(s, f) for f in self.facts})}"
+
+
+def _when(cond: Callable[[Situation], bool], backend: str) -> Callable[[Situation], Optional[str]]:
+    """A rule body: ``backend`` when ``cond(situation)`` holds, else None."""
+    return lambda s: backend if cond(s) else None
+
+
+AUTO_RULES: list[Rule] = [
+    Rule("weights requested", _when(lambda s: s.call.return_weights, "eager")),
+    Rule("top-k needs eager", _when(lambda s: s.call.topk is not None, "eager")),
+    Rule("non-additive score mod on flex", _when(lambda s: s.non_additive and s.why_not_flex is None, "flex")),
+    Rule("non-additive score mod, long sequence, not flex: {why_not_flex}",
+         _when(lambda s: s.non_additive and s.chunked_serves_long(), "chunked")),
+    Rule("non-additive score mod, short sequence", _when(lambda s: s.non_additive, "eager")),
+    Rule("decode step, tiny dense mask", _when(lambda s: s.tq == 1, "sdpa")),
+    Rule("{what} on flex", _when(lambda s: s.what is not None and s.why_not_flex is None, "flex")),
+    Rule("{what}, long sequence, not flex: {why_not_flex}",
+         _when(lambda s: s.what is not None and s.chunked_serves_long(), "chunked")),
+    Rule("{what} as dense mask/bias, short sequence", _when(lambda s: s.what is not None, "sdpa")),
+    Rule("no mask, fused kernel", _when(lambda s: s.call.mask is None, "sdpa")),
+    Rule("causal, fused kernel",
+         _when(lambda s: isinstance(s.call.mask, Mask) and s.call.mask.kind == "causal", "sdpa")),
+    Rule("data-dependent mask as dense mask, short sequence",
+         _when(lambda s: isinstance(s.call.mask, Mask) and s.call.mask.key is None, "sdpa")),
+    Rule("dense mask", _when(lambda s: True, "sdpa")),
+]
+
+
+def auto(call: AttentionCall) -> tuple[str, str]:
+    """The first rule of :data:`AUTO_RULES` that names a backend: ``(name, reason)``."""
+    s = Situation(call)
+    for rule in AUTO_RULES:
+        name = rule.pick(s)
+        if name is not None:
+            return name, rule.reason(s)
+    raise AssertionError("the last auto rule always matches")
 
 
 def choose(call: AttentionCall, backend: str = "auto") -> tuple[str, str]:
@@ -106,7 +200,7 @@ def choose(call: AttentionCall, backend: str = "auto") -> tuple[str, str]:
         ValueError: unknown backend, or an explicit backend that cannot serve the call.
     """
     if backend == "auto":
-        return _auto(call)
+        return auto(call)
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend '{backend}'; choose one of auto, {', '.join(BACKENDS)}")
     why = BACKENDS[backend].unsupported(call)
@@ -115,17 +209,16 @@ def choose(call: AttentionCall, backend: str = "auto") -> tuple[str, str]:
     return backend, "requested"
 
 
-def run(call: AttentionCall, backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def run(call: AttentionCall, backend: str = "auto") -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Choose a backend, record the choice, run it."""
     name, reason = choose(call, backend)
     record_dispatch(name, reason, call)
+    impl = BACKENDS[name]
     if is_preparing():  # prepare_masks: build the backend's per-shape caches, skip the math
         note_prepared(name, reason, call)
-        prepare = getattr(BACKENDS[name], "prepare", None)
-        if prepare is not None:
-            prepare(call)
+        impl.prepare(call)
         out = call.q.new_zeros(*call.q.shape[:-1], call.v.shape[-1])  # (B, H, Tq, Dv)
         if call.return_weights:
             return out, call.q.new_zeros(*call.q.shape[:-1], call.k.shape[-2])  # (B, H, Tq, Tk)
         return out
-    return BACKENDS[name].run(call)
+    return impl.run(call)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnlab.attention.backends.base import AttentionCall, unmask_empty_rows
+from attnlab.attention.backends.base import AttentionCall
+from attnlab.attention.backends.dense import unmask_empty_rows
 from attnlab.attention.masks import is_kind
 
 
@@ -27,7 +28,12 @@ def unsupported(call: AttentionCall) -> str | None:
     return None
 
 
+def prepare(call: AttentionCall) -> None:
+    """Nothing to cache: the dense mask is built on every call."""
+
+
 def run(call: AttentionCall) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` with ``is_causal`` or a dense (bool or float) mask: (B, H, Tq, Dv)."""
     q, k, v = call.q, call.k, call.v
     tq, tk = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
