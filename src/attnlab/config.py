@@ -18,11 +18,12 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
 from attnlab.errors import ConfigError, did_you_mean
+from attnlab.validation import FINITE, FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, Range, check_ranges
 
 
 @dataclass
@@ -46,17 +47,16 @@ class AttentionConfig:
     topk: Optional[int] = None
     scale: Optional[float] = None
 
+    _RANGES: ClassVar[dict[str, Range]] = {
+        "window": POSITIVE.with_note("null: full causal attention"), "global_tokens": NON_NEGATIVE,
+        "softcap": POSITIVE.with_note("null: off"), "topk": POSITIVE.with_note("null: off"),
+        "scale": POSITIVE.with_note("null: 1/sqrt(head_dim)"),
+    }
+
     def __post_init__(self) -> None:
-        if self.window is not None and self.window <= 0:
-            raise ConfigError(f"model.attention.window must be positive or null, got {self.window}")
-        if self.global_tokens < 0 or (self.global_tokens and self.window is None):
+        check_ranges(self, "model.attention", self._RANGES)
+        if self.global_tokens and self.window is None:
             raise ConfigError("model.attention.global_tokens needs model.attention.window (local + global attention)")
-        if self.softcap is not None and self.softcap <= 0:
-            raise ConfigError(f"model.attention.softcap must be positive or null, got {self.softcap}")
-        if self.topk is not None and self.topk <= 0:
-            raise ConfigError(f"model.attention.topk must be positive or null, got {self.topk}")
-        if self.scale is not None and self.scale <= 0:
-            raise ConfigError(f"model.attention.scale must be positive or null, got {self.scale}")
 
 
 @dataclass
@@ -130,10 +130,18 @@ class ModelConfig:
     mixer: Literal["softmax", "linear"] = "softmax"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
+    _RANGES: ClassVar[dict[str, Range]] = {
+        "vocab_size": NON_NEGATIVE.with_note("0: the tokenizer's size"), "block_size": POSITIVE, "n_layer": POSITIVE,
+        "n_decoder_layer": POSITIVE.with_note("null: model.n_layer"), "n_head": POSITIVE,
+        "n_kv_head": NON_NEGATIVE.with_note("null: model.n_head"), "d_model": POSITIVE,
+        "d_ff": NON_NEGATIVE.with_note("null: the default width"), "norm_eps": POSITIVE, "rope_theta": POSITIVE,
+        "rope_scaling_factor": POSITIVE, "relative_buckets": POSITIVE, "relative_max_distance": POSITIVE,
+        "decoder_start_id": NON_NEGATIVE, "type_vocab_size": NON_NEGATIVE.with_note("0: no token types"),
+        "dropout": FRACTION,
+    }
+
     def __post_init__(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "d_model"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        check_ranges(self, "model", self._RANGES)
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
@@ -147,12 +155,8 @@ class ModelConfig:
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dim, got {self.head_dim}; change d_model or n_head")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.rope_scaling != "none" and (self.position != "rope" or self.rope_scaling_factor < 1.0):
             raise ConfigError("model.rope_scaling needs model.position=rope and model.rope_scaling_factor >= 1")
-        if self.type_vocab_size < 0:
-            raise ConfigError(f"model.type_vocab_size must be >= 0 (0: no token types), got {self.type_vocab_size}")
         if self.type_vocab_size and self.arch != "encoder":
             raise ConfigError("model.type_vocab_size needs model.arch=encoder; set it to 0 for a decoder")
         if self.n_decoder_layer is not None and (self.arch != "encoder_decoder" or self.n_decoder_layer <= 0):
@@ -218,9 +222,10 @@ class DataConfig:
     val_fraction: float = 0.05
     cache_dir: str = ".attnlab-cache"
 
+    _RANGES: ClassVar[dict[str, Range]] = {"val_fraction": Range(0, 0.5, low_open=True, high_open=True)}
+
     def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        check_ranges(self, "data", self._RANGES)
 
 
 @dataclass
@@ -322,25 +327,24 @@ class TrainConfig:
     inject_nan_steps: list[int] = field(default_factory=list)
     document_mask: bool = False
 
+    _RANGES: ClassVar[dict[str, Range]] = {
+        "seed": Range(-(2**63), 2**64 - 1), "batch_size": POSITIVE, "seq_len": NON_NEGATIVE.with_note("0: block size"),
+        "grad_accum": POSITIVE, "max_steps": POSITIVE, "lr": POSITIVE, "min_lr": NON_NEGATIVE,
+        "warmup_steps": NON_NEGATIVE.with_note("0: no warmup"), "weight_decay": NON_NEGATIVE,
+        "beta1": FRACTION, "beta2": FRACTION, "grad_clip": NON_NEGATIVE.with_note("0 disables clipping"),
+        "eval_every": NON_NEGATIVE.with_note("0: only at the end"), "eval_batches": POSITIVE,
+        "ckpt_every": NON_NEGATIVE.with_note("0: only at the end"), "log_every": POSITIVE,
+        "threads": NON_NEGATIVE.with_note("0: torch's default"), "label_smoothing": FRACTION,
+        "mlm_probability": OPEN_FRACTION, "span_noise_density": OPEN_FRACTION, "span_mean_length": Range(1),
+        "muon_lr": POSITIVE, "muon_momentum": FRACTION, "max_nonfinite": POSITIVE,
+        "spike_factor": FINITE, "inject_nan_steps": POSITIVE,
+    }
+
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_batches"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("mlm_probability", "span_noise_density"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ConfigError(f"train.{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.span_mean_length < 1.0:
-            raise ConfigError(f"train.span_mean_length must be >= 1, got {self.span_mean_length}")
-        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0:
-            raise ConfigError(
-                f"need train.muon_lr > 0 and 0 <= train.muon_momentum < 1, got {self.muon_lr}, {self.muon_momentum}"
-            )
-        if self.max_nonfinite <= 0:
-            raise ConfigError(f"train.max_nonfinite must be positive, got {self.max_nonfinite}")
+        check_ranges(self, "train", self._RANGES)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"need train.min_lr <= train.lr, got lr={self.lr}, min_lr={self.min_lr}; "
+                              "lower train.min_lr")
         if self.spike_factor != 0 and self.spike_factor <= 1.0:
             raise ConfigError(f"train.spike_factor must be > 1 (or 0 to disable), got {self.spike_factor}")
         if self.document_mask and self.objective not in ("auto", "clm"):
@@ -440,14 +444,41 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``dotted="a.b"``, creating empty (or ``null``) sections on the way.
+
+    Raises:
+        ConfigError: a part of the path is a value, not a section.
+    """
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
             raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+        node = nxt
     node[keys[-1]] = value
+
+
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The YAML mapping in ``path`` (an empty file gives ``{}``).
+
+    Raises:
+        ConfigError: the file is not valid YAML, or its top level is a list or a scalar.
+    """
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        kind = "a list" if isinstance(tree, list) else f"a single value ({type(tree).__name__})"
+        raise ConfigError(f"{what} '{path}' holds {kind} at its top level; it must be a mapping of sections "
+                          "such as 'train:' and 'model:'")
+    return tree
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -509,14 +540,10 @@ def load(name_or_path: str | Path | None = None, overrides: list[str] | None = N
     """
     tree: dict[str, Any] = {}
     if name_or_path is not None:
-        path = resolve_path(name_or_path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        tree = read_yaml_mapping(resolve_path(name_or_path))
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     return from_dict(Config, tree)
 
 
