@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from attnlab.errors import ConfigError
 
@@ -37,8 +37,8 @@ class Range:
         note: what a special value means, added to the error (e.g. ``"0 disables clipping"``).
     """
 
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     low_open: bool = False
     high_open: bool = False
     note: str = ""

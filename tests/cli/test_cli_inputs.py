@@ -1,4 +1,4 @@
-"""Bad inputs a new user tries, and CLI-wide habits: one line and exit 2, ``--version``, ``--help`` that shows defaults."""
+"""Bad inputs a new user tries (one line, exit 2, nothing written) and CLI-wide habits (--version, --help)."""
 
 import argparse
 import re

@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="batch size")
     p.add_argument("--masks", default="causal,sliding_window:128,none",
                    help="comma-separated masks: causal, none, sliding_window:W")
-    p.add_argument("--backends", default=",".join(backends), help="comma-separated backends (default: all available here)")
+    p.add_argument("--backends", default=",".join(backends),
+                   help="comma-separated backends (default: all available here)")
     p.add_argument("--mode", default="fwd,fwd+bwd", help="fwd and/or fwd+bwd")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
