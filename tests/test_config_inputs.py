@@ -76,6 +76,17 @@ def test_finetune_sections_have_ranges():
                 cls(**{name: float("nan")})
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("options.max_value=.nan", "options.max_value must be a finite number, got nan; set a finite value, e.g. the "
+                               "default options.max_value=16.0"),
+    ("options.max_value=.inf", "options.max_value must be a finite number, got inf"),
+])
+def test_task_options_refuse_nan_too(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_finetune_config(None, "image-classify", [override])
+    assert str(e.value) == needle or str(e.value).startswith(needle)
+
+
 def test_defaults_and_presets_pass():
     for cls in SECTIONS.values():
         cls()

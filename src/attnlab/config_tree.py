@@ -9,6 +9,7 @@ overrides; :func:`read_yaml_mapping` reads a config file that must hold a mappin
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from attnlab.errors import ConfigError, did_you_mean
+from attnlab.validation import FINITE, check_range
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -48,6 +50,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             )
         return value
     if tp is float:
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
         return float(value)
@@ -70,7 +74,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, checking names and types recursively.
 
     Raises:
-        ConfigError: on an unknown key (with the closest valid name) or a wrong type.
+        ConfigError: on an unknown key (with the closest valid name), a wrong type, or NaN/infinity.
     """
     data = {} if data is None else data
     if not isinstance(data, dict):
@@ -87,7 +91,16 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
             kwargs[key] = from_dict(tp, value, path)
         else:
             kwargs[key] = _coerce(value, tp, path)
+            _refuse_nonfinite(cls, key, kwargs[key], path)
     return cls(**kwargs)
+
+
+def _refuse_nonfinite(cls: type, key: str, value: Any, path: str) -> None:
+    """NaN and infinity are refused in every config dataclass, with the field's own range where it declares one."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+        check_range(path, value, getattr(cls, "_RANGES", {}).get(key, FINITE), default)
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -103,7 +103,8 @@ def check_range(where: str, value: Any, rng: Range, default: Any = dataclasses.M
     if isinstance(value, bool) or not isinstance(value, (int, float)) or rng.contains(value):
         return
     desc = rng.describe()
-    fix = "; set a positive value" if desc == "positive" else f"; set a value {desc}"
+    nouns = {"positive": "a positive value", FINITE.describe(): "a finite value"}
+    fix = f"; set {nouns.get(desc, f'a value {desc}')}"
     if isinstance(default, (int, float)) and not isinstance(default, bool) and rng.contains(default):
         fix += f", e.g. the default {where}={default}"
     elif default is None:
