@@ -87,6 +87,17 @@ def test_task_options_refuse_nan_too(override, needle):
     assert str(e.value) == needle or str(e.value).startswith(needle)
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("model.dropout=.nan", "model.dropout must be a finite number"),
+    ("model.n_layer=-1", "model.n_layer must be positive, got -1"),
+    ("model.attention.softcap=.inf", "model.attention.softcap must be a finite number"),
+])
+def test_a_recipes_model_section_is_checked_when_read(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_finetune_config("sentiment-scratch", "classify", [override])
+    assert str(e.value).startswith(needle)
+
+
 def test_defaults_and_presets_pass():
     for cls in SECTIONS.values():
         cls()

@@ -49,7 +49,7 @@ from attnlab.config import (
 from attnlab.data.tasks import read_records, split_records
 from attnlab.errors import ConfigError, did_you_mean
 from attnlab.finetune.lora import LoRAConfig
-from attnlab.validation import NON_NEGATIVE, Range, check_ranges
+from attnlab.validation import FINITE, NON_NEGATIVE, Range, check_range, check_ranges
 
 TASKS: dict[str, str] = {
     "classify": "attnlab.finetune.tasks.classify:ClassifyTask",
@@ -177,7 +177,8 @@ def load_finetune_config(
 
 
 def _check_model_keys(tree: Any, cls: type = ModelConfig, where: str = "model") -> None:
-    """Unknown names in a partial ``model`` section fail early (values are checked when the preset is built)."""
+    """Unknown names and numbers out of range in a partial ``model`` section fail early (the rest is checked when
+    the preset is built)."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{where} must be a mapping of architecture settings, got {type(tree).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
@@ -187,6 +188,8 @@ def _check_model_keys(tree: Any, cls: type = ModelConfig, where: str = "model") 
             raise ConfigError(f"unknown config key '{where}.{key}'{did_you_mean(str(key), names)}")
         if dataclasses.is_dataclass(hints[key]):
             _check_model_keys(value, hints[key], f"{where}.{key}")
+        else:
+            check_range(f"{where}.{key}", value, getattr(cls, "_RANGES", {}).get(key, FINITE), names[key].default)
 
 
 def finetune_config_from_dict(tree: dict[str, Any]) -> FinetuneConfig:
