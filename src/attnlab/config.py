@@ -7,22 +7,23 @@ the command line with ``section.field=value`` (the value is parsed as YAML)::
     cfg = attnlab.config.load("gpt-tiny", ["train.max_steps=200", "model.n_layer=2"])
 
 Unknown keys and wrong types are reported with the field name and, for typos, the
-closest valid name.
+closest valid name. Turning the YAML tree into the typed dataclasses, with those checks,
+is :mod:`attnlab.config_tree`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 
+from attnlab.config_tree import from_dict, parse_override, read_yaml_mapping, set_dotted
 from attnlab.errors import ConfigError, did_you_mean
+from attnlab.validation import FINITE, FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, Range, check_ranges
 
 
 @dataclass
@@ -46,17 +47,16 @@ class AttentionConfig:
     topk: Optional[int] = None
     scale: Optional[float] = None
 
+    _RANGES: ClassVar[dict[str, Range]] = {
+        "window": POSITIVE.with_note("null: full causal attention"), "global_tokens": NON_NEGATIVE,
+        "softcap": POSITIVE.with_note("null: off"), "topk": POSITIVE.with_note("null: off"),
+        "scale": POSITIVE.with_note("null: 1/sqrt(head_dim)"),
+    }
+
     def __post_init__(self) -> None:
-        if self.window is not None and self.window <= 0:
-            raise ConfigError(f"model.attention.window must be positive or null, got {self.window}")
-        if self.global_tokens < 0 or (self.global_tokens and self.window is None):
+        check_ranges(self, "model.attention", self._RANGES)
+        if self.global_tokens and self.window is None:
             raise ConfigError("model.attention.global_tokens needs model.attention.window (local + global attention)")
-        if self.softcap is not None and self.softcap <= 0:
-            raise ConfigError(f"model.attention.softcap must be positive or null, got {self.softcap}")
-        if self.topk is not None and self.topk <= 0:
-            raise ConfigError(f"model.attention.topk must be positive or null, got {self.topk}")
-        if self.scale is not None and self.scale <= 0:
-            raise ConfigError(f"model.attention.scale must be positive or null, got {self.scale}")
 
 
 @dataclass
@@ -130,10 +130,18 @@ class ModelConfig:
     mixer: Literal["softmax", "linear"] = "softmax"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
+    _RANGES: ClassVar[dict[str, Range]] = {
+        "vocab_size": NON_NEGATIVE.with_note("0: the tokenizer's size"), "block_size": POSITIVE, "n_layer": POSITIVE,
+        "n_decoder_layer": POSITIVE.with_note("null: model.n_layer"), "n_head": POSITIVE,
+        "n_kv_head": NON_NEGATIVE.with_note("null: model.n_head"), "d_model": POSITIVE,
+        "d_ff": NON_NEGATIVE.with_note("null: the default width"), "norm_eps": POSITIVE, "rope_theta": POSITIVE,
+        "rope_scaling_factor": POSITIVE, "relative_buckets": POSITIVE, "relative_max_distance": POSITIVE,
+        "decoder_start_id": NON_NEGATIVE, "type_vocab_size": NON_NEGATIVE.with_note("0: no token types"),
+        "dropout": FRACTION,
+    }
+
     def __post_init__(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "d_model"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        check_ranges(self, "model", self._RANGES)
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
@@ -147,12 +155,8 @@ class ModelConfig:
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dim, got {self.head_dim}; change d_model or n_head")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.rope_scaling != "none" and (self.position != "rope" or self.rope_scaling_factor < 1.0):
             raise ConfigError("model.rope_scaling needs model.position=rope and model.rope_scaling_factor >= 1")
-        if self.type_vocab_size < 0:
-            raise ConfigError(f"model.type_vocab_size must be >= 0 (0: no token types), got {self.type_vocab_size}")
         if self.type_vocab_size and self.arch != "encoder":
             raise ConfigError("model.type_vocab_size needs model.arch=encoder; set it to 0 for a decoder")
         if self.n_decoder_layer is not None and (self.arch != "encoder_decoder" or self.n_decoder_layer <= 0):
@@ -218,9 +222,10 @@ class DataConfig:
     val_fraction: float = 0.05
     cache_dir: str = ".attnlab-cache"
 
+    _RANGES: ClassVar[dict[str, Range]] = {"val_fraction": Range(0, 0.5, low_open=True, high_open=True)}
+
     def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        check_ranges(self, "data", self._RANGES)
 
 
 @dataclass
@@ -322,25 +327,24 @@ class TrainConfig:
     inject_nan_steps: list[int] = field(default_factory=list)
     document_mask: bool = False
 
+    _RANGES: ClassVar[dict[str, Range]] = {
+        "seed": Range(-(2**63), 2**64 - 1), "batch_size": POSITIVE, "seq_len": NON_NEGATIVE.with_note("0: block size"),
+        "grad_accum": POSITIVE, "max_steps": POSITIVE, "lr": POSITIVE, "min_lr": NON_NEGATIVE,
+        "warmup_steps": NON_NEGATIVE.with_note("0: no warmup"), "weight_decay": NON_NEGATIVE,
+        "beta1": FRACTION, "beta2": FRACTION, "grad_clip": NON_NEGATIVE.with_note("0 disables clipping"),
+        "eval_every": NON_NEGATIVE.with_note("0: only at the end"), "eval_batches": POSITIVE,
+        "ckpt_every": NON_NEGATIVE.with_note("0: only at the end"), "log_every": POSITIVE,
+        "threads": NON_NEGATIVE.with_note("0: torch's default"), "label_smoothing": FRACTION,
+        "mlm_probability": OPEN_FRACTION, "span_noise_density": OPEN_FRACTION, "span_mean_length": Range(1),
+        "muon_lr": POSITIVE, "muon_momentum": FRACTION, "max_nonfinite": POSITIVE,
+        "spike_factor": FINITE, "inject_nan_steps": POSITIVE,
+    }
+
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_batches"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("mlm_probability", "span_noise_density"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ConfigError(f"train.{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.span_mean_length < 1.0:
-            raise ConfigError(f"train.span_mean_length must be >= 1, got {self.span_mean_length}")
-        if self.muon_lr <= 0 or not 0.0 <= self.muon_momentum < 1.0:
-            raise ConfigError(
-                f"need train.muon_lr > 0 and 0 <= train.muon_momentum < 1, got {self.muon_lr}, {self.muon_momentum}"
-            )
-        if self.max_nonfinite <= 0:
-            raise ConfigError(f"train.max_nonfinite must be positive, got {self.max_nonfinite}")
+        check_ranges(self, "train", self._RANGES)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"need train.min_lr <= train.lr, got lr={self.lr}, min_lr={self.min_lr}; "
+                              "lower train.min_lr")
         if self.spike_factor != 0 and self.spike_factor <= 1.0:
             raise ConfigError(f"train.spike_factor must be > 1 (or 0 to disable), got {self.spike_factor}")
         if self.document_mask and self.objective not in ("auto", "clm"):
@@ -363,109 +367,6 @@ class Config:
     def save(self, path: str | Path) -> None:
         """Write the config as YAML."""
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-# ---------------------------------------------------------------------------
-# Building dataclasses from plain dicts, with type checks and helpful errors.
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; allow int→float and a single value for a list. Raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        items = value if isinstance(value, (list, tuple)) else [value]  # one value: a one-item list
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(items)]
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(
-                f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-                + (did_you_mean(value, map(str, choices)) if isinstance(value, str) else "")
-            )
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r} ({type(value).__name__})")
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} at {where}")
-
-
-def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, checking names and types recursively.
-
-    Raises:
-        ConfigError: on an unknown key (with the closest valid name) or a wrong type.
-    """
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key '{path}'{did_you_mean(str(key), names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, path)
-        else:
-            kwargs[key] = _coerce(value, tp, path)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``"train.lr=3e-4"`` into ``("train.lr", 3e-4)`` (the value is parsed as YAML)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. train.max_steps=200")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    # YAML reads "3e-4" as a string; accept it as a float.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in "eE.") and value.strip() else value
-        except ValueError:
-            pass
-    return key.strip(), value
 
 
 def preset_dir() -> Path:
@@ -509,14 +410,10 @@ def load(name_or_path: str | Path | None = None, overrides: list[str] | None = N
     """
     tree: dict[str, Any] = {}
     if name_or_path is not None:
-        path = resolve_path(name_or_path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        tree = read_yaml_mapping(resolve_path(name_or_path))
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     return from_dict(Config, tree)
 
 

@@ -13,6 +13,8 @@ import errno
 import importlib
 import sys
 
+from attnlab import __version__
+from attnlab.cli._common import Parser
 from attnlab.errors import AttnlabError
 
 # Errors the user fixes outside attnlab, with the fix.
@@ -28,7 +30,9 @@ SUBCOMMANDS = ["train", "finetune", "data", "eval", "generate", "convert", "toke
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="attnlab", description=__doc__.splitlines()[0])
+    parser = Parser(prog="attnlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"attnlab {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"attnlab.cli.{name}").add_parser(sub)

@@ -38,19 +38,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "a config is reported as 'unsupported: <reason>'. FLOPs count only allowed (query, key) pairs.",
         epilog=f"backends here: {', '.join(backends)}",
     )
-    p.add_argument("--seq-lens", default="256,512,1024", help="comma-separated sequence lengths (default 256,512,1024)")
-    p.add_argument("--head-dims", default="64", help="comma-separated head dims (default 64)")
-    p.add_argument("--heads", type=int, default=8, help="attention heads (default 8)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--seq-lens", default="256,512,1024", help="comma-separated sequence lengths")
+    p.add_argument("--head-dims", default="64", help="comma-separated head dims")
+    p.add_argument("--heads", type=int, default=8, help="attention heads")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
     p.add_argument("--masks", default="causal,sliding_window:128,none",
-                   help="causal, none, sliding_window:W (default causal,sliding_window:128,none)")
-    p.add_argument("--backends", default=",".join(backends), help=f"default: all ({', '.join(backends)})")
-    p.add_argument("--mode", default="fwd,fwd+bwd", help="fwd and/or fwd+bwd (default both)")
+                   help="comma-separated masks: causal, none, sliding_window:W")
+    p.add_argument("--backends", default=",".join(backends),
+                   help="comma-separated backends (default: all available here)")
+    p.add_argument("--mode", default="fwd,fwd+bwd", help="fwd and/or fwd+bwd")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--repeats", type=int, default=0, help="timed runs per config, median reported (default 10 CUDA, 5 CPU)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/attention-<device>.json); "
                    "the PNG goes beside it")
     p.set_defaults(func=run)

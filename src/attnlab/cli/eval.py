@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rope-factor", type=float, default=None,
                    help="with --rope-scaling linear or ntk (required there): how many times longer than the "
                    "trained context RoPE should reach, e.g. --seq-len / the training seq_len")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
 

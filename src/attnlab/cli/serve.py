@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish")
     p.add_argument("--model-name", default=None, help="model id reported by the API (default: the run folder name)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--no-request-log", action="store_true", help="do not log each request")
+    p.add_argument("--quiet", dest="no_request_log", action="store_true", help=argparse.SUPPRESS)  # old name
     p.set_defaults(func=run)
 
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model_name or Path(args.checkpoint).resolve().name
     engine = Engine(model, tok, device, name, max_tokens_cap=args.max_tokens_cap, batch=limits)
     try:
-        server = make_server(engine, ServeConfig(args.host, args.port, args.max_body_bytes, not args.quiet))
+        server = make_server(engine, ServeConfig(args.host, args.port, args.max_body_bytes, not args.no_request_log))
     except OSError as e:
         engine.close(0)
         raise AttnlabError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None

@@ -23,10 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     train = sub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     train.add_argument("paths", nargs="+", metavar="PATH", help="text files, directories, or builtin:shakespeare")
-    train.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary (default 4096)")
-    train.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge (default 2)")
-    train.add_argument("--out", default="tokenizer.json", help="file to write (default tokenizer.json)")
-    train.add_argument("--glob", default="**/*.txt", help="file pattern inside directories (default **/*.txt)")
+    train.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary")
+    train.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge")
+    train.add_argument("--out", default="tokenizer.json", help="file to write")
+    train.add_argument("--glob", default="**/*.txt", help="file pattern inside directories")
 
     encode = sub.add_parser("encode", help="print the token ids and pieces of a text")
     encode.add_argument("tokenizer", help="tokenizer.json, or a directory with it or GPT-2's encoder.json + vocab.bpe")

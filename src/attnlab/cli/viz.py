@@ -40,9 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="the input text")
     p.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
     p.add_argument("--heads", default=None, help="comma-separated head indices (default: all)")
-    p.add_argument("--out", default="attention.png", help="PNG to write (default attention.png)")
-    p.add_argument("--max-tokens", type=int, default=40, help="draw at most the last N tokens (default 40)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default="attention.png", help="PNG to write")
+    p.add_argument("--max-tokens", type=int, default=40, help="draw at most the last N tokens")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     s = actions.add_parser(
         "serve",
         help="the attention explorer: a web page showing tokens, attention heatmaps and next-token probabilities",
@@ -52,12 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     s.add_argument("checkpoint", help="run folder or checkpoint folder (decoder-only or encoder model)")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
-    s.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port)")
+    s.add_argument("--port", type=int, default=8765, help="TCP port (0: any free port)")
     s.add_argument("--max-tokens", type=int, default=128,
-                   help="longest text in tokens, also capped by the model's context (default 128)")
-    s.add_argument("--top-k", type=int, default=10, help="next-token candidates to show (default 10)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--quiet", action="store_true", help="do not log each request")
+                   help="longest text in tokens, also capped by the model's context")
+    s.add_argument("--top-k", type=int, default=10, help="next-token candidates to show")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    s.add_argument("--no-request-log", action="store_true", help="do not log each request")
+    s.add_argument("--quiet", dest="no_request_log", action="store_true", help=argparse.SUPPRESS)  # old name
     parser.set_defaults(func=run)
     return parser
 
@@ -76,7 +77,7 @@ def serve(args: argparse.Namespace) -> int:
     from attnlab.viz import Explorer, ExplorerConfig, make_explorer_server, serve_until_stopped
 
     cfg = ExplorerConfig(host=args.host, port=args.port, max_tokens=args.max_tokens, top_k=args.top_k,
-                         log_requests=not args.quiet)  # validates the options before loading the model
+                         log_requests=not args.no_request_log)  # validates the options before loading the model
     model, tok, _, _ = load_for_inference(args.checkpoint, args.device)
     explorer = Explorer(model, tok, name=Path(args.checkpoint).resolve().name, cfg=cfg)
     server = make_explorer_server(explorer, cfg)

@@ -54,6 +54,7 @@ from torch import nn
 
 from attnlab.errors import CheckpointError, ConfigError
 from attnlab.train.checkpoint import fsync_file, sha256_file
+from attnlab.validation import FRACTION, POSITIVE, check_ranges
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_META = "adapter.json"
@@ -83,6 +84,7 @@ class LoRAConfig:
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
     def __post_init__(self) -> None:
+        check_ranges(self, "lora", {"alpha": POSITIVE, "dropout": FRACTION})  # NaN and inf too
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise ConfigError(f"lora.rank must be a positive integer, got {self.rank!r}")
         if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:

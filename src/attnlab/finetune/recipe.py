@@ -37,10 +37,19 @@ import torch
 import yaml
 from torch import nn
 
-from attnlab.config import ModelConfig, TrainConfig, from_dict, parse_override, preset_dir
+from attnlab.config import (
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    parse_override,
+    preset_dir,
+    read_yaml_mapping,
+    set_dotted,
+)
 from attnlab.data.tasks import read_records, split_records
 from attnlab.errors import ConfigError, did_you_mean
 from attnlab.finetune.lora import LoRAConfig
+from attnlab.validation import FINITE, NON_NEGATIVE, Range, check_range, check_ranges
 
 TASKS: dict[str, str] = {
     "classify": "attnlab.finetune.tasks.classify:ClassifyTask",
@@ -73,11 +82,13 @@ class TaskData:
     max_train: int = 0
     max_eval: int = 0
 
+    _RANGES: ClassVar[dict[str, Range]] = {
+        "val_fraction": Range(0, 0.5, low_open=True, high_open=True),
+        "max_train": NON_NEGATIVE.with_note("0: all"), "max_eval": NON_NEGATIVE.with_note("0: all"),
+    }
+
     def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        if self.max_train < 0 or self.max_eval < 0:
-            raise ConfigError("data.max_train and data.max_eval must be >= 0 (0: all)")
+        check_ranges(self, "data", self._RANGES)
 
 
 @dataclass
@@ -131,19 +142,6 @@ def task_class(name: str) -> type["Task"]:
     return getattr(importlib.import_module(module), cls)
 
 
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        nxt = node.get(k)
-        if nxt is None:
-            nxt = node[k] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
-        node = nxt
-    node[keys[-1]] = value
-
-
 def load_finetune_config(
     path: Optional[str | Path], task: Optional[str] = None, overrides: Sequence[str] = ()
 ) -> FinetuneConfig:
@@ -168,23 +166,19 @@ def load_finetune_config(
             names = sorted(q.stem for q in (preset_dir() / "finetune").glob("*.yaml"))
             raise ConfigError(f"recipe '{path}' not found{did_you_mean(str(path), names)}; "
                               f"give a YAML path or one of: {', '.join(names)}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"recipe '{p}' must be a mapping of sections")
+        tree = read_yaml_mapping(p, "recipe")
     if task and tree.get("task") and tree["task"] != task:
         raise ConfigError(f"recipe is for task '{tree['task']}', not '{task}'; use `attnlab finetune {tree['task']} ...`")
     tree["task"] = task or tree.get("task") or ""
     for text in overrides:
         key, value = parse_override(text)
-        _set(tree, key, value)
+        set_dotted(tree, key, value)
     return finetune_config_from_dict(tree)
 
 
 def _check_model_keys(tree: Any, cls: type = ModelConfig, where: str = "model") -> None:
-    """Unknown names in a partial ``model`` section fail early (values are checked when the preset is built)."""
+    """Unknown names and numbers out of range in a partial ``model`` section fail early (the rest is checked when
+    the preset is built)."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{where} must be a mapping of architecture settings, got {type(tree).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
@@ -194,6 +188,8 @@ def _check_model_keys(tree: Any, cls: type = ModelConfig, where: str = "model") 
             raise ConfigError(f"unknown config key '{where}.{key}'{did_you_mean(str(key), names)}")
         if dataclasses.is_dataclass(hints[key]):
             _check_model_keys(value, hints[key], f"{where}.{key}")
+        else:
+            check_range(f"{where}.{key}", value, getattr(cls, "_RANGES", {}).get(key, FINITE), names[key].default)
 
 
 def finetune_config_from_dict(tree: dict[str, Any]) -> FinetuneConfig:
