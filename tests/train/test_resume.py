@@ -46,9 +46,25 @@ def assert_one_run(run: Path, last: int) -> None:
     assert every == sorted(every), "a record goes back to an earlier step (records repeated after resume?)"
 
 
+LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runs():
+    """Kill any training run a failed test left behind."""
+    yield
+    while LAUNCHED:
+        proc = LAUNCHED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+
+
 def launch(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "attnlab", "train", "gpt-tiny", *args, "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "attnlab", "train", "gpt-tiny", *args, "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    LAUNCHED.append(proc)
+    return proc
 
 
 def wait_for_step(run: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
