@@ -1,4 +1,4 @@
-"""Inputs and logit comparison shared by the decoder-only Hugging Face interop tests."""
+"""Inputs, logit comparison and float32 tolerances shared by the Hugging Face interop tests."""
 
 import torch
 
