@@ -15,7 +15,6 @@ import torch
 from attnlab import config
 from attnlab.data import read_documents
 
-
 # A skip whose reason says a test dependency is missing (a package, a browser, data files). In CI
 # (CI=true) it is a failure, so a broken install cannot hide tests; locally it stays a skip. Skips
 # for hardware or privileges (no CUDA device, no mount) are not dependencies and stay skips.
@@ -143,7 +142,7 @@ def one_line_error():
     def check(capsys, code, needle):
         out = capsys.readouterr()
         assert code == 2
-        lines = [l for l in out.err.splitlines() if l.strip()]
+        lines = [line for line in out.err.splitlines() if line.strip()]
         assert len(lines) == 1, out.err
         assert "Traceback" not in out.err
         assert needle in lines[0], lines[0]

@@ -106,7 +106,7 @@ def test_gradients_match_quadratic(causal_):
         out = fn(*leaves)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         grads.append([t.grad for t in leaves])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
 
 

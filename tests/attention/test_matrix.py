@@ -125,7 +125,7 @@ def test_matrix_matches_float64_reference(backend, mask_name, pos, hkv, shape):
     g = torch.randn_like(ref)
     got = torch.autograd.grad(out, (q, k, v), g)
     want = torch.autograd.grad(ref, (q, k, v), g)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 

@@ -35,7 +35,8 @@ def losses(run: Path) -> dict[int, float]:
     """Training loss by step; fails if a step was written twice."""
     pairs = [(r["step"], r["loss"]) for r in records(run) if "loss" in r]
     steps = [s for s, _ in pairs]
-    assert len(steps) == len(set(steps)), f"steps written more than once: {sorted({s for s in steps if steps.count(s) > 1})}"
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    assert not repeated, f"steps written more than once: {repeated}"
     return dict(pairs)
 
 
@@ -71,7 +72,8 @@ def wait_for_step(run: Path, proc: subprocess.Popen, step: int, timeout: float =
     metrics = run / "metrics.jsonl"
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines() if l):
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if any(json.loads(line)["step"] >= step for line in lines if line):
             return
         if proc.poll() is not None:
             raise AssertionError(f"run ended before step {step}: {proc.stderr.read()}")
