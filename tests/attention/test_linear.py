@@ -106,16 +106,27 @@ def test_gradients_match_quadratic(causal_):
         out = fn(*leaves)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         grads.append([t.grad for t in leaves])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
 
 
 def test_half_precision_accumulates_in_float32():
-    q, k, v = qkv(tq=64, tk=64, dtype=torch.float32)
-    want = linear_attention_quadratic(q, k, v, causal=True)
-    got = linear_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, chunk_size=16)
+    """bf16 in and out, sums in float32: each output is the exact answer rounded once to bf16.
+
+    The reference applies φ in the input dtype (as the kernel does) and sums in float64, so the
+    only error left in a float32-accumulating kernel is the final rounding (<= 0.51 ulp measured);
+    accumulating in bf16 is off by hundreds of ulps.
+    """
+    q, k, v = (t.bfloat16() for t in qkv(tq=64, tk=64, dtype=torch.float32))
+    got = linear_attention(q, k, v, causal=True, chunk_size=16)
     assert got.dtype == torch.bfloat16
-    assert torch.allclose(got.float(), want, atol=5e-2)
+    phq = elu_plus_one(q).double()  # (B, H, T, F): φ in bf16, like the kernel
+    phk = elu_plus_one(k).double().repeat_interleave(2, dim=1)  # (B, H, T, F)
+    a = (phq @ phk.transpose(-2, -1)).tril()  # (B, H, T, T) causal weights
+    exact = (a @ v.double().repeat_interleave(2, dim=1)) / (a.sum(-1, keepdim=True) + 1e-6)  # (B, H, T, Dv)
+    ulp = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(1e-30))) - 7)  # bf16 spacing at each value
+    err_ulps = ((got.double() - exact).abs() / ulp).max().item()
+    assert err_ulps <= 0.75, f"bf16 output is {err_ulps:.1f} ulp from the exact answer: not accumulated in float32?"
 
 
 def test_functional_rejects_bad_shapes():

@@ -7,6 +7,7 @@ import torch
 
 from attnlab.generate import beam_search, generate
 from attnlab.interop.hf import from_hf
+from tests.interop._parity import F32_ATOL
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install attnlab[hf])")
@@ -54,7 +55,8 @@ def test_beam_search_matches_transformers(family, tiny_hf):
         assert torch.equal(got, expected.sequences), (kw, got, expected.sequences)
         seqs, scores = beam_search(ours, ids, N, eos_token_id=eos, attention_mask=mask, **kw)
         assert torch.equal(seqs, got)
-        torch.testing.assert_close(scores.float(), expected.sequences_scores, atol=1e-5, rtol=1e-5)
+        # 8.6e-6 observed on scores up to 13.4: at most 0.27 of this bound
+        torch.testing.assert_close(scores.float(), expected.sequences_scores, atol=F32_ATOL, rtol=2e-6)
         finished_early += int(((got[:, p:-1] == eos).any(1)).sum())
     assert finished_early > 0  # the EOS bookkeeping was exercised, not only max-length endings
 

@@ -10,7 +10,7 @@ from attnlab.config import load
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.interop import from_hf, to_hf
 from attnlab.models import build
-from tests.interop._parity import V, random_ids
+from tests.interop._parity import F32_ATOL, V, random_ids
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install attnlab[hf])")
@@ -56,12 +56,12 @@ def test_export_matches_and_round_trips(family, extra, hf_class, tied, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] == tied
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(reloaded).__name__ == hf_class
-    assert (_logits(exported, ids) - expected).abs().max().item() < 1e-4
-    assert (_logits(reloaded, ids) - expected).abs().max().item() < 1e-4
+    assert (_logits(exported, ids) - expected).abs().max().item() < F32_ATOL
+    assert (_logits(reloaded, ids) - expected).abs().max().item() < F32_ATOL
     back = from_hf(tmp_path)
     assert back.config.kv_heads == ours.config.kv_heads
     assert (back.lm_head.weight is back.tok_emb.weight) == tied
-    assert (_logits(back, ids) - expected).abs().max().item() < 1e-5
+    assert (_logits(back, ids) - expected).abs().max().item() < F32_ATOL
 
 
 def test_export_does_not_alias_our_weights():
@@ -135,10 +135,10 @@ def test_bert_export_matches_and_round_trips(bare, tmp_path):
         with torch.no_grad():
             out = hf_model(input_ids=ids, attention_mask=mask, token_type_ids=types)
         got = out.last_hidden_state if bare else out.logits
-        assert (got - expected)[valid].abs().max().item() < 1e-4
+        assert (got - expected)[valid].abs().max().item() < F32_ATOL
     with torch.no_grad():
         back = from_hf(tmp_path)(ids, mask, types)
-    assert (back - expected)[valid].abs().max().item() < 1e-5
+    assert (back - expected)[valid].abs().max().item() < F32_ATOL
 
 
 @pytest.mark.parametrize(("extra", "field"), [
@@ -165,10 +165,10 @@ def test_t5_export_matches_and_round_trips(extra, tmp_path):
     for hf_model in (exported, reloaded):
         with torch.no_grad():
             got = hf_model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
-        assert (got - expected).abs().max().item() < 1e-4
+        assert (got - expected).abs().max().item() < F32_ATOL
     with torch.no_grad():
         back = from_hf(tmp_path)(ids, dec, mask)
-    assert (back - expected).abs().max().item() < 1e-5
+    assert (back - expected).abs().max().item() < F32_ATOL
 
 
 @pytest.mark.parametrize(("extra", "field"), [

@@ -220,7 +220,7 @@ def hang_at(kill_at, ready):  # the kill_at-th file written by the next save is 
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
         ready.write_text(f"{os.getpid()} {path}")
-        time.sleep(600)
+        time.sleep(120)  # the test kills us long before; its teardown kills the whole process group anyway
 
     return write
 
@@ -242,25 +242,39 @@ sys.exit(0 if all(os.WIFSIGNALED(s) and os.WTERMSIG(s) == 9 for s in statuses) e
 KILL_POINTS = {1: "model.safetensors", 2: "state.pt", 3: "meta.json", 4: ".latest.tmp"}
 
 
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process it forked (started with ``start_new_session=True``), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group has already exited
+        pass
+    proc.wait(timeout=60)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
 def test_sigkill_during_checkpoint_write_loses_nothing(tmp_path, tiny):
     cfg, model = tiny
     cfg.save(tmp_path / "cfg.yaml")
     script = tmp_path / "child.py"
     script.write_text(CHILD)
+    # Its own process group, so the teardown reaches every forked child whatever happens here.
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path), *map(str, KILL_POINTS)],
-                              stderr=subprocess.PIPE, text=True)
-    for k in KILL_POINTS:
-        ready = tmp_path / f"ready{k}"
-        t0 = time.time()
-        while not ready.exists() or not ready.read_text():
-            assert parent.poll() is None, parent.stderr.read()
-            assert time.time() - t0 < 120, "child never reached the kill point"
-            time.sleep(0.01)
-        pid, path = ready.read_text().split(" ", 1)
-        assert KILL_POINTS[k] in Path(path).name
-        os.kill(int(pid), signal.SIGKILL)
-    assert parent.wait(timeout=60) == 0, parent.stderr.read()
-    parent.stderr.close()
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for k in KILL_POINTS:
+            ready = tmp_path / f"ready{k}"
+            t0 = time.time()
+            while not ready.exists() or not ready.read_text():
+                assert parent.poll() is None, parent.stderr.read()
+                assert time.time() - t0 < 120, "child never reached the kill point"
+                time.sleep(0.01)
+            pid, path = ready.read_text().split(" ", 1)
+            assert KILL_POINTS[k] in Path(path).name
+            os.kill(int(pid), signal.SIGKILL)
+        assert parent.wait(timeout=60) == 0, parent.stderr.read()
+    finally:
+        kill_process_group(parent)
 
     for k in KILL_POINTS:
         run = tmp_path / f"run{k}"
@@ -483,7 +497,6 @@ def test_disk_full_stops_training_with_the_last_checkpoint_intact(tmp_path, tiny
     assert s["step"] == 8 and load_checkpoint(run).step == 8
 
 
-@pytest.mark.skipif(not hasattr(loop, "check_writable"), reason="train/loop.py does not call check_writable yet")
 def test_train_on_a_read_only_folder_fails_before_any_step(tmp_path, tiny_cfg, read_only):
     (tmp_path / "ro").mkdir()
     parent = read_only(tmp_path / "ro")

@@ -21,25 +21,59 @@ MODEL = {"model.d_model": 128, "model.n_layer": 3, "model.n_head": 4, "model.dro
          "train.ckpt_every": 5}
 
 
+def records(run: Path) -> list[dict]:
+    """Every record of metrics.jsonl, in file order (a list, so repeated steps stay visible)."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def loss_steps(run: Path) -> list[int]:
+    """The step of every training-loss record, in file order."""
+    return [r["step"] for r in records(run) if "loss" in r]
+
+
 def losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if "loss" in r:
-            out[r["step"]] = r["loss"]
-    return out
+    """Training loss by step; fails if a step was written twice."""
+    pairs = [(r["step"], r["loss"]) for r in records(run) if "loss" in r]
+    steps = [s for s, _ in pairs]
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    assert not repeated, f"steps written more than once: {repeated}"
+    return dict(pairs)
+
+
+def assert_one_run(run: Path, last: int) -> None:
+    """metrics.jsonl reads as one run: each step 1..last once, in order, and no record goes back in time."""
+    assert loss_steps(run) == list(range(1, last + 1)), "metrics file must read as one run (each step once, in order)"
+    every = [r["step"] for r in records(run)]
+    assert every == sorted(every), "a record goes back to an earlier step (records repeated after resume?)"
+
+
+LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runs():
+    """Kill any training run a failed test left behind."""
+    yield
+    while LAUNCHED:
+        proc = LAUNCHED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 def launch(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "attnlab", "train", "gpt-tiny", *args, "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "attnlab", "train", "gpt-tiny", *args, "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    LAUNCHED.append(proc)
+    return proc
 
 
 def wait_for_step(run: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
     metrics = run / "metrics.jsonl"
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines() if l):
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if any(json.loads(line)["step"] >= step for line in lines if line):
             return
         if proc.poll() is not None:
             raise AssertionError(f"run ended before step {step}: {proc.stderr.read()}")
@@ -53,8 +87,8 @@ def test_sigkill_then_resume_reproduces_losses(tmp_path, tiny_overrides):
 
     ref = launch(tiny_overrides(ref_dir, **MODEL))
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    assert_one_run(ref_dir, 80)
     reference = losses(ref_dir)
-    assert sorted(reference) == list(range(1, 81))
 
     cut = launch(tiny_overrides(cut_dir, **MODEL))
     wait_for_step(cut_dir, cut, 23)
@@ -67,8 +101,8 @@ def test_sigkill_then_resume_reproduces_losses(tmp_path, tiny_overrides):
 
     resumed = launch(tiny_overrides(cut_dir, **MODEL) + ["--resume"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert_one_run(cut_dir, 80)
     got = losses(cut_dir)
-    assert sorted(got) == list(range(1, 81)), "metrics file must read as one run"
     for step in range(saved + 1, 81):
         assert got[step] == reference[step], f"step {step}: {got[step]} != {reference[step]}"
 
@@ -87,5 +121,5 @@ def test_sigint_saves_checkpoint_and_resume_finishes(tmp_path, tiny_overrides):
     again = launch(args + ["--resume", "train.max_steps=" + str(step + 3)])
     # Changing max_steps changes only the schedule length, which is allowed.
     assert again.wait(timeout=120) == 0, again.stderr.read()
-    assert max(losses(run)) == step + 3
+    assert_one_run(run, step + 3)
     assert os.path.exists(run / "loss.png")
