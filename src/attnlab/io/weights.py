@@ -9,6 +9,8 @@ shape checks out; :func:`weights_state_dict` is what a save writes (tied tensors
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -88,13 +90,23 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - random bytes, a truncated zip or a refused pickle all mean: not weights
-        why = "it holds more than plain tensors" if "weights_only" in str(e) else _first_line(e)
-        raise CheckpointError(f"'{path}' cannot be read as PyTorch weights ({why}); re-save it with "
-                              "safetensors or plain tensors") from None
+        raise CheckpointError(f"'{path}' cannot be read as PyTorch weights ({_torch_load_problem(e)}); "
+                              "use the model's safetensors or re-save its state_dict") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise CheckpointError(f"'{path}' does not hold a map of weight names to tensors; is it a model's weights?")
     return state
+
+
+def _torch_load_problem(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (its own message is a page)."""
+    text = str(e)
+    refused = re.search(r"unsupported GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds more than plain tensors: {refused.group(1)} is refused"
+    if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError) or "zip archive" in text:
+        return "it is not a pickle of tensors: damaged, or not a weights file"
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
