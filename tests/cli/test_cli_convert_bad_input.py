@@ -58,7 +58,8 @@ def test_truncated_pytorch_model_bin(capsys, tmp_path, one_line_error):
         torch.save({"transformer.wte.weight": torch.zeros(64, 32)}, p)
         p.write_bytes(p.read_bytes()[:1000])
 
-    convert_fails(capsys, one_line_error, tmp_path, hf_folder(tmp_path, weights=half), "cannot be read as PyTorch weights")
+    src = hf_folder(tmp_path, weights=half)
+    convert_fails(capsys, one_line_error, tmp_path, src, "cannot be read as PyTorch weights")
 
 
 @pytest.mark.parametrize("config, needle", [

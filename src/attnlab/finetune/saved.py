@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import yaml
@@ -31,7 +31,7 @@ __all__ = ["MODEL_DIR", "load_finetuned", "save_finetuned"]
 
 
 def save_finetuned(
-    folder: str | Path, model: nn.Module, tokenizer: Optional[Tokenizer], cfg: FinetuneConfig,
+    folder: str | Path, model: nn.Module, tokenizer: Tokenizer | None, cfg: FinetuneConfig,
     task_state: dict[str, Any], metrics: dict[str, Any],
 ) -> Path:
     """Write a fine-tuned model folder atomically (temp folder, fsync, rename).
@@ -52,7 +52,7 @@ def save_finetuned(
     return durable.write_folder(folder, fill)
 
 
-def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[Task, nn.Module, Optional[Tokenizer]]:
+def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[Task, nn.Module, Tokenizer | None]:
     """Task, model (eval mode) and tokenizer of a fine-tuned run or its ``model/`` folder.
 
     Raises:
@@ -62,7 +62,8 @@ def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tupl
     if (p / MODEL_DIR / "task.json").exists():
         p = p / MODEL_DIR
     if not (p / "task.json").exists():
-        raise CheckpointError(f"'{path}' is not a fine-tuned model (no {MODEL_DIR}/task.json); run attnlab finetune first")
+        raise CheckpointError(f"'{path}' is not a fine-tuned model (no {MODEL_DIR}/task.json); "
+                              "run attnlab finetune first")
     durable.verify(p, kind="the fine-tuned model", fix="; re-run the fine-tuning")
     raw = yaml.safe_load((p / "recipe.yaml").read_text())
     cfg = finetune_config_from_dict(raw)

@@ -29,7 +29,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import Any, BinaryIO
 
 from attnlab.errors import CheckpointError
 
@@ -42,8 +42,8 @@ WriteManifest = Callable[[Path, dict[str, str], dict[str, int]], None]
 
 __all__ = [
     "MANIFEST", "Log", "WriteManifest", "atomic_write_text", "check_files", "digests", "discard_on_error",
-    "fsync_file", "pid_alive", "remove_stale", "replace_folder", "sha256_file", "stage", "temp_path", "verify",
-    "write_file", "write_folder",
+    "fsync_file", "pid_alive", "read_json", "remove_stale", "replace_folder", "sha256_file", "stage", "temp_path",
+    "verify", "write_file", "write_folder",
 ]
 
 
@@ -69,7 +69,7 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, data: Union[bytes, Callable[[BinaryIO], None]]) -> None:
+def write_file(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write bytes (or let ``data(f)`` write) to ``path`` and fsync it.
 
     Everything goes through a Python file object so that a full disk surfaces as
@@ -194,7 +194,7 @@ def replace_folder(tmp: Path, final: Path) -> None:
 
 
 def write_folder(
-    final: str | Path, fill: Callable[[Path], None], *, manifest: Union[str, WriteManifest, None] = MANIFEST
+    final: str | Path, fill: Callable[[Path], None], *, manifest: str | WriteManifest | None = MANIFEST
 ) -> Path:
     """Write the folder ``final`` atomically: staged, filled, fsynced, recorded, renamed into place.
 
@@ -224,10 +224,18 @@ def write_folder(
 # Verification.
 
 
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``, or None when it is not UTF-8 JSON (a damaged manifest)."""
+    try:
+        return json.loads(path.read_bytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def check_files(
     folder: Path,
     sha256: Mapping[str, str],
-    sizes: Optional[Mapping[str, int]] = None,
+    sizes: Mapping[str, int] | None = None,
     *,
     required: tuple[str, ...] = (),
     checksums: bool = True,
@@ -276,10 +284,7 @@ def verify(folder: str | Path, manifest: str = MANIFEST, *, kind: str = "the fol
     path = folder / manifest
     if not path.is_file():
         return {}
-    try:
-        sums = json.loads(path.read_bytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        sums = None
+    sums = read_json(path)
     if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
         raise CheckpointError(f"'{path}' is corrupt (not a JSON map of file name to sha256){fix}")
     check_files(folder, sums, kind=kind, fix=fix)

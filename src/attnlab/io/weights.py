@@ -36,7 +36,9 @@ def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint", fix: str = _FIX) -> None:
+def load_weights(
+    model: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint", fix: str = _FIX
+) -> None:
     """Copy ``weights`` into ``model``, checking names and shapes first.
 
     A tied (aliased) tensor may be given once, under the name :func:`weights_state_dict` keeps.
@@ -101,7 +103,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 def _torch_load_problem(e: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` failed, in a few words (its own message is a page)."""
     text = str(e)
-    refused = re.search(r"unsupported GLOBAL (\S+)", text)
+    refused = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)  # a blocked module, or not allowed
     if refused:
         return f"it holds more than plain tensors: {refused.group(1)} is refused"
     if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError) or "zip archive" in text:

@@ -129,10 +129,7 @@ def verify_checkpoint(path: str | Path, checksums: bool = True) -> dict[str, Any
     meta_path = ckpt / META
     if not meta_path.is_file():
         raise CheckpointError(f"'{ckpt}' has no {META}: its save did not finish or it is not an attnlab checkpoint")
-    try:
-        meta = json.loads(meta_path.read_bytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
+    meta = durable.read_json(meta_path)
     if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
         raise CheckpointError(f"'{meta_path}' is corrupt (not valid checkpoint JSON)")
     version = meta.get("format_version", 0)
