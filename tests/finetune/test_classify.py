@@ -123,7 +123,7 @@ def test_saved_model_folder_is_verified_on_load(files, tmp_path):
     assert sorted(sums) == sorted(p.name for p in folder.iterdir() if p.name != "checksums.json")
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "no temporary folder left"
     (folder / "recipe.yaml").write_bytes((folder / "recipe.yaml").read_bytes() + b"\n")
-    with pytest.raises(CheckpointError, match=r"recipe\.yaml' is corrupt \(checksum mismatch\); re-run the fine-tuning"):
+    with pytest.raises(CheckpointError, match=r"recipe\.yaml' is missing or corrupt \(checksum mismatch\); re-run"):
         load_finetuned(out)
     (folder / "checksums.json").unlink()  # a folder from before checksums loads unchecked
     assert load_finetuned(out)[0].state["labels"] == ["negative", "positive"]

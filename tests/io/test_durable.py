@@ -31,15 +31,15 @@ def test_write_folder_records_every_file_and_verify_checks_them(tmp_path):
     final = tmp_path / "out" / "model"
     durable.write_folder(final, fill_with({"a.bin": b"abc", "sub/b.txt": b"hello"}))
     sums = json.loads((final / durable.MANIFEST).read_text())
-    assert sums == {"a.bin": durable.sha256_file(final / "a.bin"), "sub/b.txt": durable.sha256_file(final / "sub/b.txt")}
+    assert sums == {name: durable.sha256_file(final / name) for name in ("a.bin", "sub/b.txt")}
     assert durable.verify(final) == sums and hidden(final) == []
 
     (final / "a.bin").write_bytes(b"abd")
-    with pytest.raises(CheckpointError, match=r"a\.bin' is corrupt \(checksum mismatch\); fix it$"):
+    with pytest.raises(CheckpointError, match=r"a\.bin' is missing or corrupt \(checksum mismatch\); fix it$"):
         durable.verify(final, fix="; fix it")
     (final / "a.bin").unlink()
-    with pytest.raises(CheckpointError, match="a.bin' is missing from the model; it is incomplete"):
-        durable.verify(final, kind="the model")
+    with pytest.raises(CheckpointError, match=r"a\.bin' is missing or corrupt"):
+        durable.verify(final)
     (final / durable.MANIFEST).write_bytes(b"\xff not json")
     with pytest.raises(CheckpointError, match="checksums.json' is corrupt"):
         durable.verify(final)
@@ -85,6 +85,9 @@ def test_manifest_written_by_the_caller(tmp_path):
     (final / "x").write_bytes(b"123")
     with pytest.raises(CheckpointError, match=r"is corrupt \(truncated: 3 bytes instead of 5\)"):
         durable.check_files(final, meta["sha256"], meta["bytes"])
+    (final / "x").unlink()
+    with pytest.raises(CheckpointError, match="x' is missing from the adapter; it is incomplete; save it again"):
+        durable.check_files(final, meta["sha256"], kind="the adapter", fix="; save it again")
 
 
 def test_atomic_write_text_replaces_whole(tmp_path):

@@ -64,7 +64,7 @@ def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tupl
     if not (p / "task.json").exists():
         raise CheckpointError(f"'{path}' is not a fine-tuned model (no {MODEL_DIR}/task.json); "
                               "run attnlab finetune first")
-    durable.verify(p, kind="the fine-tuned model", fix="; re-run the fine-tuning")
+    durable.verify(p, fix="; re-run the fine-tuning")
     raw = yaml.safe_load((p / "recipe.yaml").read_text())
     cfg = finetune_config_from_dict(raw)
     task = task_class(cfg.task)(cfg)

@@ -269,10 +269,15 @@ def check_files(
             raise CheckpointError(f"'{f}' is corrupt (checksum mismatch){fix}")
 
 
-def verify(folder: str | Path, manifest: str = MANIFEST, *, kind: str = "the folder", fix: str = "") -> dict[str, str]:
+def verify(folder: str | Path, manifest: str = MANIFEST, *, fix: str = "") -> dict[str, str]:
     """Check a folder written by :func:`write_folder` against its ``{name: sha256}`` manifest.
 
     A folder without the manifest (written before attnlab kept one) passes unchecked.
+
+    Args:
+        folder: the folder.
+        manifest: the manifest's file name.
+        fix: appended to the message (``"; re-run the fine-tuning"``).
 
     Returns:
         The manifest (empty when there is none).
@@ -287,5 +292,7 @@ def verify(folder: str | Path, manifest: str = MANIFEST, *, kind: str = "the fol
     sums = read_json(path)
     if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
         raise CheckpointError(f"'{path}' is corrupt (not a JSON map of file name to sha256){fix}")
-    check_files(folder, sums, kind=kind, fix=fix)
+    for name, digest in sums.items():
+        if not (folder / name).is_file() or sha256_file(folder / name) != digest:
+            raise CheckpointError(f"'{folder / name}' is missing or corrupt (checksum mismatch){fix}")
     return sums
