@@ -12,7 +12,7 @@ import torch
 
 from attnlab import config
 from attnlab.data.tokenizer import Tokenizer
-from attnlab.errors import AttnlabError, ConfigError
+from attnlab.errors import AttnlabError, CheckpointError, ConfigError
 from attnlab.finetune import load_finetune_config, load_finetuned, run
 from attnlab.finetune.baselines import NgramVocab, collate_bags, ngrams
 from attnlab.finetune.init import SPECIAL_TOKENS
@@ -113,6 +113,20 @@ def test_scratch_encoder_learns_and_reloads(files, tmp_path):
     batch.pop("labels")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch), model2(**batch))
+
+
+def test_saved_model_folder_is_verified_on_load(files, tmp_path):
+    out = tmp_path / "run"
+    fit(recipe(files, out, "preset:bert-tiny", **TINY, **{"train.max_steps": 2, "train.eval_every": 2}))
+    folder = out / "model"
+    sums = json.loads((folder / "checksums.json").read_text())
+    assert sorted(sums) == sorted(p.name for p in folder.iterdir() if p.name != "checksums.json")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "no temporary folder left"
+    (folder / "recipe.yaml").write_bytes((folder / "recipe.yaml").read_bytes() + b"\n")
+    with pytest.raises(CheckpointError, match=r"recipe\.yaml' is missing or corrupt \(checksum mismatch\); re-run"):
+        load_finetuned(out)
+    (folder / "checksums.json").unlink()  # a folder from before checksums loads unchecked
+    assert load_finetuned(out)[0].state["labels"] == ["negative", "positive"]
 
 
 def test_hf_bert_full_finetuning(files, tmp_path, hf_bert_dir):

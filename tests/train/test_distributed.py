@@ -14,7 +14,7 @@ import torch.distributed as dist
 from attnlab.cli import main
 from attnlab.errors import AttnlabError
 from attnlab.train import load_model, train
-from attnlab.train.dist_checkpoint import is_dist_checkpoint
+from attnlab.train.checkpoint.dist import is_dist_checkpoint
 from attnlab.train.distributed import DistEnv, setup
 
 # Accumulation (2 micro-batches) exercises no_sync / set_requires_gradient_sync; a save at step 4.

@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from attnlab.errors import CheckpointError
+from attnlab.io import durable
 from attnlab.models import build
 from attnlab.train import checkpoint as ck
-from attnlab.train import checkpoint_files, loop, train
+from attnlab.train import loop, train
 from attnlab.train.checkpoint import (check_writable, checkpoint_folders, has_checkpoint, latest_good_checkpoint,
                                       load_checkpoint, save_checkpoint, verify_checkpoint)
 
@@ -198,12 +199,12 @@ import torch
 from attnlab import config
 from attnlab.models import build
 from attnlab.train import checkpoint as ck
-from attnlab.train import checkpoint_files
+from attnlab.io import durable
 
 tmp, kill_points = Path(sys.argv[1]), [int(k) for k in sys.argv[2:]]
 cfg = config.load(tmp / "cfg.yaml")
 model = build(cfg)
-real_write = checkpoint_files.write_file
+real_write = durable.write_file
 
 
 def hang_at(kill_at, ready):  # the kill_at-th file written by the next save is half-written, then we hang
@@ -230,7 +231,7 @@ for k in kill_points:  # one forked process per kill point: torch is imported on
         run = tmp / f"run{k}"
         for step in (1, 2):
             ck.save_checkpoint(run, step, model, cfg, state={"marker": torch.tensor(step)})
-        checkpoint_files.write_file = hang_at(k, tmp / f"ready{k}")
+        durable.write_file = hang_at(k, tmp / f"ready{k}")
         ck.save_checkpoint(run, 3, model, cfg, state={"marker": torch.tensor(3)})
         os._exit(1)
 statuses = [os.wait()[1] for _ in kill_points]
@@ -303,7 +304,7 @@ def test_sigkill_during_checkpoint_write_loses_nothing(tmp_path, tiny):
 
 
 class FullDisk:
-    """Stands in for ``open`` in the checkpoint_files module (every checkpoint write goes through it):
+    """Stands in for ``open`` in attnlab.io.durable (every checkpoint write goes through it):
     writes to files named like ``target`` get half their bytes through, then ``OSError(ENOSPC)``, as on a full disk."""
 
     def __init__(self, target: str) -> None:
@@ -327,7 +328,7 @@ class FullDisk:
 def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, save, monkeypatch, target):
     run = tmp_path / "run"
     save(1)
-    monkeypatch.setattr(checkpoint_files, "open", FullDisk(target), raising=False)
+    monkeypatch.setattr(durable, "open", FullDisk(target), raising=False)
     with pytest.raises(CheckpointError) as e:
         save(2)
     monkeypatch.undo()
@@ -431,7 +432,7 @@ def test_read_only_file_system_probe(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return builtins.open(path, mode, *a, **k)
 
-    monkeypatch.setattr(checkpoint_files, "open", read_only_open, raising=False)
+    monkeypatch.setattr(durable, "open", read_only_open, raising=False)
     with pytest.raises(CheckpointError) as e:
         check_writable(tmp_path / "run")
     assert "not writable (Read-only file system); set train.out_dir to a writable folder" in one_line(e)
@@ -485,7 +486,7 @@ def test_disk_full_stops_training_with_the_last_checkpoint_intact(tmp_path, tiny
     def fail_second(*a, **k):
         calls.append(a[1])
         if len(calls) == 2:
-            monkeypatch.setattr(checkpoint_files, "open", full, raising=False)
+            monkeypatch.setattr(durable, "open", full, raising=False)
         return real_save(*a, **k)
 
     monkeypatch.setattr(loop, "save_checkpoint", fail_second)

@@ -12,7 +12,8 @@
 
 The folder is keyed by a sha256 fingerprint of the inputs (document names and texts,
 ``val_fraction``, tokenizer), lives under ``cache_dir``, is built in a temporary folder
-and renamed into place, and is reused whenever the fingerprint matches.
+that is flushed and renamed into place (:func:`attnlab.io.durable.write_folder`; ``meta.json``
+records the token counts that tell a complete folder), and is reused whenever the fingerprint matches.
 
 Batches are stateless functions of ``(seed, split, step, micro)``, so a resumed run
 sees exactly the batches it would have seen without the interruption.
@@ -23,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from attnlab.config import DataConfig
 from attnlab.data.corpus import read_documents
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError
+from attnlab.io import durable
 
 CACHE_FORMAT = 1
 SPLITS = ("train", "val")
@@ -320,17 +320,6 @@ def _is_complete(folder: Path, fp: str) -> bool:
         return False
 
 
-def _remove_stale_temps(root: Path, name: str) -> None:
-    """Delete temporary folders for ``name`` left by runs that were killed."""
-    for tmp in root.glob(f".tmp-{name}-*"):
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)  # still running: leave it
-        except (ProcessLookupError, ValueError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def prepare(
     cfg: DataConfig,
     tokenizer: Tokenizer | None = None,
@@ -363,8 +352,6 @@ def prepare(
     if _is_complete(folder, fp):
         return TokenData(folder)
 
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root, name)
     t0 = time.perf_counter()
     if tok is None:
         if progress:
@@ -373,10 +360,7 @@ def prepare(
     t_tok = time.perf_counter() - t0
     dtype = token_dtype(tok.vocab_size)
 
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         meta: dict[str, Any] = {
             "format": CACHE_FORMAT,
             "fingerprint": fp,
@@ -399,16 +383,13 @@ def prepare(
             }
         meta["seconds"] = {"tokenizer": round(t_tok, 3), "tokenize": round(time.perf_counter() - t1, 3)}
         tok.save(tmp / "tokenizer.json")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if folder.exists():  # an incomplete or mismatching folder: replace it
-            shutil.rmtree(folder)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not _is_complete(folder, fp):  # another process did not win the race either
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        durable.write_file(tmp / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+    try:  # staged beside the cache folder, flushed, renamed into place (an incomplete one is replaced)
+        durable.write_folder(folder, fill, manifest=None)
+    except OSError:
+        if not _is_complete(folder, fp):  # another process did not win the race either
+            raise
     return TokenData(folder)
 
 

@@ -18,7 +18,6 @@ GPT-2's tokenizer loads from its ``encoder.json`` + ``vocab.bpe`` (or a ``tokeni
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from attnlab.errors import AttnlabError
+from attnlab.io.durable import atomic_write_text
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -241,12 +241,7 @@ class Tokenizer:
         if p.is_dir():
             p = p / "tokenizer.json"
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(self.to_json(), encoding="utf-8")
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_text(p, self.to_json())
         return p
 
     # ------------------------------------------------------------------ using

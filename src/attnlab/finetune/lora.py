@@ -39,21 +39,19 @@ import fnmatch
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from attnlab.errors import CheckpointError, ConfigError
-from attnlab.train.checkpoint import fsync_file, sha256_file
+from attnlab.io import durable
+from attnlab.io.weights import read_weights_file
 from attnlab.validation import FRACTION, POSITIVE, check_ranges
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -351,29 +349,20 @@ def save_adapter(model: nn.Module, path: str | Path, cfg: LoRAConfig, fingerprin
         tensors[f"{name}.lora_A"] = m.lora_A.detach().to("cpu").contiguous()
         tensors[f"{name}.lora_B"] = m.lora_B.detach().to("cpu").contiguous()
     shapes = _shapes(model)
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        fsync_file(tmp / ADAPTER_WEIGHTS)
+
+    def fill(tmp: Path) -> None:
+        durable.write_file(tmp / ADAPTER_WEIGHTS, safetensors_bytes(tensors, metadata={"format": "pt"}))
+
+    def describe(tmp: Path, sha256: dict[str, str], sizes: dict[str, int]) -> None:
         meta = {
             "format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "config": dataclasses.asdict(cfg),
             "targets": [n for n, _ in mods], "shapes": {n: shapes[n] for n, _ in mods},
             "base_fingerprint": fingerprint or base_fingerprint(model),
-            "sha256": {ADAPTER_WEIGHTS: sha256_file(tmp / ADAPTER_WEIGHTS)},
+            "sha256": {ADAPTER_WEIGHTS: sha256[ADAPTER_WEIGHTS]},
         }
-        (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=1))
-        fsync_file(tmp / ADAPTER_META)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        durable.write_file(tmp / ADAPTER_META, json.dumps(meta, indent=1).encode())
+
+    return durable.write_folder(path, fill, manifest=describe)
 
 
 def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -389,13 +378,11 @@ def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if meta.get("version", 0) > ADAPTER_VERSION:
         raise CheckpointError(f"adapter '{folder}' has format {meta.get('version')}, newer than this attnlab "
                               f"understands ({ADAPTER_VERSION}); upgrade attnlab")
-    digest = meta.get("sha256", {}).get(ADAPTER_WEIGHTS)
-    if digest and sha256_file(folder / ADAPTER_WEIGHTS) != digest:
-        raise CheckpointError(f"'{folder / ADAPTER_WEIGHTS}' is corrupt (checksum mismatch); save the adapter again")
-    try:
-        tensors = load_file(str(folder / ADAPTER_WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"'{folder / ADAPTER_WEIGHTS}' cannot be read ({str(e).splitlines()[0]}); the file is corrupt") from None
+    sha256 = meta.get("sha256")
+    if isinstance(sha256, dict) and isinstance(sha256.get(ADAPTER_WEIGHTS), str):
+        durable.check_files(folder, {ADAPTER_WEIGHTS: sha256[ADAPTER_WEIGHTS]}, kind="the adapter",
+                            fix="; save the adapter again")
+    tensors = read_weights_file(folder / ADAPTER_WEIGHTS)
     return meta, tensors
 
 

@@ -3,7 +3,8 @@
 Weights come as one ``model.safetensors``, as shards listed by ``model.safetensors.index.json``
 (``{"weight_map": {weight name: shard file}}``), or, from older checkpoints, as
 ``pytorch_model.bin`` (sharded: ``pytorch_model.bin.index.json``), read with
-``torch.load(weights_only=True)`` only.
+``torch.load(weights_only=True)`` only (:func:`attnlab.io.weights.read_weights_file`: an
+unreadable file or a pickle holding more than tensors is one error line).
 
 A tokenizer travels as ``tokenizer.json`` (the ``tokenizers`` library's format, which
 :class:`~attnlab.data.Tokenizer` wraps) plus ``tokenizer_config.json`` naming the family's
@@ -13,34 +14,18 @@ special tokens, so ``transformers.AutoTokenizer.from_pretrained(folder)`` loads 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from attnlab.data.tokenizer import EOS_TOKEN, Tokenizer
 from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.io.weights import read_weights_file
 
-WEIGHT_FILES = (  # (single file, shard index, reader kind), in order of preference
-    ("model.safetensors", "model.safetensors.index.json", "safetensors"),
-    ("pytorch_model.bin", "pytorch_model.bin.index.json", "torch"),
+WEIGHT_FILES = (  # (single file, shard index), in order of preference
+    ("model.safetensors", "model.safetensors.index.json"),
+    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
 )
-
-
-def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise AttnlabError("reading safetensors weights needs the 'safetensors' package: pip install safetensors") from None
-    return load_file(str(file))
-
-
-def _read_torch(file: Path) -> dict[str, torch.Tensor]:
-    return torch.load(file, map_location="cpu", weights_only=True)
-
-
-_READERS: dict[str, Callable[[Path], dict[str, torch.Tensor]]] = {"safetensors": _read_safetensors,
-                                                                    "torch": _read_torch}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -48,18 +33,19 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
     Raises:
         CheckpointError: no weight file, a malformed shard index, a shard the index names that
-            is missing (or lies outside the folder), or a weight the index lists but its shard lacks.
+            is missing (or lies outside the folder), a weight the index lists but its shard lacks,
+            or a weight file that cannot be read (damaged, or a pickle holding more than tensors).
     """
-    for single, index, kind in WEIGHT_FILES:
+    for single, index in WEIGHT_FILES:
         if (path / single).is_file():
-            return _READERS[kind](path / single)
+            return read_weights_file(path / single)
         if (path / index).is_file():
-            return _read_shards(path, path / index, _READERS[kind])
+            return _read_shards(path, path / index)
     raise CheckpointError(f"'{path}' has no model.safetensors, model.safetensors.index.json (shards) or "
                           "pytorch_model.bin; is it a complete Hugging Face model folder?")
 
 
-def _read_shards(path: Path, index: Path, read: Callable[[Path], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def _read_shards(path: Path, index: Path) -> dict[str, torch.Tensor]:
     """The weights of the shards ``index`` lists, checked against its ``weight_map``."""
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -80,7 +66,7 @@ def _read_shards(path: Path, index: Path, read: Callable[[Path], dict[str, torch
                                   f"{len(shards)} shards")
     state: dict[str, torch.Tensor] = {}
     for name in shards:
-        state.update(read(path / name))
+        state.update(read_weights_file(path / name))
     absent = sorted(k for k in weight_map if k not in state)
     if absent:
         raise CheckpointError(f"weight '{absent[0]}' is listed in {index.name} under '{weight_map[absent[0]]}' "

@@ -37,6 +37,7 @@ from attnlab.config import AttentionConfig, ModelConfig
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.interop import files
+from attnlab.io.weights import load_weights
 from attnlab.models.decoder import DecoderLM
 from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel
 from attnlab.models.seq2seq import EncoderDecoder
@@ -383,7 +384,15 @@ def _read_dir(path: Path) -> tuple[dict[str, Any], WeightLoader]:
     """config.json of a saved Hugging Face model directory, and a loader for its weights."""
     if not (path / "config.json").is_file():
         raise CheckpointError(f"'{path}' has no config.json; pass a Hugging Face model directory or model object")
-    return json.loads((path / "config.json").read_text()), lambda: files.read_weights(path)
+    try:
+        hf_cfg = json.loads((path / "config.json").read_bytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"'{path / 'config.json'}' is not valid JSON ({str(e).splitlines()[0]}); "
+                              "re-download or re-save the model") from None
+    if not isinstance(hf_cfg, dict):
+        raise CheckpointError(f"'{path / 'config.json'}' holds a JSON {type(hf_cfg).__name__}, not a model config "
+                              "object; re-download or re-save the model")
+    return hf_cfg, lambda: files.read_weights(path)
 
 
 def _read(model_or_path: Any) -> tuple[dict[str, Any], WeightLoader]:
@@ -431,18 +440,23 @@ def from_hf(model_or_path: str | Path | nn.Module, *,
         AttnlabError: an unsupported ``model_type``, architecture or config option.
         CheckpointError: a missing file, an unknown weight name, a missing weight, or a shape mismatch.
     """
-    hf_cfg, load_weights = _read(model_or_path)
+    hf_cfg, read_state = _read(model_or_path)
+    is_dir = isinstance(model_or_path, (str, Path))
     model_type = hf_cfg.get("model_type")
-    layout = LAYOUTS.get(model_type)
+    layout = LAYOUTS.get(model_type) if isinstance(model_type, str) else None
     if layout is None:
         raise AttnlabError(f"Hugging Face model_type '{model_type}' is not supported; supported: {', '.join(LAYOUTS)}")
     archs = hf_cfg.get("architectures") or []
     if archs and not set(archs) & set(layout.architectures):
         raise AttnlabError(f"architecture {archs[0]} is not supported for '{layout.name}'; supported: "
                            f"{', '.join(layout.architectures)}")
-    cfg = layout.config(hf_cfg)
+    try:
+        cfg = layout.config(hf_cfg)
+    except (TypeError, ValueError) as e:  # e.g. "n_embd": "wide"
+        raise CheckpointError(f"{layout.name} config.json has a value of the wrong type ({e}); "
+                              "is it a complete Hugging Face config?") from None
     state: dict[str, torch.Tensor] = {}
-    for key, tensor in load_weights().items():
+    for key, tensor in read_state().items():
         ours = layout.rename(key)
         if ours is None:
             raise CheckpointError(f"weight '{key}' has no place in attnlab's {layout.name} layout; "
@@ -453,30 +467,10 @@ def from_hf(model_or_path: str | Path | nn.Module, *,
     if cfg.tie_embeddings:
         for name in layout.tied:  # shared with the word embeddings
             state.pop(name, None)
-    _load(model, state)
+    load_weights(model, state, source=f"the weights of '{model_or_path}'" if is_dir else "the model's weights",
+                 fix="the weights do not fit the config.json beside them; re-save the model")  # strict: names, shapes
     out = model.encoder if isinstance(model, _Bare) else model
     out = out.float().eval()
     if not with_tokenizer:
         return out
-    is_dir = isinstance(model_or_path, (str, Path))
     return out, files.read_tokenizer(Path(model_or_path)) if is_dir else None
-
-
-def _load(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into ``model``, every parameter accounted for (tied ones once)."""
-    params = dict(model.named_parameters())  # tied parameters appear once
-    persistent = model.state_dict().keys()
-    own = {**params, **{n: b for n, b in model.named_buffers() if n in persistent}}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        what = f"missing weight '{missing[0]}'" if missing else f"unexpected weight '{unexpected[0]}'"
-        raise CheckpointError(f"checkpoint does not match the model: {what} "
-                              f"({len(missing)} missing, {len(unexpected)} unexpected)")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            if own[name].shape != tensor.shape:
-                raise CheckpointError(f"weight '{name}' has shape {tuple(tensor.shape)} in the checkpoint but "
-                                      f"{tuple(own[name].shape)} in the model")
-            own[name].copy_(tensor)
-

@@ -35,7 +35,7 @@ from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.models import build
 from attnlab.train.checkpoint import check_writable, has_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from attnlab.train.compiled import no_silent_recompile, prepare_compiled
-from attnlab.train.dist_checkpoint import (
+from attnlab.train.checkpoint.dist import (
     is_dist_checkpoint,
     load_dist_state,
     load_optimizer_state_by_name,

@@ -2,13 +2,14 @@
 
 A checkpoint is a self-contained folder (``RUN/checkpoints/step_0000500/``: weights, training
 state, config, tokenizer and a ``meta.json`` of checksums; the format is
-:mod:`attnlab.train.checkpoint_files`). A save is staged in a temporary folder and committed
+:mod:`attnlab.train.checkpoint.files`). A save is staged in a temporary folder and committed
 atomically, and a run folder loads its newest checkpoint that verifies, skipping damaged ones
-with one line each (:mod:`attnlab.train.checkpoint_store`). A run killed at any moment keeps
+with one line each (:mod:`attnlab.train.checkpoint.store`). A run killed at any moment keeps
 its previous checkpoint; a full disk or read-only folder is one clear error.
 
-This module is the public face: every name of the two modules above that other code uses is
-importable from here.
+This package's ``__init__`` is the public face: every name of the two modules above that other
+code uses is importable from here, with the strict weight loader of :mod:`attnlab.io.weights`.
+Distributed (sharded) checkpoints are :mod:`attnlab.train.checkpoint.dist`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from typing import Any, Optional
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from attnlab.config import Config, from_dict
 from attnlab.errors import CheckpointError
-from attnlab.train.checkpoint_files import (
+from attnlab.io.weights import load_weights, read_weights_file, weights_state_dict
+from attnlab.train.checkpoint.files import (
     CONFIG,
     FORMAT_VERSION,
     LATEST,
@@ -42,7 +42,7 @@ from attnlab.train.checkpoint_files import (
     verify_checkpoint,
     write_contents,
 )
-from attnlab.train.checkpoint_store import (
+from attnlab.train.checkpoint.store import (
     check_writable,
     checkpoint_folders,
     commit_checkpoint,
@@ -59,44 +59,6 @@ __all__ = [
     "has_checkpoint", "latest_good_checkpoint", "load_checkpoint", "load_model", "load_weights", "save_checkpoint",
     "sha256_file", "verify_checkpoint", "weights_state_dict",
 ]
-
-
-def weights_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors with tied (aliased) parameters kept once, contiguous, on CPU."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, t in model.state_dict().items():
-        ptr = t.data_ptr()
-        if ptr in seen and t.numel() > 0:
-            continue
-        seen.add(ptr)
-        out[name] = t.detach().to("cpu").contiguous()
-    return out
-
-
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Copy ``weights`` into ``model``, checking names and shapes first.
-
-    Raises:
-        CheckpointError: when the checkpoint was made for another architecture.
-    """
-    expected = model.state_dict()
-    tied = set(expected) - set(weights_state_dict(model))
-    missing = [k for k in expected if k not in weights and k not in tied]
-    unexpected = [k for k in weights if k not in expected]
-    if missing or unexpected:
-        what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
-        raise CheckpointError(
-            f"{source} does not match this model's architecture ({what}, {len(missing)} missing, "
-            f"{len(unexpected)} unexpected tensors); use the config saved with the checkpoint"
-        )
-    for k, t in weights.items():
-        if tuple(t.shape) != tuple(expected[k].shape):
-            raise CheckpointError(
-                f"{source} does not match this model's architecture: '{k}' has shape {tuple(t.shape)}, "
-                f"the model expects {tuple(expected[k].shape)}; use the config saved with the checkpoint"
-            )
-    model.load_state_dict(weights, strict=False)
 
 
 # ---------------------------------------------------------------------------
@@ -195,10 +157,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = 
     else:
         ckpt = latest_good_checkpoint(p, log, checksums=verify)[0]
     meta = json.loads((ckpt / META).read_text())
-    try:
-        weights = load_file(str(ckpt / WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"'{ckpt / WEIGHTS}' cannot be read ({str(e).splitlines()[0]}); the file is corrupt") from None
+    weights = read_weights_file(ckpt / WEIGHTS)
     try:
         config = from_dict(Config, yaml.safe_load((ckpt / CONFIG).read_text()))
     except (OSError, yaml.YAMLError) as e:

@@ -11,7 +11,7 @@ Used when several processes train (or with FSDP). The folder has the layout of
         meta.json           # format version, step, world size, sha256 of every file (dcp/ included)
 
 It is staged and committed by the same code as any other checkpoint
-(:func:`attnlab.train.checkpoint_store.stage_checkpoint` / ``commit_checkpoint``: temporary
+(:func:`attnlab.train.checkpoint.store.stage_checkpoint` / ``commit_checkpoint``: temporary
 folder, rename, then ``latest``), so :func:`attnlab.train.checkpoint.load_checkpoint` and
 ``load_model`` read it as any other checkpoint. DCP re-shards on load, so a run saved by N processes resumes on M (one included,
 without a process group).
@@ -38,8 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from attnlab.config import Config
 from attnlab.errors import CheckpointError
-from attnlab.train.checkpoint_files import checkpoint_name, write_contents
-from attnlab.train.checkpoint_store import commit_checkpoint, stage_checkpoint
+from attnlab.train.checkpoint.files import checkpoint_name, write_contents
+from attnlab.train.checkpoint.store import commit_checkpoint, stage_checkpoint
 from attnlab.train.distributed import DistEnv, unwrap
 
 DCP_DIR = "dcp"

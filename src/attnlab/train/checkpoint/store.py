@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from attnlab.errors import CheckpointError
-from attnlab.train.checkpoint_files import (
+from attnlab.io import durable
+from attnlab.train.checkpoint.files import (
     LATEST,
     META,
     STEP_NAME,
@@ -32,7 +33,6 @@ from attnlab.train.checkpoint_files import (
     Log,
     atomic_write_text,
     checkpoint_name,
-    fsync_file,
     seal_checkpoint,
     step_of,
     verify_checkpoint,
@@ -213,7 +213,7 @@ def stage_checkpoint(run_dir: str | Path, step: int, log: Optional[Log] = None) 
     """
     log = _stderr if log is None else log
     root = Path(run_dir) / "checkpoints"
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    tmp = durable.temp_path(root / checkpoint_name(step))
     with _discard_on_error(tmp, step):
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale(root, log)
@@ -261,7 +261,6 @@ def commit_checkpoint(
             write(tmp)
         seal_checkpoint(tmp, step, meta)
         _replace_folder(tmp, final, log)
-        fsync_file(root)  # make the rename durable
     try:
         atomic_write_text(root / LATEST, name + "\n")
     except OSError as e:
@@ -298,7 +297,7 @@ def _remove_stale(root: Path, log: Log) -> None:
     """Remove what a killed save left behind (temporary folders and files of processes that are gone)."""
     for p in root.iterdir():
         m = _STALE.fullmatch(p.name)
-        if m is None or (int(m.group(2)) != os.getpid() and _pid_alive(int(m.group(2)))):
+        if m is None or (int(m.group(2)) != os.getpid() and durable.pid_alive(int(m.group(2)))):
             continue
         kind, name = m.group(1)[:4], m.group(1)[4:]
         if kind == "old-" and not (root / name).exists():
@@ -312,30 +311,14 @@ def _remove_stale(root: Path, log: Log) -> None:
             p.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        pass
-    return True
-
-
 def _replace_folder(tmp: Path, final: Path, log: Log) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is replaced when sound, set aside when damaged."""
+    """Rename ``tmp`` to ``final``; an existing ``final`` is replaced when sound, quarantined when damaged."""
     if final.exists():  # re-saving a step (Ctrl-C right after a periodic save, or after a fallback)
         try:
             verify_checkpoint(final)
         except CheckpointError as e:
             _quarantine(final, log, str(e))
-        else:
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-    os.replace(tmp, final)
+    durable.replace_folder(tmp, final)  # a sound old copy is set aside, then removed; the rename is fsynced
 
 
 def _quarantine(path: Path, log: Log, reason: str) -> None:

@@ -10,27 +10,34 @@ A checkpoint is a self-contained folder::
         meta.json           # format version, step, size and sha256 of every file, its own checksum
     RUN/checkpoints/latest  # name of the newest complete checkpoint (a hint for people and tools)
 
-Every file is written through :func:`write_file` (fsynced, and a full disk surfaces as
-``OSError(ENOSPC)``); :func:`seal_checkpoint` records every file's size and sha256 in
-``meta.json`` last, and :func:`verify_checkpoint` checks them. How folders are committed,
-rotated and found again is :mod:`attnlab.train.checkpoint_store`.
+Every file is written through :func:`attnlab.io.durable.write_file` (fsynced, and a full disk
+surfaces as ``OSError(ENOSPC)``); :func:`seal_checkpoint` records every file's size and sha256
+in ``meta.json`` last, and :func:`verify_checkpoint` checks them. How folders are committed,
+rotated and found again is :mod:`attnlab.train.checkpoint.store`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, Union
+from typing import Any, Optional
 
 import torch
 from safetensors.torch import save as safetensors_bytes
 
 from attnlab.config import Config
 from attnlab.errors import CheckpointError
+from attnlab.io import durable
+from attnlab.io.durable import Log, atomic_write_text, fsync_file, sha256_file, write_file
+
+__all__ = [
+    "CONFIG", "FORMAT_VERSION", "LATEST", "META", "REQUIRED", "STATE", "STEP_NAME", "TOKENIZER", "WEIGHTS", "Log",
+    "atomic_write_text", "checkpoint_name", "fsync_file", "seal_checkpoint", "sha256_file", "step_of",
+    "verify_checkpoint", "write_contents", "write_file",
+]
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -42,8 +49,6 @@ LATEST = "latest"
 REQUIRED = (WEIGHTS, CONFIG)  # a checkpoint without these cannot be used for anything
 STEP_NAME = re.compile(r"step_(\d+)")
 
-Log = Callable[[str], None]
-
 
 def checkpoint_name(step: int) -> str:
     """The folder name of the checkpoint of ``step`` (``step_0000500``)."""
@@ -54,50 +59,6 @@ def step_of(path: Path) -> Optional[int]:
     """The step a ``step_N`` folder holds, or None for any other name."""
     m = STEP_NAME.fullmatch(path.name)
     return int(m.group(1)) if m else None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file (or a folder's entries) to disk, so a rename after it never exposes a half-written file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file(path: Path, data: Union[bytes, Callable[[BinaryIO], None]]) -> None:
-    """Write bytes (or let ``data(f)`` write) to ``path`` and fsync it.
-
-    Everything goes through a Python file object so that a full disk surfaces as
-    ``OSError(ENOSPC)`` (``torch.save`` to a path reports it as an opaque RuntimeError).
-    """
-    with open(path, "wb") as f:
-        if callable(data):
-            data(f)
-        else:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write_file(tmp, text.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_contents(
@@ -117,8 +78,8 @@ def write_contents(
         config: the run config (``config.yaml``).
         tokenizer_file: a ``tokenizer.json`` to copy in.
     """
-    write_file(folder / WEIGHTS, safetensors_bytes(weights, metadata={"format": "pt"}))
-    write_file(folder / STATE, lambda f: torch.save(state, f))
+    durable.write_file(folder / WEIGHTS, safetensors_bytes(weights, metadata={"format": "pt"}))
+    durable.write_file(folder / STATE, lambda f: torch.save(state, f))
     config.save(folder / CONFIG)
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, folder / TOKENIZER)
@@ -143,15 +104,11 @@ def seal_checkpoint(folder: Path, step: int, extra: Optional[dict[str, Any]] = N
     Returns:
         The written metadata.
     """
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    for p in files:
-        fsync_file(p)
-    names = {p: p.relative_to(folder).as_posix() for p in files}
+    sums, sizes = durable.digests(folder)
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "step": step, **(extra or {}),
-                            "sha256": {n: sha256_file(p) for p, n in names.items()},
-                            "bytes": {n: p.stat().st_size for p, n in names.items()}}
+                            "sha256": sums, "bytes": sizes}
     meta["meta_sha256"] = _meta_digest(meta)
-    write_file(folder / META, json.dumps(meta, indent=1).encode())
+    durable.write_file(folder / META, json.dumps(meta, indent=1).encode())
     return meta
 
 
@@ -172,10 +129,7 @@ def verify_checkpoint(path: str | Path, checksums: bool = True) -> dict[str, Any
     meta_path = ckpt / META
     if not meta_path.is_file():
         raise CheckpointError(f"'{ckpt}' has no {META}: its save did not finish or it is not an attnlab checkpoint")
-    try:
-        meta = json.loads(meta_path.read_bytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
+    meta = durable.read_json(meta_path)
     if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
         raise CheckpointError(f"'{meta_path}' is corrupt (not valid checkpoint JSON)")
     version = meta.get("format_version", 0)
@@ -189,15 +143,6 @@ def verify_checkpoint(path: str | Path, checksums: bool = True) -> dict[str, Any
     step = step_of(ckpt)
     if step is not None and meta.get("step") != step:
         raise CheckpointError(f"'{meta_path}' is corrupt (it says step {meta.get('step')!r}, the folder is step {step})")
-    sizes = meta.get("bytes", {})
-    for fname in [*[r for r in REQUIRED if r not in meta["sha256"]], *meta["sha256"]]:
-        f = ckpt / fname
-        if not f.is_file():
-            raise CheckpointError(f"'{f}' is missing from the checkpoint; it is incomplete")
-        size = f.stat().st_size
-        if fname in sizes and size != sizes[fname]:
-            what = "truncated" if size < sizes[fname] else "too long"
-            raise CheckpointError(f"'{f}' is corrupt ({what}: {size} bytes instead of {sizes[fname]})")
-        if checksums and sha256_file(f) != meta["sha256"][fname]:
-            raise CheckpointError(f"'{f}' is corrupt (checksum mismatch)")
+    durable.check_files(ckpt, meta["sha256"], meta.get("bytes", {}), required=REQUIRED, checksums=checksums,
+                        kind="the checkpoint")
     return meta
