@@ -96,7 +96,7 @@ def extend_model(
     """``model``'s weights in a model built for ``seq_len`` tokens and the given RoPE scaling.
 
     See :func:`extend_context` for the rules. The weights are copied with the checkpoint's
-    strict name and shape check (:func:`~attnlab.train.checkpoint.load_weights`), so a
+    strict name and shape check (:func:`~attnlab.io.weights.load_weights`), so a
     scheme that had weights tied to the context length could not slip through.
 
     Args:
@@ -110,7 +110,7 @@ def extend_model(
         in the same train/eval mode.
     """
     from attnlab.models import build  # local imports: models and checkpoints do not depend on eval
-    from attnlab.train.checkpoint import load_weights, weights_state_dict
+    from attnlab.io.weights import load_weights, weights_state_dict
 
     cfg = extend_context(model.config, seq_len, scaling, factor)
     if cfg is model.config:
