@@ -1,4 +1,7 @@
-"""Pieces every model builds from its config the same way: positions, score mods, masks, norms, init, counts."""
+"""Pieces every model builds from its config the same way: positions, score mods, norms, init, counts.
+
+The self-attention pattern lives in :mod:`attnlab.models.masking` (re-exported here).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,10 @@ import torch
 from torch import nn
 
 from attnlab.attention import PositionEncoding, build_positions
-from attnlab.attention.masks import Mask, local_global, sliding_window
-from attnlab.attention.masks import causal as causal_mask
 from attnlab.attention.score_mods import ScoreMod, softcap
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
+from attnlab.models.masking import self_attention_mask  # re-exported: the pattern lives with the forward mask
 
 
 def positions_for(cfg: ModelConfig, *, bidirectional: bool) -> PositionEncoding:
@@ -51,28 +53,6 @@ def score_mod_for(pos: PositionEncoding, cfg: ModelConfig) -> Optional[ScoreMod]
         cap = softcap(cfg.attention.softcap)
         mod = cap if mod is None else mod.then(cap)
     return mod
-
-
-def self_attention_mask(cfg: ModelConfig, *, causal: bool) -> Optional[Mask]:
-    """The self-attention pattern of ``cfg.attention``, before any padding.
-
-    Causal (decoders) or bidirectional (encoders), restricted to a sliding window of
-    ``cfg.attention.window`` tokens when one is set, plus ``global_tokens`` that see and
-    are seen by every token.
-
-    Args:
-        cfg: the architecture.
-        causal: whether keys after the query are hidden.
-
-    Returns:
-        The mask, or None for full bidirectional attention (no window, not causal).
-    """
-    a = cfg.attention
-    if a.window is None:
-        return causal_mask() if causal else None
-    if a.global_tokens:
-        return local_global(a.window, a.global_tokens, causal=causal)
-    return sliding_window(a.window, causal=causal)
 
 
 def final_norm_for(cfg: ModelConfig) -> nn.Module:

@@ -14,23 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention.masks import Mask, key_padding
-from attnlab.attention.score_mods import ScoreMod
-from attnlab.blocks import EncoderBlock
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
-from attnlab.models.common import (
-    Model,
-    add_position_embedding,
-    final_norm_for,
-    init_bert_weights,
-    positions_for,
-    score_mod_for,
-    self_attention_mask,
-)
+from attnlab.models.common import Model, add_position_embedding, init_bert_weights
+from attnlab.models.stack import TransformerStack
 
 
-class EncoderModel(nn.Module):
+class EncoderModel(TransformerStack, nn.Module):
     """Token + position (+ token-type) embeddings → LayerNorm → N bidirectional blocks.
 
     As in BERT the summed embeddings are normalised before the first block. With
@@ -45,25 +35,11 @@ class EncoderModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = positions_for(cfg, bidirectional=True)
+        self.init_positions(cfg, causal=False)
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.emb_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
-        self.final_norm = final_norm_for(cfg)
+        self.init_blocks(cfg, cfg.n_layer)
         init_bert_weights(self)
-
-    def attention_mask(self, attention_mask: Optional[torch.Tensor]) -> Optional[Mask]:
-        """Padding (from a (B, T) 1/0 mask) combined with the configured window; None = full attention."""
-        mask = self_attention_mask(self.config, causal=False)
-        if attention_mask is not None:
-            pad = key_padding(attention_mask.bool())
-            mask = pad if mask is None else mask & pad
-        return mask
-
-    def score_mod(self) -> Optional[ScoreMod]:
-        """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
-        return score_mod_for(self.pos, self.config)
 
     def forward(
         self,
@@ -100,13 +76,9 @@ class EncoderModel(nn.Module):
             x = x + self.type_emb(types)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but model.type_vocab_size=0; drop them or set type_vocab_size")
-        x = self.emb_dropout(self.emb_norm(x))
-        mask = self.attention_mask(attention_mask)
-        rotary = self.pos.rotary(positions)
-        score_mod = self.score_mod()
-        for block in self.blocks:
-            x = block(x, mask=mask, rotary=rotary, score_mod=score_mod)
-        return self.final_norm(x)  # (B, T, D)
+        x = self.emb_dropout(self.emb_norm(x))  # BERT normalises the summed embeddings
+        mask = self.attention_mask(attention_mask)  # configured pattern AND real keys
+        return self.run_blocks(x, positions, mask=mask, score_mod=self.score_mod()).hidden  # (B, T, D)
 
 
 class MLMHead(nn.Module):
