@@ -40,7 +40,7 @@ class Placement(NamedTuple):
         mask: the pattern to attend with (a Mask, or None for everything), before ``padding``.
         score_mod: the score mod to attend with (position bias, soft-capping), or None.
         padding: (B, cached + T) bool, True at real keys, or None: the model ANDs it into
-            ``mask`` with :func:`attnlab.models.masking.forward_mask`.
+            ``mask`` with :func:`attnlab.models.stack.forward_mask`.
     """
 
     positions: torch.Tensor

@@ -13,8 +13,7 @@ from attnlab.attention.cache import LayerCache, StaticKVCache, place_tokens
 from attnlab.attention.linear import LinearState
 from attnlab.config import ModelConfig
 from attnlab.models.common import Model
-from attnlab.models.masking import forward_mask
-from attnlab.models.stack import TransformerStack
+from attnlab.models.stack import TransformerStack, forward_mask
 
 
 class DecoderLM(TransformerStack, Model):

@@ -16,8 +16,8 @@ from torch import nn
 
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
-from attnlab.models.common import Model, add_position_embedding, init_bert_weights
-from attnlab.models.stack import TransformerStack
+from attnlab.models.common import Model, init_bert_weights
+from attnlab.models.stack import TransformerStack, add_position_embedding
 
 
 class EncoderModel(TransformerStack, nn.Module):

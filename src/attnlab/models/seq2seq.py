@@ -36,8 +36,7 @@ from attnlab.attention.cache import place_tokens, real_positions
 from attnlab.attention.masks import Mask
 from attnlab.config import ModelConfig
 from attnlab.models.common import Model
-from attnlab.models.masking import forward_mask
-from attnlab.models.stack import StackOutput, TransformerStack
+from attnlab.models.stack import StackOutput, TransformerStack, forward_mask
 
 
 @dataclass
