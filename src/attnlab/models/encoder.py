@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,31 @@ class MLMHead(nn.Module):
         return self.decoder(h)
 
 
-class EncoderForMaskedLM(Model):
+class EncoderWithHead(Model):
+    """An :class:`EncoderModel` (attribute ``encoder``) with a task head on its hidden states.
+
+    Subclasses (:class:`EncoderForMaskedLM`, :class:`SequenceClassifier`,
+    :class:`~attnlab.models.heads.EncoderForQuestionAnswering`) build their head and say in
+    :meth:`head_logits` what it makes of the hidden states; the forward pass is this one.
+    """
+
+    encoder: EncoderModel
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> Any:
+        """The head's logits for (B, T) ids; see :meth:`EncoderModel.forward` for the arguments."""
+        return self.head_logits(self.encoder(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Any:
+        """What the head makes of (B, T, d_model) hidden states (``attention_mask``: the real tokens)."""
+        raise NotImplementedError
+
+
+class EncoderForMaskedLM(EncoderWithHead):
     """:class:`EncoderModel` + :class:`MLMHead`; what :func:`attnlab.models.build` returns for encoders.
 
     Args:
@@ -118,21 +142,15 @@ class EncoderForMaskedLM(Model):
         if cfg.tie_embeddings:
             self.head.decoder.weight = self.encoder.tok_emb.weight
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """(B, T) ids → (B, T, vocab_size) logits over the vocabulary at every position.
+    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T, d_model) → (B, T, vocab_size) logits over the vocabulary at every position.
 
-        See :meth:`EncoderModel.forward` for the arguments; train with
-        :func:`attnlab.data.mlm.mask_tokens` and :func:`attnlab.data.mlm.mlm_loss`.
+        Train with :func:`attnlab.data.mlm.mask_tokens` and :func:`attnlab.data.mlm.mlm_loss`.
         """
-        return self.head(self.encoder(input_ids, attention_mask, token_type_ids))
+        return self.head(hidden)
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(EncoderWithHead):
     """Classify a sequence: pool the tokens, then pooler (dense → tanh) → dropout → linear.
 
     Args:
@@ -158,14 +176,8 @@ class SequenceClassifier(nn.Module):
         init_bert_weights(self.pooler)
         init_bert_weights(self.classifier)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """(B, T) ids → (B, n_classes) logits (with ``cls`` pooling the first token must be real, e.g. [CLS])."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T, D) → (B, n_classes) logits (with ``cls`` pooling the first token must be real, e.g. [CLS])."""
         if self.pooling == "cls":
             summary = hidden[:, 0]  # (B, D)
         elif attention_mask is None:
