@@ -4,8 +4,9 @@ During generation each layer's keys and values for past tokens are kept, so a ne
 token costs one query against the cache instead of a full forward pass.
 
 Two caches, one protocol. A model hands its new tokens to ``cache.place(...)``, which
-says where they sit (their positions, the mask and score mod to attend with) and makes
-room for their keys and values; each layer then calls ``cache[i].append(k, v)``:
+says where they sit (their positions, the mask and score mod to attend with, and which keys
+are real for the model's :func:`~attnlab.models.stack.forward_mask`) and makes room for their
+keys and values; each layer then calls ``cache[i].append(k, v)``:
 
 - :class:`KVCache` (dynamic) grows by concatenation: the key axis is ``cached + T``,
   positions are Python-side ``arange``s, the model's mask predicate is used as is
