@@ -83,7 +83,8 @@ def place_tokens(start: int, batch: int, t: int, mask: Optional[Mask], score_mod
     if attention_mask is None:
         return Placement(torch.arange(start, start + t, device=device), mask, score_mod)  # (T,)
     if tuple(attention_mask.shape) != (batch, start + t):
-        raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, start + t)}, got {tuple(attention_mask.shape)}")
+        raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, start + t)}, "
+                         f"got {tuple(attention_mask.shape)}")
     valid = attention_mask.bool()  # (B, cached + T)
     positions = real_positions(valid)[:, start:]  # (B, T)
     return Placement(positions, mask, score_mod, valid)

@@ -173,7 +173,7 @@ class TransformerStack:
         self.pos = positions_for(cfg, bidirectional=not causal)
 
     def init_blocks(self, cfg: ModelConfig, n_layer: int, *, cross: bool = False) -> None:
-        """Build ``self.emb_dropout``, ``n_layer`` blocks (with cross-attention if ``cross``) and ``self.final_norm``."""
+        """Build ``self.emb_dropout``, ``n_layer`` blocks (cross-attending if ``cross``) and ``self.final_norm``."""
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layer))
         self.final_norm = final_norm_for(cfg)
