@@ -5,8 +5,9 @@ Transformers built from a :class:`~attnlab.config.ModelConfig` (:func:`build` pi
 :class:`SequenceClassifier`, :class:`EncoderDecoder`, and :class:`VisionTransformer` (an
 encoder over image patches), all running one :class:`~attnlab.models.stack.TransformerStack`
 under the mask :func:`~attnlab.models.stack.forward_mask` builds; what generation needs of a
-model is written as protocols in :mod:`attnlab.models.protocols`. Beside them: graph attention (:class:`GAT`) and the recurrent
-baselines attention was invented for (:class:`RNNLanguageModel`, :class:`Seq2SeqRNN`).
+model is written as protocols in :mod:`attnlab.models.protocols`. Beside them: graph attention
+(:class:`GAT`) and the recurrent baselines attention was invented for (:class:`RNNLanguageModel`,
+:class:`Seq2SeqRNN`).
 """
 
 from __future__ import annotations
