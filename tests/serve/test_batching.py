@@ -22,6 +22,8 @@ class Throttled(nn.Module):
     """Wraps the LM: every forward waits for :attr:`gate` and then sleeps ``delay`` seconds,
     so tests can hold the worker still or slow it down."""
 
+    accepts_padding = True  # its forward passes attention_mask on (see attnlab.models.protocols)
+
     def __init__(self, inner: nn.Module, delay: float = 0.0):
         super().__init__()
         self.inner, self.delay = inner, delay

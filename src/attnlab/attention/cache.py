@@ -4,8 +4,9 @@ During generation each layer's keys and values for past tokens are kept, so a ne
 token costs one query against the cache instead of a full forward pass.
 
 Two caches, one protocol. A model hands its new tokens to ``cache.place(...)``, which
-says where they sit (their positions, the mask and score mod to attend with) and makes
-room for their keys and values; each layer then calls ``cache[i].append(k, v)``:
+says where they sit (their positions, the mask and score mod to attend with, and which keys
+are real for the model's :func:`~attnlab.models.stack.forward_mask`) and makes room for their
+keys and values; each layer then calls ``cache[i].append(k, v)``:
 
 - :class:`KVCache` (dynamic) grows by concatenation: the key axis is ``cached + T``,
   positions are Python-side ``arange``s, the model's mask predicate is used as is
@@ -28,7 +29,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from attnlab.attention.masks import Mask, key_padding
+from attnlab.attention.masks import Mask
 from attnlab.attention.score_mods import ScoreMod
 
 
@@ -37,13 +38,16 @@ class Placement(NamedTuple):
 
     Attributes:
         positions: (T,) or (B, T) position of each new token (for embeddings and RoPE).
-        mask: what the new tokens may attend to (a Mask, or None for everything).
+        mask: the pattern to attend with (a Mask, or None for everything), before ``padding``.
         score_mod: the score mod to attend with (position bias, soft-capping), or None.
+        padding: (B, cached + T) bool, True at real keys, or None: the model ANDs it into
+            ``mask`` with :func:`attnlab.models.stack.forward_mask`.
     """
 
     positions: torch.Tensor
     mask: Optional[Mask]
     score_mod: Optional[ScoreMod]
+    padding: Optional[torch.Tensor] = None
 
 
 def real_positions(valid: torch.Tensor) -> torch.Tensor:
@@ -66,10 +70,11 @@ def place_tokens(start: int, batch: int, t: int, mask: Optional[Mask], score_mod
         start: tokens already cached.
         batch: rows B.
         t: new tokens.
-        mask: the model's mask predicate.
+        mask: the model's mask predicate (returned unchanged).
         score_mod: the model's score mod (returned unchanged).
         attention_mask: (B, start + t) 1/0 real-token mask of a left-padded batch, or None:
-            padding is never attended to and each row's positions count its real tokens only.
+            each row's positions count its real tokens only, and the mask comes back as the
+            placement's ``padding`` (the model hides those keys with ``forward_mask``).
         device: where the positions go.
 
     Raises:
@@ -78,11 +83,11 @@ def place_tokens(start: int, batch: int, t: int, mask: Optional[Mask], score_mod
     if attention_mask is None:
         return Placement(torch.arange(start, start + t, device=device), mask, score_mod)  # (T,)
     if tuple(attention_mask.shape) != (batch, start + t):
-        raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, start + t)}, got {tuple(attention_mask.shape)}")
+        raise ValueError(f"attention_mask must be (B, cached + T) = {(batch, start + t)}, "
+                         f"got {tuple(attention_mask.shape)}")
     valid = attention_mask.bool()  # (B, cached + T)
     positions = real_positions(valid)[:, start:]  # (B, T)
-    padded = key_padding(valid)
-    return Placement(positions, padded if mask is None else mask & padded, score_mod)
+    return Placement(positions, mask, score_mod, valid)
 
 
 class LayerCache:

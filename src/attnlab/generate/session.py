@@ -10,6 +10,10 @@ Two families decode token by token:
   ``decoder_start_id``, ``max_context`` (decoder length); the output is the decoder's
   sequence, starting with ``decoder_start_id``.
 
+Both are ``typing.Protocol``s in :mod:`attnlab.models.protocols` (:class:`~attnlab.models.protocols.CausalLM`,
+:class:`~attnlab.models.protocols.EncoderDecoderLM`); what a signature cannot show is declared
+by the model class (``is_encoder_decoder``, ``accepts_padding``), never sniffed.
+
 A :class:`Session` hides the difference behind ``next_logits()`` (prefill the first time,
 then one step), ``append(tokens)`` and ``reorder(index)`` (beam search). Decoder-only
 sessions can also take the rows of another one between two steps (``join``, iteration-level
@@ -18,7 +22,6 @@ batching) and drop leading columns that became padding in every row (``trim``).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -27,10 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def is_encoder_decoder(model: nn.Module) -> bool:
-    """True for models following the encoder–decoder protocol."""
-    return bool(getattr(model, "is_encoder_decoder", False))
+from attnlab.models.protocols import accepts_padding, is_encoder_decoder
 
 
 def context_limit(model: nn.Module) -> Optional[int]:
@@ -54,20 +54,13 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _takes_padding(model: nn.Module, *, decoder_prefix: bool = False) -> bool:
-    """Whether the model's decoder side (``forward``, or ``decode`` of an encoder–decoder)
-    takes an ``attention_mask`` of left-padded tokens."""
-    run = model.decode if decoder_prefix else model.forward
-    return "attention_mask" in inspect.signature(run).parameters
-
-
 def _left_padding(model: nn.Module, attention_mask: torch.Tensor, *, decoder_prefix: bool = False) -> torch.Tensor:
     """Check a mask of decoder-side tokens (a decoder-only prompt, or an encoder–decoder's
     decoder prefix) is left padding the model can take; (B, T) bool."""
     name, what = ("decoder_attention_mask", "decoder prefixes") if decoder_prefix else ("attention_mask", "prompts")
-    if not _takes_padding(model, decoder_prefix=decoder_prefix):
-        raise ValueError(f"{type(model).__name__} does not take a padding {name}; generate {what} of equal length "
-                         f"without one")
+    if not accepts_padding(model):
+        raise ValueError(f"{type(model).__name__} does not take a padding {name} (it does not declare "
+                         f"accepts_padding = True); generate {what} of equal length without one")
     valid = attention_mask.bool()
     if not bool(valid[:, -1].all()) or bool((valid[:, :-1] & ~valid[:, 1:]).any()):
         raise ValueError(f"{name} for {what} must be left padding (0s, then 1s, each row ending in a real token); "
@@ -88,8 +81,8 @@ class Session:
         input_ids: (B, T) prompt (decoder-only) or source (encoder–decoder) ids.
         max_new_tokens: tokens that will be added at most (checked against the context).
         attention_mask: (B, S) 1/0 source padding mask, left or right (encoder–decoders), or
-            (B, T) 1/0 mask of a left-padded prompt batch (decoder-only models whose
-            ``forward`` takes ``attention_mask``: :class:`~attnlab.models.DecoderLM`,
+            (B, T) 1/0 mask of a left-padded prompt batch (decoder-only models that declare
+            ``accepts_padding = True``: :class:`~attnlab.models.DecoderLM`,
             :class:`~attnlab.models.rnn.RNNLanguageModel`). Either way each row generates
             what it would alone.
         use_cache: keep a KV cache / recurrent state; otherwise every step recomputes the
@@ -227,9 +220,9 @@ class Session:
         if self.encoder_decoder:
             return (f"{name} is an encoder–decoder; only decoder-only sessions can be joined (decode "
                     f"encoder–decoder batches apart)")
-        if not _takes_padding(self.model):
-            return (f"{name} does not take a padding attention_mask, so its sessions cannot be joined; "
-                    f"decode them apart")
+        if not accepts_padding(self.model):
+            return (f"{name} does not take a padding attention_mask (it does not declare accepts_padding = True), "
+                    f"so its sessions cannot be joined; decode them apart")
         if self.cache is None:
             return None
         if not getattr(self.cache, "joinable", False):  # e.g. RNNState, which does not declare it

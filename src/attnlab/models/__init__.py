@@ -3,8 +3,11 @@
 Transformers built from a :class:`~attnlab.config.ModelConfig` (:func:`build` picks one by
 ``arch``): :class:`DecoderLM`, :class:`EncoderModel` / :class:`EncoderForMaskedLM` /
 :class:`SequenceClassifier`, :class:`EncoderDecoder`, and :class:`VisionTransformer` (an
-encoder over image patches). Beside them: graph attention (:class:`GAT`) and the recurrent
-baselines attention was invented for (:class:`RNNLanguageModel`, :class:`Seq2SeqRNN`).
+encoder over image patches), all running one :class:`~attnlab.models.stack.TransformerStack`
+under the mask :func:`~attnlab.models.stack.forward_mask` builds; what generation needs of a
+model is written as protocols in :mod:`attnlab.models.protocols`. Beside them: graph attention
+(:class:`GAT`) and the recurrent baselines attention was invented for (:class:`RNNLanguageModel`,
+:class:`Seq2SeqRNN`).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from torch import nn
 
 from attnlab.config import Config, ModelConfig
 from attnlab.models.decoder import DecoderLM
-from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel, MLMHead, SequenceClassifier
+from attnlab.models.encoder import EncoderForMaskedLM, EncoderModel, EncoderWithHead, MLMHead, SequenceClassifier
 from attnlab.models.gat import GAT, GATLayer
 from attnlab.models.rnn import RNNLanguageModel, RNNLMConfig, Seq2SeqConfig, Seq2SeqRNN
 from attnlab.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqMemory
+from attnlab.models.stack import TransformerStack, forward_mask
 from attnlab.models.vit import VisionTransformer
 
 ARCHS: dict[str, type[nn.Module]] = {
@@ -49,7 +53,7 @@ def build(config: Config | ModelConfig) -> nn.Module:
 
 
 __all__ = [
-    "ARCHS", "DecoderLM", "EncoderDecoder", "EncoderForMaskedLM", "EncoderModel", "GAT", "GATLayer", "MLMHead",
-    "RNNLMConfig", "RNNLanguageModel", "Seq2SeqCache", "Seq2SeqConfig", "Seq2SeqMemory", "Seq2SeqRNN",
-    "SequenceClassifier", "VisionTransformer", "build",
+    "ARCHS", "DecoderLM", "EncoderDecoder", "EncoderForMaskedLM", "EncoderModel", "EncoderWithHead", "GAT", "GATLayer",
+    "MLMHead", "RNNLMConfig", "RNNLanguageModel", "Seq2SeqCache", "Seq2SeqConfig", "Seq2SeqMemory", "Seq2SeqRNN",
+    "SequenceClassifier", "TransformerStack", "VisionTransformer", "build", "forward_mask",
 ]

@@ -1,86 +1,20 @@
-"""Pieces every model builds from its config the same way: positions, score mods, masks, norms, init, counts."""
+"""Pieces every model shares: BERT's initialisation and the :class:`Model` base.
+
+The pieces of the transformer stack (positions, score mods, the self-attention pattern,
+the final norm) live in :mod:`attnlab.models.stack` and are re-exported here.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
 from torch import nn
 
-from attnlab.attention import PositionEncoding, build_positions
-from attnlab.attention.masks import Mask, local_global, sliding_window
-from attnlab.attention.masks import causal as causal_mask
-from attnlab.attention.score_mods import ScoreMod, softcap
-from attnlab.config import ModelConfig
-from attnlab.layers import build_norm
-
-
-def positions_for(cfg: ModelConfig, *, bidirectional: bool) -> PositionEncoding:
-    """The position scheme of ``cfg``, one-sided in decoders and two-sided in encoders.
-
-    ``bidirectional`` matters to the schemes that see the direction of a key: T5 relative
-    bias (separate buckets for keys after the query) and ALiBi (``-slope·|i - j|`` instead
-    of the causal ``-slope·(i - j)``).
-    """
-    scaling = None
-    if cfg.rope_scaling != "none":
-        scaling = {"type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
-    return build_positions(
-        cfg.position, cfg.block_size, cfg.d_model, cfg.head_dim, cfg.rope_theta, n_head=cfg.n_head,
-        rope_scaling=scaling, num_buckets=cfg.relative_buckets, max_distance=cfg.relative_max_distance,
-        bidirectional=bidirectional,
-    )
-
-
-def add_position_embedding(pos: PositionEncoding, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``x + pos.embed(positions)`` for schemes that add vectors (learned, sinusoidal), else ``x``.
-
-    Args:
-        pos: the model's position scheme.
-        x: (B, T, D) embedded tokens.
-        positions: (T,) absolute positions of those tokens.
-    """
-    pe = pos.embed(positions)  # (T, D) or None
-    return x if pe is None else x + pe.to(x.dtype)
-
-
-def score_mod_for(pos: PositionEncoding, cfg: ModelConfig) -> Optional[ScoreMod]:
-    """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
-    mod = pos.score_mod()
-    if cfg.attention.softcap:
-        cap = softcap(cfg.attention.softcap)
-        mod = cap if mod is None else mod.then(cap)
-    return mod
-
-
-def self_attention_mask(cfg: ModelConfig, *, causal: bool) -> Optional[Mask]:
-    """The self-attention pattern of ``cfg.attention``, before any padding.
-
-    Causal (decoders) or bidirectional (encoders), restricted to a sliding window of
-    ``cfg.attention.window`` tokens when one is set, plus ``global_tokens`` that see and
-    are seen by every token.
-
-    Args:
-        cfg: the architecture.
-        causal: whether keys after the query are hidden.
-
-    Returns:
-        The mask, or None for full bidirectional attention (no window, not causal).
-    """
-    a = cfg.attention
-    if a.window is None:
-        return causal_mask() if causal else None
-    if a.global_tokens:
-        return local_global(a.window, a.global_tokens, causal=causal)
-    return sliding_window(a.window, causal=causal)
-
-
-def final_norm_for(cfg: ModelConfig) -> nn.Module:
-    """The norm after the last block: pre-norm blocks leave their output unnormalised, so a
-    norm follows them; post-norm blocks already end in one (``nn.Identity``)."""
-    if cfg.norm_placement == "pre":
-        return build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-    return nn.Identity()
+from attnlab.models.stack import (  # re-exported: they used to live here
+    add_position_embedding,
+    final_norm_for,
+    positions_for,
+    score_mod_for,
+    self_attention_mask,
+)
 
 
 def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -11,21 +11,12 @@ from torch import nn
 from attnlab.attention import KVCache
 from attnlab.attention.cache import LayerCache, StaticKVCache, place_tokens
 from attnlab.attention.linear import LinearState
-from attnlab.attention.masks import Mask, document
-from attnlab.attention.score_mods import ScoreMod
-from attnlab.blocks import DecoderBlock
 from attnlab.config import ModelConfig
-from attnlab.models.common import (
-    Model,
-    add_position_embedding,
-    final_norm_for,
-    positions_for,
-    score_mod_for,
-    self_attention_mask,
-)
+from attnlab.models.common import Model
+from attnlab.models.stack import TransformerStack, forward_mask
 
 
-class DecoderLM(Model):
+class DecoderLM(TransformerStack, Model):
     """Token embedding → N pre-norm decoder blocks → final norm → LM head.
 
     Every variant (learned / sinusoidal / RoPE / ALiBi / relative-bias positions,
@@ -37,6 +28,8 @@ class DecoderLM(Model):
         cfg: the architecture.
     """
 
+    accepts_padding = True  # forward takes a left-padding attention_mask (see attnlab.models.protocols)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -44,10 +37,8 @@ class DecoderLM(Model):
         self.max_context = cfg.block_size
         if cfg.rope_scaling != "none":
             self.max_context = int(cfg.block_size * cfg.rope_scaling_factor)
-        self.pos = positions_for(cfg, bidirectional=False)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer))
-        self.final_norm = final_norm_for(cfg)  # before the head (Identity after post-norm blocks)
+        self.init_positions(cfg, causal=True)
+        self.init_blocks(cfg, cfg.n_layer)  # blocks, then final_norm before the head
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -94,14 +85,6 @@ class DecoderLM(Model):
         weight = self.tok_emb.weight
         return StaticKVCache(len(self.blocks), batch_size, self.config.kv_heads, max_len, self.config.head_dim,
                              dtype=dtype or weight.dtype, device=device or weight.device)
-
-    def attention_mask(self) -> Mask:
-        """Causal, restricted to the configured window and global tokens."""
-        return self_attention_mask(self.config, causal=True)
-
-    def score_mod(self) -> Optional[ScoreMod]:
-        """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
-        return score_mod_for(self.pos, self.config)
 
     def _check_padding(self) -> None:
         """Raise unless the model can honour a padding attention_mask."""
@@ -176,22 +159,12 @@ class DecoderLM(Model):
             self._check_padding()
         if document_ids is not None:
             self._check_documents(document_ids, input_ids, cache, attention_mask)
-        mask, score_mod = self.attention_mask(), self.score_mod()
+        mask, score_mod = self.attention_mask(), self.score_mod()  # configured pattern, position bias
         where = (place_tokens(0, b, t, mask, score_mod, attention_mask, input_ids.device) if cache is None
                  else cache.place(b, t, mask, score_mod, attention_mask, input_ids.device))
-        positions, mask, score_mod = where  # (T,) or (B, T); what the new tokens attend to
-        if document_ids is not None:  # packed windows: stay inside each document
-            mask = document(document_ids) if mask is None else mask & document(document_ids)
-        x = add_position_embedding(self.pos, self.tok_emb(input_ids), positions)  # (B, T, D)
-        x = self.emb_dropout(x)
-        rotary = self.pos.rotary(positions)
-        all_weights = []
-        for i, block in enumerate(self.blocks):
-            layer_cache = cache[i] if cache is not None else None
-            x = block(x, mask=mask, rotary=rotary, cache=layer_cache, return_weights=return_weights,
-                      score_mod=score_mod)
-            if return_weights:
-                x, w = x
-                all_weights.append(w)
-        logits = self.lm_head(self.final_norm(x))  # (B, T, V)
-        return (logits, all_weights) if return_weights else logits
+        mask = forward_mask(where.mask, padding=where.padding, document_ids=document_ids)  # what new tokens see
+        x = self.embed_positions(self.tok_emb(input_ids), where.positions)  # (B, T, D); positions (T,) or (B, T)
+        out = self.run_blocks(x, where.positions, mask=mask, score_mod=where.score_mod, cache=cache,
+                              return_weights=return_weights)
+        logits = self.lm_head(out.hidden)  # (B, T, V)
+        return (logits, out.weights) if return_weights else logits

@@ -8,29 +8,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.attention.masks import Mask, key_padding
-from attnlab.attention.score_mods import ScoreMod
-from attnlab.blocks import EncoderBlock
 from attnlab.config import ModelConfig
 from attnlab.layers import build_norm
-from attnlab.models.common import (
-    Model,
-    add_position_embedding,
-    final_norm_for,
-    init_bert_weights,
-    positions_for,
-    score_mod_for,
-    self_attention_mask,
-)
+from attnlab.models.common import Model, init_bert_weights
+from attnlab.models.stack import TransformerStack, add_position_embedding
 
 
-class EncoderModel(nn.Module):
+class EncoderModel(TransformerStack, nn.Module):
     """Token + position (+ token-type) embeddings → LayerNorm → N bidirectional blocks.
 
     As in BERT the summed embeddings are normalised before the first block. With
@@ -45,25 +35,11 @@ class EncoderModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = positions_for(cfg, bidirectional=True)
+        self.init_positions(cfg, causal=False)
         self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.emb_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
-        self.final_norm = final_norm_for(cfg)
+        self.init_blocks(cfg, cfg.n_layer)
         init_bert_weights(self)
-
-    def attention_mask(self, attention_mask: Optional[torch.Tensor]) -> Optional[Mask]:
-        """Padding (from a (B, T) 1/0 mask) combined with the configured window; None = full attention."""
-        mask = self_attention_mask(self.config, causal=False)
-        if attention_mask is not None:
-            pad = key_padding(attention_mask.bool())
-            mask = pad if mask is None else mask & pad
-        return mask
-
-    def score_mod(self) -> Optional[ScoreMod]:
-        """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
-        return score_mod_for(self.pos, self.config)
 
     def forward(
         self,
@@ -100,13 +76,9 @@ class EncoderModel(nn.Module):
             x = x + self.type_emb(types)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but model.type_vocab_size=0; drop them or set type_vocab_size")
-        x = self.emb_dropout(self.emb_norm(x))
-        mask = self.attention_mask(attention_mask)
-        rotary = self.pos.rotary(positions)
-        score_mod = self.score_mod()
-        for block in self.blocks:
-            x = block(x, mask=mask, rotary=rotary, score_mod=score_mod)
-        return self.final_norm(x)  # (B, T, D)
+        x = self.emb_dropout(self.emb_norm(x))  # BERT normalises the summed embeddings
+        mask = self.attention_mask(attention_mask)  # configured pattern AND real keys
+        return self.run_blocks(x, positions, mask=mask, score_mod=self.score_mod()).hidden  # (B, T, D)
 
 
 class MLMHead(nn.Module):
@@ -129,7 +101,31 @@ class MLMHead(nn.Module):
         return self.decoder(h)
 
 
-class EncoderForMaskedLM(Model):
+class EncoderWithHead(Model):
+    """An :class:`EncoderModel` (attribute ``encoder``) with a task head on its hidden states.
+
+    Subclasses (:class:`EncoderForMaskedLM`, :class:`SequenceClassifier`,
+    :class:`~attnlab.models.heads.EncoderForQuestionAnswering`) build their head and say in
+    :meth:`head_logits` what it makes of the hidden states; the forward pass is this one.
+    """
+
+    encoder: EncoderModel
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> Any:
+        """The head's logits for (B, T) ids; see :meth:`EncoderModel.forward` for the arguments."""
+        return self.head_logits(self.encoder(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Any:
+        """What the head makes of (B, T, d_model) hidden states (``attention_mask``: the real tokens)."""
+        raise NotImplementedError
+
+
+class EncoderForMaskedLM(EncoderWithHead):
     """:class:`EncoderModel` + :class:`MLMHead`; what :func:`attnlab.models.build` returns for encoders.
 
     Args:
@@ -146,21 +142,15 @@ class EncoderForMaskedLM(Model):
         if cfg.tie_embeddings:
             self.head.decoder.weight = self.encoder.tok_emb.weight
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """(B, T) ids → (B, T, vocab_size) logits over the vocabulary at every position.
+    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T, d_model) → (B, T, vocab_size) logits over the vocabulary at every position.
 
-        See :meth:`EncoderModel.forward` for the arguments; train with
-        :func:`attnlab.data.mlm.mask_tokens` and :func:`attnlab.data.mlm.mlm_loss`.
+        Train with :func:`attnlab.data.mlm.mask_tokens` and :func:`attnlab.data.mlm.mlm_loss`.
         """
-        return self.head(self.encoder(input_ids, attention_mask, token_type_ids))
+        return self.head(hidden)
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(EncoderWithHead):
     """Classify a sequence: pool the tokens, then pooler (dense → tanh) → dropout → linear.
 
     Args:
@@ -186,14 +176,8 @@ class SequenceClassifier(nn.Module):
         init_bert_weights(self.pooler)
         init_bert_weights(self.classifier)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """(B, T) ids → (B, n_classes) logits (with ``cls`` pooling the first token must be real, e.g. [CLS])."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, T, D) → (B, n_classes) logits (with ``cls`` pooling the first token must be real, e.g. [CLS])."""
         if self.pooling == "cls":
             summary = hidden[:, 0]  # (B, D)
         elif attention_mask is None:

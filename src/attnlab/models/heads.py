@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from attnlab.models.encoder import EncoderModel
+from attnlab.models.encoder import EncoderModel, EncoderWithHead
 
 
 class SpanHead(nn.Module):
@@ -38,7 +38,7 @@ class SpanHead(nn.Module):
         return start, end
 
 
-class EncoderForQuestionAnswering(nn.Module):
+class EncoderForQuestionAnswering(EncoderWithHead):
     """An :class:`~attnlab.models.EncoderModel` with a :class:`SpanHead` (module name ``qa_head``).
 
     Args:
@@ -50,14 +50,8 @@ class EncoderForQuestionAnswering(nn.Module):
         self.encoder = encoder
         self.qa_head = SpanHead(encoder.config.d_model)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) ids → (B, T) start logits and (B, T) end logits (float32)."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(B, T, D) → (B, T) start logits and (B, T) end logits (float32)."""
         start, end = self.qa_head(hidden)
         return start.float(), end.float()
 

@@ -117,6 +117,8 @@ class RNNLanguageModel(nn.Module):
     left-padded prompt batches included: the state skips padding (``attention_mask``).
     """
 
+    accepts_padding = True  # forward takes a left-padding attention_mask (see attnlab.models.protocols)
+
     def __init__(self, cfg: RNNLMConfig):
         super().__init__()
         self.config = cfg
@@ -245,6 +247,7 @@ class Seq2SeqRNN(nn.Module):
     """
 
     is_encoder_decoder = True
+    accepts_padding = True  # decode takes left-padded target prefixes (see attnlab.models.protocols)
 
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()

@@ -31,20 +31,12 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from attnlab.attention import KVCache, LayerCache, key_padding
+from attnlab.attention import KVCache, LayerCache
 from attnlab.attention.cache import place_tokens, real_positions
 from attnlab.attention.masks import Mask
-from attnlab.attention.score_mods import ScoreMod
-from attnlab.blocks import Block
 from attnlab.config import ModelConfig
-from attnlab.models.common import (
-    Model,
-    add_position_embedding,
-    final_norm_for,
-    positions_for,
-    score_mod_for,
-    self_attention_mask,
-)
+from attnlab.models.common import Model
+from attnlab.models.stack import StackOutput, TransformerStack, forward_mask
 
 
 @dataclass
@@ -113,7 +105,7 @@ def _check_one_run(valid: torch.Tensor) -> None:
                          "on the left or right only; remove padding between tokens and all-padding rows")
 
 
-class Seq2SeqStack(nn.Module):
+class Seq2SeqStack(TransformerStack, nn.Module):
     """Positions → blocks → final norm (pre-norm only): the encoder or the decoder of an
     :class:`EncoderDecoder`. It takes embedded tokens; the embedding is shared and lives outside.
 
@@ -127,20 +119,13 @@ class Seq2SeqStack(nn.Module):
     def __init__(self, cfg: ModelConfig, n_layer: int, *, decoder: bool):
         super().__init__()
         self.config = cfg
-        self.is_decoder = decoder
-        self.pos = positions_for(cfg, bidirectional=not decoder)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, cross=decoder) for _ in range(n_layer))
-        self.final_norm = final_norm_for(cfg)
+        self.init_positions(cfg, causal=decoder)
+        self.init_blocks(cfg, n_layer, cross=decoder)
 
-    def attention_mask(self) -> Optional[Mask]:
-        """Self-attention pattern before padding: causal in the decoder, full (None) in the
-        encoder, within the configured window and global tokens."""
-        return self_attention_mask(self.config, causal=self.is_decoder)
-
-    def score_mod(self) -> Optional[ScoreMod]:
-        """Self-attention position bias (T5 relative, ALiBi) and soft-capping, as one score mod."""
-        return score_mod_for(self.pos, self.config)
+    @property
+    def is_decoder(self) -> bool:
+        """Whether this is the decoder (causal, cross-attending) stack."""
+        return self.causal
 
     def forward(
         self,
@@ -154,7 +139,7 @@ class Seq2SeqStack(nn.Module):
         cache: Optional[KVCache] = None,
         cross_caches: Optional[list[LayerCache]] = None,
         return_weights: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    ) -> StackOutput:
         """Run the stack.
 
         Args:
@@ -175,24 +160,9 @@ class Seq2SeqStack(nn.Module):
         """
         if positions is None:
             positions = torch.arange(start, start + x.shape[1], device=x.device)  # (T,)
-        x = self.emb_dropout(add_position_embedding(self.pos, x, positions))
-        rotary = self.pos.rotary(positions)
-        score_mod = self.score_mod()
-        self_w: list[torch.Tensor] = []
-        cross_w: list[torch.Tensor] = []
-        for i, block in enumerate(self.blocks):
-            cross = {}
-            if self.is_decoder:
-                cross = dict(context=context, context_mask=context_mask,
-                             cross_cache=cross_caches[i] if cross_caches is not None else None)
-            x = block(x, mask=mask, rotary=rotary, cache=cache[i] if cache is not None else None,
-                      return_weights=return_weights, score_mod=score_mod, **cross)
-            if return_weights:
-                x, w = x
-                self_w.append(w[0] if self.is_decoder else w)
-                if self.is_decoder:
-                    cross_w.append(w[1])
-        return self.final_norm(x), self_w, cross_w
+        return self.run_blocks(self.embed_positions(x, positions), positions, mask=mask, score_mod=self.score_mod(),
+                               cache=cache, context=context, context_mask=context_mask, cross_caches=cross_caches,
+                               return_weights=return_weights)
 
 
 class EncoderDecoder(Model):
@@ -210,6 +180,7 @@ class EncoderDecoder(Model):
     """
 
     is_encoder_decoder = True
+    accepts_padding = True  # decode takes left-padded decoder prefixes (see attnlab.models.protocols)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -272,7 +243,7 @@ class EncoderDecoder(Model):
                 if self.config.attention.global_tokens and not bool(valid[:, 0].all()):
                     raise ValueError("a left-padded source is not supported with attention.global_tokens (global "
                                      "positions would fall on padding); pad sources on the right")
-                mask = key_padding(valid) if mask is None else mask & key_padding(valid)
+                mask = forward_mask(mask, padding=valid)
         hidden, weights, _ = self.encoder(self._embed(input_ids), positions=positions, mask=mask,
                                           return_weights=return_weights)
         return Seq2SeqMemory(hidden, valid, padded), weights
@@ -346,11 +317,12 @@ class EncoderDecoder(Model):
         if attention_mask is not None and self.config.attention.global_tokens:
             raise ValueError("a decoder attention_mask is not supported with attention.global_tokens (global "
                              "positions would fall on padding); use decoder prefixes of equal length")
-        positions, mask, _ = place_tokens(start, mem.hidden.shape[0], t, self.decoder.attention_mask(), None,
-                                          attention_mask, decoder_input_ids.device)  # (T,) or (B, T)
+        where = place_tokens(start, mem.hidden.shape[0], t, self.decoder.attention_mask(), None, attention_mask,
+                             decoder_input_ids.device)
+        positions, mask = where.positions, forward_mask(where.mask, padding=where.padding)  # (T,) or (B, T)
         hidden, self_w, cross_w = self.decoder(
             self._embed(decoder_input_ids), start=start, positions=positions, mask=mask,
-            context=mem.hidden, context_mask=key_padding(mem.mask) if mem.padded else None,
+            context=mem.hidden, context_mask=forward_mask(None, padding=mem.mask) if mem.padded else None,
             cache=cache.self_attn if cache is not None else None,
             cross_caches=cache.cross if cache is not None else None, return_weights=return_weights,
         )

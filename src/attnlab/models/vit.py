@@ -3,8 +3,8 @@
 An image is cut into non-overlapping ``patch_size × patch_size`` patches; each flattened
 patch is projected to ``d_model`` (a linear layer, equivalent to a strided convolution),
 a learnable class token is put in front, position embeddings are added, and the
-sequence runs through the very same bidirectional :class:`~attnlab.blocks.EncoderBlock`
-stack a text encoder uses. The class token's final state is classified::
+sequence runs through the very same bidirectional
+:class:`~attnlab.models.stack.TransformerStack` a text encoder uses. The class token's final state is classified::
 
     vit = VisionTransformer(cfg, image_size=8, patch_size=2, channels=1, n_classes=10)
     logits = vit(images)                                   # (B, C, H, W) → (B, 10)
@@ -23,17 +23,10 @@ from typing import Union
 import torch
 from torch import nn
 
-from attnlab.blocks import EncoderBlock
 from attnlab.config import ModelConfig
 from attnlab.errors import ConfigError
-from attnlab.models.common import (
-    Model,
-    add_position_embedding,
-    final_norm_for,
-    init_bert_weights,
-    positions_for,
-    score_mod_for,
-)
+from attnlab.models.common import Model, init_bert_weights
+from attnlab.models.stack import TransformerStack
 
 
 def _pair(size: Union[int, Sequence[int]], what: str) -> tuple[int, int]:
@@ -97,7 +90,7 @@ class PatchEmbedding(nn.Module):
         return self.proj(self.patches(images))
 
 
-class VisionTransformer(Model):
+class VisionTransformer(TransformerStack, Model):
     """Patch embedding + class token + positions → encoder blocks → norm → linear head on the class token.
 
     Args:
@@ -130,10 +123,8 @@ class VisionTransformer(Model):
             raise ConfigError(f"model.block_size={cfg.block_size} is smaller than the 1 + {n_tokens - 1} patch tokens "
                               f"of a {self.patch_embed.image_size} image; set model.block_size={n_tokens}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
-        self.pos = positions_for(cfg, bidirectional=True)
-        self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
-        self.final_norm = final_norm_for(cfg)
+        self.init_positions(cfg, causal=False)
+        self.init_blocks(cfg, cfg.n_layer)
         self.head = nn.Linear(cfg.d_model, n_classes)
         init_bert_weights(self)
 
@@ -162,17 +153,9 @@ class VisionTransformer(Model):
         b, p, _ = patches.shape
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(patches.dtype), patches], dim=1)  # (B, 1+P, D)
         positions = torch.arange(1 + p, device=images.device)  # (1+P,)
-        x = self.emb_dropout(add_position_embedding(self.pos, x, positions))  # (B, 1+P, D)
-        rotary = self.pos.rotary(positions)
-        score_mod = score_mod_for(self.pos, self.config)
-        weights = []
-        for block in self.blocks:
-            x = block(x, rotary=rotary, return_weights=return_weights, score_mod=score_mod)  # mask=None: all-to-all
-            if return_weights:
-                x, w = x
-                weights.append(w)  # (B, H, 1+P, 1+P)
-        x = self.final_norm(x)  # (B, 1+P, D)
-        return (x, weights) if return_weights else x
+        x = self.embed_positions(x, positions)  # (B, 1+P, D)
+        out = self.run_blocks(x, positions, score_mod=self.score_mod(), return_weights=return_weights)  # no mask
+        return (out.hidden, out.weights) if return_weights else out.hidden  # (B, 1+P, D), (B, H, 1+P, 1+P) each
 
     def forward(
         self, images: torch.Tensor, *, return_weights: bool = False
