@@ -47,7 +47,8 @@ BUCKET_POOL = 50
 """Batches per pool sorted by length when a task defines :meth:`Task.length`."""
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: Optional[list[int]] = None) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int,
+                  lengths: Optional[list[int]] = None) -> list[list[int]]:
     """The batches (feature indices) of one epoch, a pure function of the arguments.
 
     Without ``lengths``: consecutive slices of the epoch's seeded permutation. With

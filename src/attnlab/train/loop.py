@@ -153,7 +153,8 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
     seq_len = tc.seq_len or cfg.model.block_size
     if seq_len > cfg.model.block_size:
         raise AttnlabError(
-            f"train.seq_len={seq_len} exceeds model.block_size={cfg.model.block_size}; lower seq_len or raise block_size"
+            f"train.seq_len={seq_len} exceeds model.block_size={cfg.model.block_size}; "
+            "lower seq_len or raise block_size"
         )
 
     torch.manual_seed(tc.seed)

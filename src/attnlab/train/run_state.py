@@ -125,5 +125,6 @@ def load_run_checkpoint(run_dir: Path, read_config: Callable[[Path], Any],
     try:
         weights = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"'{folder / WEIGHTS}' cannot be read ({str(e).splitlines()[0]}); the file is corrupt") from None
+        why = str(e).splitlines()[0]
+        raise CheckpointError(f"'{folder / WEIGHTS}' cannot be read ({why}); the file is corrupt") from None
     return Checkpoint(path=folder, config=read_config(folder / CONFIG), weights=weights, step=int(meta.get("step", 0)))
