@@ -239,3 +239,22 @@ def test_nonfinite_follows_the_policy(files, tmp_path):
     with pytest.raises(AttnlabError, match=r"not finite.*train.nonfinite=stop.*step 1\) is saved"):
         run(recipe(files, tmp_path / "stop", **{"train.inject_nan_steps": "[2]", "train.nonfinite": "stop"}),
             progress=False, log=quiet)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_finishes(files, tmp_path):
+    out = tmp_path / "run"
+    opts = {"model.d_model": 128, "model.d_ff": 256, "train.max_steps": 2000, "train.eval_every": 0}
+    proc = _launch([sys.executable, "-m", "attnlab", *_cli(files, out, tmp_path, **opts)])
+    _wait_for_step(out, proc, 3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = _finish(proc, timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "continue with --resume" in stdout + stderr
+    step = int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 3 <= step < 2000 and not (out / "results.json").exists()
+    again = _launch([sys.executable, "-m", "attnlab", *_cli(files, out, tmp_path, **opts), "--resume",
+                     f"train.max_steps={step + 2}"])
+    _, stderr = _finish(again, timeout=300)
+    assert again.returncode == 0, stderr[-3000:]
+    assert max(losses(out)) == step + 2 and json.loads((out / "results.json").read_text())["step"] == step + 2

@@ -33,4 +33,4 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result))
-    return 0
+    return 130 if result["interrupted"] else 0  # Ctrl-C: saved, continue with --resume
