@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("task", help=f"one of: {', '.join(TASKS)}")
     p.add_argument("recipe", help="recipe YAML (path or name under configs/finetune/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its newest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.finetune import run as finetune
 
     cfg = load_finetune_config(args.recipe, args.task, args.overrides)
-    result = finetune(cfg, progress=not args.no_progress)
+    result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result))
-    return 0
+    return 130 if result["interrupted"] else 0  # Ctrl-C: saved, continue with --resume

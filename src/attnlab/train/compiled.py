@@ -11,28 +11,34 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from attnlab.attention.backends import prepare_masks
 from attnlab.errors import AttnlabError
-from attnlab.train.objectives import Objective, ObjectiveBatch
 
 
-def prepare_compiled(model: torch.nn.Module, objective: Objective, batch: ObjectiveBatch,
+def prepare_compiled(model: torch.nn.Module, loss: Callable[[torch.nn.Module, Any], torch.Tensor], batch: Any,
                      amp: contextlib.AbstractContextManager, log: Callable[[str], None]) -> None:
     """Before the first compiled step: build the attention mask caches the graphs will read.
 
     Without this, Flex block masks would be traced into the training and validation graphs
     and rebuilt on every call, and chunked block plans would break the graph.
+
+    Args:
+        model: the (unwrapped) model.
+        loss: ``loss(model, batch)``, the training loss the graphs compute.
+        batch: a micro-batch of the shapes training will see.
+        amp: the autocast context of the forward passes.
+        log: where the one-line summary of the attention backends goes.
     """
     was_training = model.training
     with amp:
-        used = prepare_masks(objective.loss, model, batch, grad=True)
+        used = prepare_masks(loss, model, batch, grad=True)
         model.eval()
         try:
-            used += prepare_masks(objective.loss, model, batch, grad=False)
+            used += prepare_masks(loss, model, batch, grad=False)
         finally:
             model.train(was_training)
     kinds = sorted({f"{r['backend']} ({r['mask']})" for r in used})

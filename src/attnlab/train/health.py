@@ -62,7 +62,7 @@ def update_ratio(params: Iterable[torch.Tensor], before: list[torch.Tensor]) -> 
     """
     params = list(params)
     sq = torch.zeros(2, dtype=torch.float64, device=before[0].device if before else "cpu")
-    for p, b in zip(params, before):
+    for p, b in zip(params, before, strict=True):
         sq[0] += (_local(p).detach().double() - b.double()).pow(2).sum()
         sq[1] += b.double().pow(2).sum()
     if _sharded(params) and dist.is_initialized():

@@ -45,7 +45,8 @@ class MetricsFile:
         """Drop records newer than ``step`` (used on resume, so the file reads as one run)."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.path)
@@ -80,9 +81,9 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label="train", lw=1)
+        ax.plot(*zip(*train, strict=True), label="train", lw=1)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
+        ax.plot(*zip(*val, strict=True), "o-", label="validation", lw=1.5)
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=1, label=f"unigram entropy {baseline:.2f}")
     ax.set_xlabel("step")

@@ -48,7 +48,7 @@ class OptimizerGroup:
                 "the checkpoint's optimizer state was saved with another train.optimizer; "
                 "resume with the optimizer it was trained with"
             )
-        for opt, s in zip(self.optimizers, saved):
+        for opt, s in zip(self.optimizers, saved, strict=True):
             opt.load_state_dict(s)
 
 
@@ -91,7 +91,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> tor
     params = [p for p in model.parameters() if p.requires_grad]
     muon = _muon_matrices(model) if cfg.optimizer == "muon" else []
     if cfg.optimizer == "muon" and not muon:
-        raise ConfigError("train.optimizer=muon found no hidden weight matrices in this model; use train.optimizer=adamw")
+        raise ConfigError(
+            "train.optimizer=muon found no hidden weight matrices in this model; use train.optimizer=adamw"
+        )
     in_muon = {id(p) for p in muon}
     rest = [p for p in params if id(p) not in in_muon]
     groups = [

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import yaml
@@ -130,7 +130,12 @@ class Checkpoint:
             raise CheckpointError(f"'{self.path / STATE}' cannot be read ({type(e).__name__}); the file is corrupt") from None
 
 
-def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = None) -> Checkpoint:
+def _read_run_config(path: Path) -> Config:
+    return from_dict(Config, yaml.safe_load(path.read_text()))
+
+
+def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = None,
+                    read_config: Callable[[Path], Any] = _read_run_config) -> Checkpoint:
     """Load a checkpoint's config and weights, verifying checksums.
 
     A run folder (or its ``checkpoints/`` folder) loads the newest checkpoint that verifies:
@@ -142,6 +147,8 @@ def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = 
         path: run folder, ``checkpoints/`` folder or checkpoint folder.
         verify: check every file against the sha256 recorded at save time.
         log: where warnings about skipped checkpoints go.
+        read_config: reads the saved ``config.yaml`` (default: a pretraining :class:`Config`;
+            fine-tuning passes its recipe reader).
 
     Raises:
         CheckpointError: missing files, checksum mismatch, unreadable weights or config, or no
@@ -159,7 +166,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = 
     meta = json.loads((ckpt / META).read_text())
     weights = read_weights_file(ckpt / WEIGHTS)
     try:
-        config = from_dict(Config, yaml.safe_load((ckpt / CONFIG).read_text()))
+        config = read_config(ckpt / CONFIG)
     except (OSError, yaml.YAMLError) as e:
         raise CheckpointError(f"'{ckpt / CONFIG}' cannot be read ({type(e).__name__})") from None
     return Checkpoint(path=ckpt, config=config, weights=weights, step=int(meta.get("step", 0)))
