@@ -121,7 +121,7 @@ def main() -> None:
             print(f"{backend:>8} {t:>6} {row['peak_mib']:>9.1f} {row['ms']:>9.1f}", flush=True)
     chunk = {r["T"]: r["peak_mib"] for r in rows if r["backend"] == "chunked"}
     ts = sorted(chunk)
-    growth = {f"{a}->{b}": round(chunk[b] / chunk[a], 2) for a, b in zip(ts, ts[1:]) if chunk[a] > 0}
+    growth = {f"{a}->{b}": round(chunk[b] / chunk[a], 2) for a, b in zip(ts, ts[1:], strict=False) if chunk[a] > 0}
     if growth:
         print("chunked peak-memory growth per doubling of T:", growth)
     result = {

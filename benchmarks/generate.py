@@ -30,8 +30,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -154,11 +154,11 @@ def main() -> None:
             rows.append(row)
             outs.append(out)
         for _ in range(args.repeats):
-            for row, fn in zip(rows, fns):
+            for row, fn in zip(rows, fns, strict=False):
                 if fn is not None:
                     row["times_s"].append(round(run_once(fn, device)[0], 4))
         eager = outs[args.rows.index("eager")] if "eager" in args.rows else None
-        for row, out in zip(rows, outs):
+        for row, out in zip(rows, outs, strict=False):
             if out is None:
                 continue
             row["median_s"] = round(statistics.median(row["times_s"]), 4)

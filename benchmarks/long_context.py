@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -70,7 +70,7 @@ ROPE_SCALINGS = [("none", 1.0), ("linear", 2.0), ("linear", 4.0), ("ntk", 2.0), 
 # -- part 1: the training step -----------------------------------------------------------
 
 
-def bench_config(args: argparse.Namespace, window: Optional[int]) -> Config:
+def bench_config(args: argparse.Namespace, window: int | None) -> Config:
     """The preset, shrunk as the arguments say, with ``window`` (None: full causal)."""
     cfg = load(PRESET)
     m = cfg.model
@@ -83,7 +83,7 @@ def bench_config(args: argparse.Namespace, window: Optional[int]) -> Config:
     return cfg
 
 
-def expected_backend(window: Optional[int], device: torch.device) -> str:
+def expected_backend(window: int | None, device: torch.device) -> str:
     """What ``auto`` must pick for a training step: Flex (CUDA) / chunked (CPU) for the window, SDPA for causal."""
     if window is None:
         return "sdpa"
@@ -227,8 +227,8 @@ def rope_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """Train a small RoPE model at ``--rope-train-len`` and evaluate it at 1x, 2x and 4x that length."""
     from attnlab.data import prepare
     from attnlab.eval import evaluate_lm
-    from attnlab.train import train
     from attnlab.eval.context import extend_model
+    from attnlab.train import train
     from attnlab.train.checkpoint import load_model
 
     L = args.rope_train_len

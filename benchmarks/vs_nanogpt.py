@@ -25,9 +25,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -249,7 +250,7 @@ def main() -> None:
             "ms_per_iter_all": [round(t * 1000, 2) for t in r.times],
         })
     a, n = rows
-    gaps = [abs(u - v) for u, v in zip(runners[0].losses, runners[1].losses)]
+    gaps = [abs(u - v) for u, v in zip(runners[0].losses, runners[1].losses, strict=False)]
     dev_name = device_label("cuda" if on_cuda else "cpu")
     m = cfg.model
     result = {

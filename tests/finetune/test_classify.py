@@ -105,7 +105,7 @@ def test_scratch_encoder_learns_and_reloads(files, tmp_path):
     rows = [json.loads(line) for line in files["test"].read_text().splitlines()]
     preds = task.predict(model, rows, tok)
     assert set(preds) <= {"negative", "positive"}
-    acc = sum(p == r["label"] for p, r in zip(preds, rows)) / len(rows)
+    acc = sum(p == r["label"] for p, r in zip(preds, rows, strict=False)) / len(rows)
     assert acc == pytest.approx(res["test"]["accuracy"])
     # a second load gives the very same logits
     task2, model2, tok2 = load_finetuned(out / "model")

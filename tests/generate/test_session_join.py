@@ -90,7 +90,7 @@ def test_join_then_trim_matches_each_row_alone(preset, use_cache):
             assert running.tokens.size(1) == len(FIRST) + 3 + step + 1
         logits = running.next_logits()
         check_cache(running)
-    for prompt, tokens, steps in zip(rows.prompts, rows.tokens, rows.logits):
+    for prompt, tokens, steps in zip(rows.prompts, rows.tokens, rows.logits, strict=False):
         alone_tokens, alone_logits = greedy_logits(model, torch.tensor([prompt]), len(tokens), use_cache=use_cache)
         assert tokens == alone_tokens[0].tolist()
         torch.testing.assert_close(torch.stack(steps), alone_logits[0], atol=1e-9, rtol=0)

@@ -25,8 +25,15 @@ from attnlab.io import durable
 from attnlab.models import build
 from attnlab.train import checkpoint as ck
 from attnlab.train import loop, train
-from attnlab.train.checkpoint import (check_writable, checkpoint_folders, has_checkpoint, latest_good_checkpoint,
-                                      load_checkpoint, save_checkpoint, verify_checkpoint)
+from attnlab.train.checkpoint import (
+    check_writable,
+    checkpoint_folders,
+    has_checkpoint,
+    latest_good_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 
 
 class Lines(list):
@@ -162,7 +169,7 @@ def test_damaged_latest_is_reported_and_ignored(tmp_path, save, how):
 
 def test_no_good_checkpoint_is_one_clear_error_and_deletes_nothing(tmp_path, save):
     run = tmp_path / "run"
-    for step, how in zip((1, 2), ("truncated weights", "missing meta")):
+    for step, how in zip((1, 2), ("truncated weights", "missing meta"), strict=False):
         damage(save(step), how)
     before = names(run)
     with pytest.raises(CheckpointError) as e:

@@ -100,7 +100,7 @@ def main(out_dir: Path) -> dict:
     print("\n== parameter gradient of the LAST block, by depth ==")
     last_grad = {p: [probe(p, n)["param_grad"][-1] for n in DEPTHS] for p in ("pre", "post")}
     for p, g in last_grad.items():
-        print(f"{p:9s} " + "  ".join(f"{n} layers: {v:.3f}" for n, v in zip(DEPTHS, g)))
+        print(f"{p:9s} " + "  ".join(f"{n} layers: {v:.3f}" for n, v in zip(DEPTHS, g, strict=False)))
         result[f"{p}_last_grad_48"] = g[-1]
 
     print("\n== the three architectures (vocabulary 1000) ==")

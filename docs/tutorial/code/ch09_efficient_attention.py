@@ -58,7 +58,7 @@ def draw_masks(path: Path) -> None:
     q, k = torch.arange(t).view(1, 1, t, 1), torch.arange(t).view(1, 1, 1, t)
     zero = torch.zeros(1, 1, 1, 1, dtype=torch.long)
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
-    for ax, (name, m) in zip(axes, shown.items()):
+    for ax, (name, m) in zip(axes, shown.items(), strict=False):
         grid = m(zero, zero, q, k).expand(1, 1, t, t)[0, 0]  # (T, T) bool
         ax.imshow(grid, cmap="Greys", interpolation="nearest")
         ax.set_title(f"{name}\n{grid.float().mean():.0%} of pairs", fontsize=9)
@@ -96,7 +96,7 @@ def main(out_dir: Path) -> dict:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for name, pts in rows.items():
-        ts, ms, mib, _ = zip(*pts)
+        ts, ms, mib, _ = zip(*pts, strict=False)
         style = "--" if "sdpa" in name or "eager" in name else "-"
         axes[0].plot(ts, ms, style, marker="o", ms=3, label=name)
         axes[1].plot(ts, mib, style, marker="o", ms=3, label=name)

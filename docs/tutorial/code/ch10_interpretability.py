@@ -165,7 +165,7 @@ def main(out_dir: Path) -> dict:
     for l in range(n_layer):
         axes[0].scatter(stats["entropy"][l], delta[l], label=f"layer {l}", s=40)
     for (l, h), e, d in zip([(l, h) for l in range(n_layer) for h in range(n_head)], stats["entropy"].flatten(),
-                            delta.flatten()):
+                            delta.flatten(), strict=False):
         axes[0].annotate(f"{l}.{h}", (e, d), fontsize=8, xytext=(3, 3), textcoords="offset points")
     axes[0].set(xlabel="attention entropy (nats)", ylabel="loss increase when zeroed",
                 title=f"Heads: sharp ≠ important (ρ = {rho_heads:+.2f})")

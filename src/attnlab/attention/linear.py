@@ -21,7 +21,6 @@ readable reference the chunked form is tested against.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +49,7 @@ def relu_features(x: torch.Tensor) -> torch.Tensor:
 FEATURE_MAPS: dict[str, FeatureMap] = {"elu+1": elu_plus_one, "relu": relu_features}
 
 
-def _resolve_feature_map(feature_map: Union[str, FeatureMap]) -> FeatureMap:
+def _resolve_feature_map(feature_map: str | FeatureMap) -> FeatureMap:
     if isinstance(feature_map, str):
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"unknown feature map '{feature_map}'; choose one of {', '.join(FEATURE_MAPS)} or pass a callable")
@@ -67,8 +66,8 @@ class LinearState:
     """
 
     def __init__(self) -> None:
-        self.S: Optional[torch.Tensor] = None
-        self.z: Optional[torch.Tensor] = None
+        self.S: torch.Tensor | None = None
+        self.z: torch.Tensor | None = None
         self._length = 0
 
     @property
@@ -104,7 +103,7 @@ def _kv_sums(phk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def _causal_chunked(
     phq: torch.Tensor, phk: torch.Tensor, v: torch.Tensor, chunk: int,
-    S0: Optional[torch.Tensor], z0: Optional[torch.Tensor],
+    S0: torch.Tensor | None, z0: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal numerator/denominator by chunks, starting from state (S0, z0).
 
@@ -151,8 +150,8 @@ def _causal_chunked(
 
 def _linear_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, feature_map: FeatureMap,
-    chunk_size: Optional[int], eps: float,
-    S0: Optional[torch.Tensor] = None, z0: Optional[torch.Tensor] = None,
+    chunk_size: int | None, eps: float,
+    S0: torch.Tensor | None = None, z0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`linear_attention` that also takes and returns the state (S, z)."""
     if chunk_size is not None and chunk_size < 1:
@@ -188,7 +187,7 @@ def linear_attention(
     *,
     causal: bool,
     feature_map: FeatureMap = elu_plus_one,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Linear attention φ(Q)(φ(K)ᵀV) / (φ(Q)Σφ(K) + eps), in O(T) memory.
@@ -263,13 +262,13 @@ class LinearAttention(HeadProjections):
         self,
         d_model: int,
         n_head: int,
-        n_kv_head: Optional[int] = None,
+        n_kv_head: int | None = None,
         *,
-        d_context: Optional[int] = None,
+        d_context: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
         backend: str = "auto",
-        feature_map: Union[str, FeatureMap] = elu_plus_one,
+        feature_map: str | FeatureMap = elu_plus_one,
         chunk_size: int = DEFAULT_CHUNK,
         eps: float = 1e-6,
     ):
@@ -310,15 +309,15 @@ class LinearAttention(HeadProjections):
     def forward(
         self,
         x: torch.Tensor,
-        context: Optional[torch.Tensor] = None,
+        context: torch.Tensor | None = None,
         *,
-        mask: Optional[Union[Mask, torch.Tensor]] = None,
-        bias: Optional[torch.Tensor] = None,
-        rotary: Optional[Rotary] = None,
-        cache: Optional[LinearState] = None,
+        mask: Mask | torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        rotary: Rotary | None = None,
+        cache: LinearState | None = None,
         return_weights: bool = False,
         score_mod=None,
-        topk: Optional[int] = None,
+        topk: int | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` to itself (or to ``context``).
 

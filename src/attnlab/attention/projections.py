@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -19,8 +17,8 @@ class HeadProjections(nn.Module):
         bias: biases on the projections.
     """
 
-    def __init__(self, d_model: int, n_head: int, n_kv_head: Optional[int] = None, *,
-                 d_context: Optional[int] = None, bias: bool = True):
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None, *,
+                 d_context: int | None = None, bias: bool = True):
         super().__init__()
         n_kv_head = n_kv_head or n_head
         if d_model % n_head or n_head % n_kv_head:

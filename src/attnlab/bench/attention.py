@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ def sliding_window_mask(window: int) -> masks.Mask:
     return masks.Mask(lambda b, h, q, k: (q >= k) & (q - k < window), "sliding_window")
 
 
-def parse_mask(spec: str) -> Optional[masks.Mask]:
+def parse_mask(spec: str) -> masks.Mask | None:
     """``"causal"``, ``"none"`` or ``"sliding_window:W"`` → a Mask (None for ``"none"``).
 
     Raises:
@@ -77,7 +77,7 @@ def parse_mask(spec: str) -> Optional[masks.Mask]:
     raise ValueError(f"unknown mask '{spec}'; use causal, none or sliding_window:W with W > 0 (e.g. sliding_window:128)")
 
 
-def allowed_pairs(mask: Optional[masks.Mask], t: int, chunk: int = 1024) -> int:
+def allowed_pairs(mask: masks.Mask | None, t: int, chunk: int = 1024) -> int:
     """Number of (query, key) pairs the mask allows for T queries and T keys (counted in row chunks)."""
     if mask is None:
         return t * t
@@ -100,7 +100,7 @@ class Unsupported(Exception):
     """A backend cannot run a configuration; the message says why."""
 
 
-def _sdpa_kernel_call(name: str, mask: Optional[masks.Mask], q: torch.Tensor, k: torch.Tensor,
+def _sdpa_kernel_call(name: str, mask: masks.Mask | None, q: torch.Tensor, k: torch.Tensor,
                       v: torch.Tensor) -> Callable[[], torch.Tensor]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -133,7 +133,7 @@ def _sdpa_kernel_call(name: str, mask: Optional[masks.Mask], q: torch.Tensor, k:
     return call
 
 
-def make_call(backend: str, mask: Optional[masks.Mask], q: torch.Tensor, k: torch.Tensor,
+def make_call(backend: str, mask: masks.Mask | None, q: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A no-argument function running one attention call with ``backend``."""
     if backend in SDPA_KERNELS:
@@ -195,7 +195,7 @@ def memory_method(device: torch.device) -> str:
         return "not measured (no CUDA and no resettable /proc peak RSS)"
 
 
-def peak_memory(fn: Callable[[], Any], device: torch.device) -> Optional[int]:
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
     """Extra bytes the call needs at its peak (see :func:`memory_method`), or None."""
     if device.type == "cuda":
         _sync(device)
@@ -325,7 +325,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return {"type": "cpu", "name": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "tag": "cpu"}
 
 
-def run_benchmark(settings: BenchSettings, progress: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+def run_benchmark(settings: BenchSettings, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Measure every combination of the settings.
 
     Args:
@@ -412,7 +412,7 @@ def plot_results(result: dict[str, Any], path: str) -> None:
                                  if (r["backend"], r["mask"], r["mode"], r["head_dim"]) == (backend, mask_name, mode, d))
                     if pts:
                         label = backend if len(head_dims) == 1 else f"{backend} D={d}"
-                        ax.plot(*zip(*pts), marker="o", label=label, color=color,
+                        ax.plot(*zip(*pts, strict=False), marker="o", label=label, color=color,
                                 linestyle="-" if d == head_dims[0] else "--")
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({r["seq_len"] for r in result["rows"]}))

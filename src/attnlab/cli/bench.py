@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Optional
 
 from attnlab.errors import AttnlabError
 
@@ -58,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def _out_path(out: Optional[str], tag: str) -> Path:
+def _out_path(out: str | None, tag: str) -> Path:
     return Path(out) if out else Path("benchmarks") / "results" / f"attention-{tag}.json"
 
 

@@ -91,7 +91,7 @@ def rouge(
     refs = _per_example_refs(predictions, references, "rouge")
     scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
     totals = dict.fromkeys(rouge_types, 0.0)
-    for pred, r in zip(predictions, refs):
+    for pred, r in zip(predictions, refs, strict=False):
         scores = scorer.score(r[0], pred) if len(r) == 1 else scorer.score_multi(r, pred)
         for t in rouge_types:
             totals[t] += scores[t].fmeasure

