@@ -190,7 +190,8 @@ def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "variant": variant, "window": window, "backend": want, "seq_len": T, "batch_size": 1,
         "params": model.num_params(), "ms_per_iter": round(ms, 2), "ms_min": round(min(times) * 1e3, 2),
         "tokens_per_s": round(T / (ms / 1e3)), "warmup_s": round(warm_s, 1), "compile": args.compile,
-        "compile_counts": after, "graph_break_reasons": graph_break_reasons(), "loss_last": round(losses[-1], 4), "flex_stats": flex.stats(),
+        "compile_counts": after, "graph_break_reasons": graph_break_reasons(), "loss_last": round(losses[-1], 4),
+        "flex_stats": flex.stats(),
     }
     if device.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -278,7 +279,8 @@ def markdown(res: dict[str, Any]) -> str:
         name = f"window {r['window']}" if r["window"] else "full causal"
         peak = r.get("peak_gib", r.get("peak_mib"))
         breaks = r["compile_counts"]["graph_breaks"] if r["compile"] else "– (eager)"
-        lines.append(f"| {name} | {r['backend']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,} | {peak} | {breaks} |")
+        lines.append(f"| {name} | {r['backend']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,} | {peak} "
+                     f"| {breaks} |")
     for r in res["rows"]:
         if r["compile"] and r["graph_break_reasons"]:
             lines += ["", f"Graph breaks ({r['variant']}): " + "; ".join(
@@ -287,7 +289,8 @@ def markdown(res: dict[str, Any]) -> str:
         w, f = res["rows"]
         lines += ["", f"Window speed-up over full causal (ours): {f['ms_per_iter'] / w['ms_per_iter']:.2f}x."]
     ref = res["reference"]
-    lines += ["", f"Reference ({ref['what']}):", "", "| reference | ms/iter | tokens/s | peak GiB |", "|---|---|---|---|"]
+    lines += ["", f"Reference ({ref['what']}):", "", "| reference | ms/iter | tokens/s | peak GiB |",
+              "|---|---|---|---|"]
     for r in ref["rows"]:
         lines.append(f"| {r['variant']} | {r['ms_per_iter']} | {r['tokens_per_s']:,} | {r['peak_gib'] or '–'} |")
     lines += ["", f"Reference window speed-up: {223.0 / 76.6:.2f}x."]

@@ -226,7 +226,8 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     report = markdown(result)
     stem.with_suffix(".md").write_text(report)
-    png = Path(args.plot) if args.plot else Path(__file__).resolve().parents[1] / "docs" / f"time-to-quality-{args.device}.png"
+    png = (Path(args.plot) if args.plot
+           else Path(__file__).resolve().parents[1] / "docs" / f"time-to-quality-{args.device}.png")
     plot(result, png)
     print(report)
     print(f"wrote {stem.with_suffix('.json')}, .md and {png}")

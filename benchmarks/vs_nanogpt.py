@@ -12,8 +12,10 @@ folder and pass that folder with ``--nanogpt`` (nothing of it is copied into our
     git --git-dir=/work/.mirror/karpathy+nanoGPT/repo archive HEAD model.py | tar -x -C third_party/nanogpt
     # or: curl -o third_party/nanogpt/model.py https://raw.githubusercontent.com/karpathy/nanoGPT/master/model.py
 
-    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt                # CUDA: gpt2-124m, 16 x 1024, bf16, compiled
-    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 1    # CPU: gpt-tiny size, 8 x 256
+    # CUDA: gpt2-124m, 16 x 1024, bf16, compiled
+    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt
+    # CPU: gpt-tiny size, 8 x 256
+    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 1
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ def compile_counts() -> dict[str, int]:
             "recompiles": int(sum(v for k, v in counters["recompiles"].items()))}
 
 
-def token_batches(args: argparse.Namespace, vocab: int, n: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def token_batches(
+    args: argparse.Namespace, vocab: int, n: int, seq_len: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` training batches (x, y), each (B, T): corpus windows or random tokens."""
     if args.data == "random":
         gen = torch.Generator().manual_seed(0)

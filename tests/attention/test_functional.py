@@ -168,7 +168,7 @@ def test_gradients_match_reference(shape_name, mask_name, backend, reference):
     for name, got, want, x in zip("q k v bias".split(), grads, ref_grads, inputs, strict=False):
         assert got.shape == x.shape, name
         assert torch.isfinite(got).all(), f"non-finite grad for {name}"
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -106,7 +106,7 @@ def test_train_writes_everything_and_refuses_to_overwrite(tmp_path, tiny_cfg):
     assert s["step"] == 8 and not s["interrupted"]
     assert s["val_loss"] < s["unigram_entropy"] + 1.0
     assert (out / "loss.png").stat().st_size > 1000
-    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))
     assert [r["step"] for r in records if "val_loss" in r] == [4, 8]
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -131,7 +131,7 @@ def test_grad_accumulation_logs_mean_of_micro_batches(tmp_path, tiny_cfg):
 
     cfg = tiny_cfg(tmp_path / "a", **{"train.grad_accum": 2, "train.max_steps": 1})
     train(cfg, progress=False, log=quiet)
-    logged = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     first = next(r["loss"] for r in logged if r["step"] == 1 and "loss" in r)
     # Recompute step 1 by hand: same init (seeded), same two micro-batches.
     data = prepare(cfg.data, progress=False)

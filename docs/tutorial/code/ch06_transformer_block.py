@@ -114,7 +114,8 @@ def main(out_dir: Path) -> dict:
         axes[2].plot(DEPTHS, last_grad[p], style, ms=4, label=f"{p}-norm")
     axes[0].set(xlabel="block", ylabel="RMS", title="Residual stream after each block")
     axes[1].set(xlabel="block", ylabel="gradient norm", title="Parameter gradient per block", ylim=(0, None))
-    axes[2].set(xlabel="number of blocks", ylabel="gradient norm", title="Last block's gradient vs depth", ylim=(0, None))
+    axes[2].set(xlabel="number of blocks", ylabel="gradient norm", title="Last block's gradient vs depth",
+                ylim=(0, None))
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)

@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from attnlab.data.tasks import split_records, write_jsonl
 from attnlab.errors import AttnlabError, did_you_mean

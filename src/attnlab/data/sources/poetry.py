@@ -145,7 +145,7 @@ def read_poems(path: str | None = None) -> list[dict[str, str]]:
         try:
             entries = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise AttnlabError(f"'{name}' in '{p}' is not valid JSON ({e}); re-run `npm pack chinese-poetry@2.0.1`")
+            raise AttnlabError(f"'{name}' in '{p}' is not valid JSON ({e}); re-run `npm pack chinese-poetry@2.0.1`") from None
         for e in entries if isinstance(entries, list) else []:
             if not isinstance(e, dict) or not isinstance(e.get("paragraphs"), list):
                 continue
