@@ -52,7 +52,8 @@ FEATURE_MAPS: dict[str, FeatureMap] = {"elu+1": elu_plus_one, "relu": relu_featu
 def _resolve_feature_map(feature_map: str | FeatureMap) -> FeatureMap:
     if isinstance(feature_map, str):
         if feature_map not in FEATURE_MAPS:
-            raise ValueError(f"unknown feature map '{feature_map}'; choose one of {', '.join(FEATURE_MAPS)} or pass a callable")
+            raise ValueError(f"unknown feature map '{feature_map}'; choose one of {', '.join(FEATURE_MAPS)} "
+                             "or pass a callable")
         return FEATURE_MAPS[feature_map]
     return feature_map
 
@@ -93,7 +94,8 @@ class LinearState:
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
     check_qkv(q, k, v)
     if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq positions), got {q.shape[2]} > {k.shape[2]}")
+        raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq positions), "
+                         f"got {q.shape[2]} > {k.shape[2]}")
 
 
 def _kv_sums(phk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,9 +301,11 @@ class LinearAttention(HeadProjections):
             what = mask.kind if isinstance(mask, Mask) else "a dense tensor"
             raise ValueError(f"linear attention supports only mask=None or causal(), got {what}")
         if context is not None and (causal or rotary is not None):
-            raise ValueError("cross attention in linear attention is bidirectional and unrotated; pass mask=None, rotary=None")
+            raise ValueError("cross attention in linear attention is bidirectional and unrotated; "
+                             "pass mask=None, rotary=None")
         if cache is not None and not isinstance(cache, LinearState):
-            raise ValueError(f"linear attention keeps a recurrent state, not keys/values: pass a LinearState, got {type(cache).__name__}")
+            raise ValueError(f"linear attention keeps a recurrent state, not keys/values: pass a LinearState, "
+                             f"got {type(cache).__name__}")
         if cache is not None and context is None and not causal:
             raise ValueError("decoding with a LinearState needs mask=causal() (a bidirectional layer cannot decode)")
         return causal

@@ -191,7 +191,8 @@ def sliding_window(window: int, causal: bool = True) -> Mask:
 
 def _position_table(positions: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """A bool lookup table over positions (True = member) and the sorted members."""
-    members = sorted({int(p) for p in (positions.flatten().tolist() if isinstance(positions, torch.Tensor) else positions)})
+    members = sorted({int(p) for p in
+                      (positions.flatten().tolist() if isinstance(positions, torch.Tensor) else positions)})
     if members and members[0] < 0:
         raise ValueError(f"positions must be >= 0, got {members[0]}")
     table = torch.zeros(members[-1] + 1 if members else 0, dtype=torch.bool)
@@ -242,7 +243,8 @@ def local_global(window: int, global_tokens: int | Sequence[int] | torch.Tensor,
 
 
 def block_sparse(layout: torch.Tensor, block_size: int) -> Mask:
-    """A fixed block pattern: query block ``q // block_size`` sees key block ``kv // block_size`` when the layout says so.
+    """A fixed block pattern: query block ``q // block_size`` sees key block ``kv // block_size``
+    when the layout says so.
 
     Positions past the layout's extent are not allowed.
 

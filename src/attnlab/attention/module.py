@@ -64,7 +64,8 @@ class MultiHeadAttention(HeadProjections):
         self.scoring = scoring
         self.scale = 1.0 if scoring == "dot" else scale  # None: the backend's 1/sqrt(head_dim)
         self.scorer = (
-            build_scoring(scoring, self.head_dim, self.head_dim) if scoring in ("general", "additive", "concat") else None
+            build_scoring(scoring, self.head_dim, self.head_dim)
+            if scoring in ("general", "additive", "concat") else None
         )
         # When set, called with this layer's (B, H, Tq, Tk) weights on every forward;
         # only then does the layer run the weight-returning (eager) path.

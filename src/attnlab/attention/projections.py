@@ -22,7 +22,8 @@ class HeadProjections(nn.Module):
         super().__init__()
         n_kv_head = n_kv_head or n_head
         if d_model % n_head or n_head % n_kv_head:
-            raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, got {d_model}, {n_head}, {n_kv_head}")
+            raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, "
+                             f"got {d_model}, {n_head}, {n_kv_head}")
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_dim = d_model // n_head
         d_context = d_context or d_model

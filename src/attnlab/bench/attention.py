@@ -74,7 +74,8 @@ def parse_mask(spec: str) -> masks.Mask | None:
     m = re.fullmatch(r"sliding_window:(\d+)", spec)
     if m and int(m.group(1)) > 0:
         return sliding_window_mask(int(m.group(1)))
-    raise ValueError(f"unknown mask '{spec}'; use causal, none or sliding_window:W with W > 0 (e.g. sliding_window:128)")
+    raise ValueError(f"unknown mask '{spec}'; use causal, none or sliding_window:W with W > 0 "
+                     "(e.g. sliding_window:128)")
 
 
 def allowed_pairs(mask: masks.Mask | None, t: int, chunk: int = 1024) -> int:
@@ -374,14 +375,16 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[dict], None] | No
 
 def format_table(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
     """The rows as an aligned text table (``header=False``: the rows' lines only)."""
-    head = f"{'backend':<15} {'mask':<19} {'T':>6} {'D':>4} {'mode':<8} {'ms':>9} {'TFLOP/s':>8} {'peak MiB':>9}  status"
+    head = (f"{'backend':<15} {'mask':<19} {'T':>6} {'D':>4} {'mode':<8} "
+            f"{'ms':>9} {'TFLOP/s':>8} {'peak MiB':>9}  status")
     lines = [head, "-" * len(head)] if header else []
     for r in rows:
         ok = r["status"] == "ok"
         ms = f"{r['ms']:.3f}" if ok else "-"
         tf = f"{r['tflops']:.3f}" if ok else "-"
         mem = f"{r['peak_mem_bytes'] / 2**20:.1f}" if ok and r["peak_mem_bytes"] is not None else "-"
-        status = "ok" + (f" ({r['dispatched']})" if r["dispatched"] and r["dispatched"] != r["backend"] else "") if ok else r["status"]
+        status = ("ok" + (f" ({r['dispatched']})" if r["dispatched"] and r["dispatched"] != r["backend"] else "")
+                  if ok else r["status"])
         lines.append(f"{r['backend']:<15} {r['mask']:<19} {r['seq_len']:>6} {r['head_dim']:>4} {r['mode']:<8} "
                      f"{ms:>9} {tf:>8} {mem:>9}  {status}")
     return "\n".join(lines)
@@ -409,7 +412,8 @@ def plot_results(result: dict[str, Any], path: str) -> None:
             for backend, color in colors.items():
                 for d in head_dims:
                     pts = sorted((r["seq_len"], r["ms"]) for r in rows
-                                 if (r["backend"], r["mask"], r["mode"], r["head_dim"]) == (backend, mask_name, mode, d))
+                                 if (r["backend"], r["mask"], r["mode"], r["head_dim"])
+                                 == (backend, mask_name, mode, d))
                     if pts:
                         label = backend if len(head_dims) == 1 else f"{backend} D={d}"
                         ax.plot(*zip(*pts, strict=False), marker="o", label=label, color=color,

@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--mode", default="fwd,fwd+bwd", help="fwd and/or fwd+bwd")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--repeats", type=int, default=0, help="timed runs per config, median reported (default 10 CUDA, 5 CPU)")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="timed runs per config, median reported (default 10 CUDA, 5 CPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/attention-<device>.json); "

@@ -168,7 +168,8 @@ def load_finetune_config(
                               f"give a YAML path or one of: {', '.join(names)}")
         tree = read_yaml_mapping(p, "recipe")
     if task and tree.get("task") and tree["task"] != task:
-        raise ConfigError(f"recipe is for task '{tree['task']}', not '{task}'; use `attnlab finetune {tree['task']} ...`")
+        raise ConfigError(f"recipe is for task '{tree['task']}', not '{task}'; "
+                          f"use `attnlab finetune {tree['task']} ...`")
     tree["task"] = task or tree.get("task") or ""
     for text in overrides:
         key, value = parse_override(text)

@@ -134,7 +134,8 @@ class GAT(nn.Module):
         super().__init__()
         self.dropout = dropout
         self.hidden = GATLayer(d_in, d_hidden, n_head, concat=True, dropout=dropout, negative_slope=negative_slope)
-        self.out = GATLayer(d_hidden, n_classes, out_heads, concat=False, dropout=dropout, negative_slope=negative_slope)
+        self.out = GATLayer(d_hidden, n_classes, out_heads, concat=False, dropout=dropout,
+                            negative_slope=negative_slope)
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor, *,
                 return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:

@@ -140,7 +140,8 @@ class Objective:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: ObjectiveBatch) -> torch.Tensor:
-        """Training loss: label-smoothed cross-entropy of ``model(*batch.inputs, **batch.kwargs)`` against the labels."""
+        """Training loss: label-smoothed cross-entropy of ``model(*batch.inputs, **batch.kwargs)``
+        against the labels."""
         return token_loss(model(*batch.inputs, **batch.kwargs), batch.labels, self.label_smoothing)
 
     @torch.no_grad()

@@ -49,7 +49,8 @@ def check_indices(values: Sequence[int] | None, count: int, what: str) -> list[i
         raise ValueError(f"no {what}s selected; pick {what}s in 0..{count - 1} or leave the selection out for all")
     bad = [v for v in values if not 0 <= v < count]
     if bad:
-        raise ValueError(f"{what} {bad[0]} is out of range: this model has {count} {what}s, valid {what}s are 0..{count - 1}")
+        raise ValueError(f"{what} {bad[0]} is out of range: this model has {count} {what}s, "
+                         f"valid {what}s are 0..{count - 1}")
     if len(set(values)) != len(values):
         raise ValueError(f"{what}s {values} contain a duplicate; list each {what} once")
     return values

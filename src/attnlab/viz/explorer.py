@@ -182,7 +182,8 @@ class Explorer:
         vals, idx = p.topk(min(self.cfg.top_k, p.numel()))
         ids = idx.tolist()
         names = self.tokenizer.token_strings(ids)
-        return [{"token": s, "id": i, "prob": v} for s, i, v in zip(names, ids, self._round(vals).tolist(), strict=False)]
+        return [{"token": s, "id": i, "prob": v}
+                for s, i, v in zip(names, ids, self._round(vals).tolist(), strict=False)]
 
 
 def read_page() -> bytes:

@@ -40,7 +40,9 @@ def token_labels(pieces: Sequence[str], limit: int = 12) -> list[str]:
     return out
 
 
-def _as_grid(weights: Mapping[int, torch.Tensor] | torch.Tensor, layers: Sequence[int] | None) -> tuple[list[int], list[torch.Tensor]]:
+def _as_grid(
+    weights: Mapping[int, torch.Tensor] | torch.Tensor, layers: Sequence[int] | None
+) -> tuple[list[int], list[torch.Tensor]]:
     """Normalise the input to (layer labels, [(H, Tq, Tk) float32 CPU tensors])."""
     if isinstance(weights, torch.Tensor):  # (L, H, Tq, Tk) or (H, Tq, Tk)
         w = weights if weights.dim() == 4 else weights.unsqueeze(0)

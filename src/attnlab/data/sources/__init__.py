@@ -59,7 +59,8 @@ def write_splits(examples: list[dict[str, Any]], out: str | Path, *, seed: int =
     parts = split_records(examples, fractions, seed=seed)
     if not all(parts):
         raise AttnlabError(f"{len(examples)} {what} leave a split empty; use --limit 20 or more (or 0 for all)")
-    return {name: write_jsonl(part, Path(out) / f"{name}.jsonl") for name, part in zip(("train", "val", "test"), parts, strict=False)}
+    return {name: write_jsonl(part, Path(out) / f"{name}.jsonl")
+            for name, part in zip(("train", "val", "test"), parts, strict=False)}
 
 
 def package_file(member: str, what: str, install: str) -> Path:

@@ -7,7 +7,8 @@ sentence entries become translation pairs; single words and noun phrases are lef
 
     apt-get install dict-de-en                    # /usr/share/dictd/english-german.{dict.dz,index}
     attnlab data prepare de-en-dict --out data/de-en
-    # train.jsonl / val.jsonl / test.jsonl: {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}
+    # train.jsonl / val.jsonl / test.jsonl:
+    #   {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}
 
 The ``.dict.dz`` file is dictzip (readable as gzip); the ``.index`` beside it lists every
 headword with the base64 offset and length of its entry. An entry is the English

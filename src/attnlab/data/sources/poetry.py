@@ -145,7 +145,9 @@ def read_poems(path: str | None = None) -> list[dict[str, str]]:
         try:
             entries = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise AttnlabError(f"'{name}' in '{p}' is not valid JSON ({e}); re-run `npm pack chinese-poetry@2.0.1`") from None
+            raise AttnlabError(
+                f"'{name}' in '{p}' is not valid JSON ({e}); re-run `npm pack chinese-poetry@2.0.1`"
+            ) from None
         for e in entries if isinstance(entries, list) else []:
             if not isinstance(e, dict) or not isinstance(e.get("paragraphs"), list):
                 continue
@@ -201,7 +203,8 @@ def read_extract() -> list[str]:
 
 
 def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
-    """Write ``poems.txt`` (LM text) and ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"title", "author", "text"}``.
+    """Write ``poems.txt`` (LM text) and ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl``
+    of ``{"title", "author", "text"}``.
 
     Args:
         out: output folder (created).

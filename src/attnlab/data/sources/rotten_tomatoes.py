@@ -76,7 +76,9 @@ def read_csv_rows(path: str | None = None) -> list[dict[str, str]]:
             raw = bz2.decompress(raw)
         rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
     except (OSError, ValueError, csv.Error) as e:  # bz2 / unicode errors are ValueErrors / OSErrors
-        raise AttnlabError(f"'{p}' cannot be read as the Rotten Tomatoes CSV ({type(e).__name__}: {str(e)[:80]})") from None
+        raise AttnlabError(
+            f"'{p}' cannot be read as the Rotten Tomatoes CSV ({type(e).__name__}: {str(e)[:80]})"
+        ) from None
     if not rows or not {"category", "text"} <= set(rows[0]):
         have = ", ".join(rows[0]) if rows else "none"
         raise AttnlabError(f"'{p}' is not the Rotten Tomatoes CSV: expected columns category and text (found: {have})")

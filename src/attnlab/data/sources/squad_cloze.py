@@ -19,7 +19,8 @@ alone does not give them away. Plays, not passages, are split 80 / 10 / 10 (seed
 validation and test questions come from plays the model never saw::
 
     attnlab data prepare squad-shakespeare --out data/squad-shakespeare
-    # train.json / val.json / test.json: {"version": "1.1", "data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}
+    # train.json / val.json / test.json:
+    #   {"version": "1.1", "data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}
 
 ``--path`` takes other plays: a folder of ``*.txt`` files, one play each, at least three (speeches
 are blocks that open with the speaker's name on a line of its own: ``HAMLET.``, ``Ham.``, ``THESEUS``).

@@ -190,7 +190,8 @@ class ClassifyTask(Task):
         pairs = [str(r[o.text_pair_column]) for r in examples] if o.text_pair_column else None
         if self.state["kind"] == BOW:
             vocab = self._vocab()
-            return [vocab.encode(t if pairs is None else f"{t} {p}") for t, p in zip(texts, pairs or texts, strict=False)]
+            return [vocab.encode(t if pairs is None else f"{t} {p}")
+                    for t, p in zip(texts, pairs or texts, strict=False)]
         if tokenizer is None:
             raise AttnlabError("this classifier needs its tokenizer (tokenizer.json is missing from the model folder)")
         types = bool(self.state["model"].get("type_vocab_size"))
@@ -246,7 +247,9 @@ class ClassifyTask(Task):
                 preds[i] = p
         return preds
 
-    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> dict[str, float]:
         gold = self.label_ids(examples, "the evaluation data")
         pred = self.predict_ids(model, examples, tokenizer)
         classes = range(len(self.state["labels"]))

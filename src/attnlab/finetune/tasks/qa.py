@@ -250,7 +250,9 @@ class QATask(Task):
                     best[f.example] = (sc, examples[f.example]["context"][a:z].strip())
         return [text for _, text in best]
 
-    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> dict[str, float]:
         preds = self.predict(model, examples, tokenizer)
         scores = squad_scores({str(i): p for i, p in enumerate(preds)},
                               {str(i): r["answers"]["text"] for i, r in enumerate(examples)})

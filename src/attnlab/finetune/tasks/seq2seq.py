@@ -3,7 +3,8 @@
 Examples are records with an input and an output text::
 
     {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}   # translate
-    {"document": "Michigan billionaire ... was confirmed today ...", "summary": "Betsy DeVos Confirmed ..."}  # summarize
+    # summarize
+    {"document": "Michigan billionaire ... was confirmed today ...", "summary": "Betsy DeVos Confirmed ..."}
 
 Two model families, trained and decoded the same way:
 
@@ -212,7 +213,9 @@ class Seq2SeqTask(Task):
         n, eos = self.opt.max_source_length - 1, self.state["special"]["eos"]
         return [ids[:n] + [eos] for ids in tokenizer.encode_batch([r["source"] for r in examples])]
 
-    def features(self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[tuple[list[int], list[int]]]:
+    def features(
+        self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> list[tuple[list[int], list[int]]]:
         n, eos = self.opt.max_target_length - 1, self.state["special"]["eos"]
         targets = [ids[:n] + [eos] for ids in tokenizer.encode_batch([r["target"] for r in examples])]
         return list(zip(self._sources(examples, tokenizer), targets, strict=False))
@@ -253,7 +256,9 @@ class Seq2SeqTask(Task):
                 out[i] = tokenizer.decode([t for t in row if t not in special]).strip()
         return out
 
-    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> dict[str, float]:
         return self.score(self.predict(model, examples, tokenizer), [r["target"] for r in examples])
 
     @abstractmethod

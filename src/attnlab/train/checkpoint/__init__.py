@@ -128,7 +128,9 @@ class Checkpoint:
         try:
             return torch.load(self.path / STATE, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise CheckpointError(f"'{self.path / STATE}' cannot be read ({type(e).__name__}); the file is corrupt") from None
+            raise CheckpointError(
+                f"'{self.path / STATE}' cannot be read ({type(e).__name__}); the file is corrupt"
+            ) from None
 
 
 def _read_run_config(path: Path) -> Config:
@@ -160,7 +162,9 @@ def load_checkpoint(path: str | Path, verify: bool = True, log: Log | None = Non
         try:
             verify_checkpoint(p, checksums=verify)
         except CheckpointError as e:
-            raise CheckpointError(f"{e}; load an earlier checkpoint, or pass the run folder to use the newest good one") from None
+            raise CheckpointError(
+                f"{e}; load an earlier checkpoint, or pass the run folder to use the newest good one"
+            ) from None
         ckpt = p
     else:
         ckpt = latest_good_checkpoint(p, log, checksums=verify)[0]

@@ -13,8 +13,8 @@ Used when several processes train (or with FSDP). The folder has the layout of
 It is staged and committed by the same code as any other checkpoint
 (:func:`attnlab.train.checkpoint.store.stage_checkpoint` / ``commit_checkpoint``: temporary
 folder, rename, then ``latest``), so :func:`attnlab.train.checkpoint.load_checkpoint` and
-``load_model`` read it as any other checkpoint. DCP re-shards on load, so a run saved by N processes resumes on M (one included,
-without a process group).
+``load_model`` read it as any other checkpoint. DCP re-shards on load, so a run saved by N
+processes resumes on M (one included, without a process group).
 """
 
 from __future__ import annotations

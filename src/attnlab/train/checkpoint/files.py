@@ -142,7 +142,8 @@ def verify_checkpoint(path: str | Path, checksums: bool = True) -> dict[str, Any
         raise CheckpointError(f"'{meta_path}' is corrupt (checksum mismatch)")
     step = step_of(ckpt)
     if step is not None and meta.get("step") != step:
-        raise CheckpointError(f"'{meta_path}' is corrupt (it says step {meta.get('step')!r}, the folder is step {step})")
+        raise CheckpointError(f"'{meta_path}' is corrupt "
+                              f"(it says step {meta.get('step')!r}, the folder is step {step})")
     durable.check_files(ckpt, meta["sha256"], meta.get("bytes", {}), required=REQUIRED, checksums=checksums,
                         kind="the checkpoint")
     return meta

@@ -53,11 +53,13 @@ def _stderr(msg: str) -> None:
 def _io_error(e: OSError, doing: str, where: Path, after: str = "") -> CheckpointError:
     """One line for a failed write: what, where, why (by errno) and the fix."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        why, fix = "the disk is full", f"free space on the disk holding '{where}' (df -h) or set train.out_dir to another disk"
+        why = "the disk is full"
+        fix = f"free space on the disk holding '{where}' (df -h) or set train.out_dir to another disk"
     elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         why, fix = "the folder is not writable", "set train.out_dir to a writable folder (or fix its permissions)"
     elif e.errno in (errno.ENOTDIR, errno.EEXIST):
-        why, fix = f"a file is in the way of a folder ('{e.filename}')", "remove that file or set train.out_dir elsewhere"
+        why = f"a file is in the way of a folder ('{e.filename}')"
+        fix = "remove that file or set train.out_dir elsewhere"
     else:
         why, fix = "the write failed", "check the disk, then retry"
     return CheckpointError(f"{doing} '{where}': {why} ({e.strerror or e}){after}; {fix}")
@@ -273,7 +275,8 @@ def commit_checkpoint(
 
 @contextmanager
 def _discard_on_error(tmp: Path, step: int) -> Iterator[None]:
-    """On any failure remove ``tmp``; an OSError becomes one line naming the cause, the fix and the checkpoint still intact."""
+    """On any failure remove ``tmp``; an OSError becomes one line naming the cause, the fix and the checkpoint
+    still intact."""
     try:
         yield
     except BaseException as e:
