@@ -2,7 +2,8 @@
 
 Examples are records with an input and an output text::
 
-    {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}   # translate
+    # translate
+    {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}
     # summarize
     {"document": "Michigan billionaire ... was confirmed today ...", "summary": "Betsy DeVos Confirmed ..."}
 
