@@ -36,7 +36,8 @@ def corpus(tmp_path):
 
 
 def cfg_for(source, **kw) -> DataConfig:
-    return DataConfig(source=str(source), tokenizer=kw.pop("tokenizer", f"bpe:{VOCAB}"), val_fraction=kw.pop("val_fraction", 0.1), **kw)
+    return DataConfig(source=str(source), tokenizer=kw.pop("tokenizer", f"bpe:{VOCAB}"),
+                      val_fraction=kw.pop("val_fraction", 0.1), **kw)
 
 
 @pytest.fixture
@@ -174,7 +175,8 @@ def test_tokenizer_trained_on_train_text_only(corpus, tmp_path, monkeypatch):
     data = prepare(cfg_for(corpus), cache_root=tmp_path / "cache", progress=False)
     joined = "".join(seen)
     assert joined and MARK not in joined
-    assert joined == "".join(t for _, t in split_documents([(p.name, p.read_text()) for p in sorted(corpus.glob("*.txt"))], 0.1)[0])
+    assert joined == "".join(
+        t for _, t in split_documents([(p.name, p.read_text()) for p in sorted(corpus.glob("*.txt"))], 0.1)[0])
     assert all(f"{MARK}{i}" in data.tokenizer.decode(data.val) for i in range(3))
 
 

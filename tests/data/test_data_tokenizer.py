@@ -127,7 +127,8 @@ def test_byte_alphabet_matches_tokenizers():
 
 def test_chunked_encoding_equals_whole(tok, small_text):
     rng = random.Random(1)
-    pieces = ["word", " ", "  ", "\n", "\n\n", "\r\n", "\t", "'s", "'ll", "é", "🙂", "123", "!?", " x", "\u00a0", "\x1c"]
+    pieces = ["word", " ", "  ", "\n", "\n\n", "\r\n", "\t", "'s", "'ll", "é", "🙂", "123", "!?", " x",
+              "\u00a0", "\x1c"]
     fuzz = ["".join(rng.choice(pieces) for _ in range(3000)) for _ in range(5)]
     for text in [small_text[:20_000], *fuzz]:
         chunks = tok.chunk_text(text, size=50)

@@ -144,8 +144,9 @@ def test_lora_trains_only_adapters_and_head(files, tmp_path, hf_bert_dir):
     from attnlab.interop.hf import from_hf
 
     out = tmp_path / "lora"
-    cfg = recipe(files, out, f"hf:{hf_bert_dir}", **{"lora.rank": 4, "lora.targets": "[q, v]", "train.lr": 1e-2, "options.pooling": "mean",
-                                                     "options.max_length": 16, "train.max_steps": 60})
+    cfg = recipe(files, out, f"hf:{hf_bert_dir}", **{"lora.rank": 4, "lora.targets": "[q, v]", "train.lr": 1e-2,
+                                                     "options.pooling": "mean", "options.max_length": 16,
+                                                     "train.max_steps": 60})
     res = fit(cfg)
     assert res["lora"] and res["test"]["accuracy"] >= 0.8
     task, model, _ = load_finetuned(out)

@@ -44,7 +44,8 @@ def squad_json(rows: list[dict]) -> dict:
     return {"version": "1.1", "data": [{"title": "t", "paragraphs": [
         {"context": r["context"], "qas": [{"id": r["id"], "question": r["question"],
                                            "answers": [{"text": t, "answer_start": s} for t, s in
-                                                       zip(r["answers"]["text"], r["answers"]["answer_start"], strict=False)]}]}
+                                                       zip(r["answers"]["text"], r["answers"]["answer_start"],
+                                                           strict=False)]}]}
         for r in rows]}]}
 
 

@@ -122,7 +122,8 @@ def test_trim_before_the_prefill_drops_tokens_only():
     """Columns padded in every row are dropped before anything is cached; rows decode as before."""
     model = make("gpt-tiny", PADDABLE["gpt-tiny"])
     ids, mask = left_pad([FIRST, [5, 2, 9, 4]], 11)
-    ids, mask = (torch.cat((x.new_full((2, 1), fill), x), dim=1) for x, fill in ((ids, 11), (mask, 0)))  # padded in front
+    # padded in front
+    ids, mask = (torch.cat((x.new_full((2, 1), fill), x), dim=1) for x, fill in ((ids, 11), (mask, 0)))
     s = Session(model, ids, 3, attention_mask=mask)
     assert s.trim() == 1 and s.consumed == 0 and s.tokens.shape == (2, 4) and s.padding.shape == (2, 4)
     for _ in range(3):

@@ -73,7 +73,8 @@ def test_format_version_sizes_and_older_meta(tmp_path, tiny_cfg):
     meta_file.write_text(json.dumps(old))
     assert load_checkpoint(newest).step == 2
     meta_file.write_text(json.dumps({**old, "format_version": FORMAT_VERSION + 1}))
-    with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION + 1}, newer than this attnlab understands .*upgrade"):
+    with pytest.raises(CheckpointError,
+                       match=f"format {FORMAT_VERSION + 1}, newer than this attnlab understands .*upgrade"):
         load_checkpoint(newest)
     lines = []  # a run folder falls back to the older checkpoint, saying why
     assert load_checkpoint(tmp_path, log=lines.append).step == 1
