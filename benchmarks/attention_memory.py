@@ -2,8 +2,9 @@
 
 Each configuration runs in a fresh subprocess (so peaks do not mix). Memory is the
 growth of the process's peak resident set size (``ru_maxrss``) over the steps, measured
-after the inputs exist and after one tiny (T=256) step has paid one-time initialisation: tracemalloc does not see torch's allocations, RSS does. Time is
-the median of ``--iters`` forward+backward steps after one warm-up step.
+after the inputs exist and after one tiny (T=256) step has paid one-time initialisation:
+tracemalloc does not see torch's allocations, RSS does. Time is the median of ``--iters``
+forward+backward steps after one warm-up step.
 
     python benchmarks/attention_memory.py                       # T = 2k..16k, window 512
     python benchmarks/attention_memory.py --lengths 2048 4096 --dense-max 4096
@@ -121,12 +122,13 @@ def main() -> None:
             print(f"{backend:>8} {t:>6} {row['peak_mib']:>9.1f} {row['ms']:>9.1f}", flush=True)
     chunk = {r["T"]: r["peak_mib"] for r in rows if r["backend"] == "chunked"}
     ts = sorted(chunk)
-    growth = {f"{a}->{b}": round(chunk[b] / chunk[a], 2) for a, b in zip(ts, ts[1:]) if chunk[a] > 0}
+    growth = {f"{a}->{b}": round(chunk[b] / chunk[a], 2) for a, b in zip(ts, ts[1:], strict=False) if chunk[a] > 0}
     if growth:
         print("chunked peak-memory growth per doubling of T:", growth)
     result = {
         "benchmark": "attention_memory",
-        "method": "fresh subprocess per row; after inputs + a T=256 init step, peak_mib = growth of ru_maxrss over warm-up + timed fwd+bwd steps",
+        "method": "fresh subprocess per row; after inputs + a T=256 init step, "
+                  "peak_mib = growth of ru_maxrss over warm-up + timed fwd+bwd steps",
         "device": f"cpu ({args.threads} threads, {platform.processor() or platform.machine()})",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),

@@ -30,8 +30,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -112,13 +112,14 @@ def main() -> None:
         ones = torch.ones_like(ids)
         fast = None
 
-        def run_eager():
+        def run_eager(ids=ids):
             return generate(model, ids, n, temperature=0.0)
 
-        def run_compiled():
-            return fast.generate(ids, n, temperature=0.0)
+        def run_compiled(ids=ids):
+            # `fast` is read when called, not bound here: it is built below, only when the "compiled" row runs.
+            return fast.generate(ids, n, temperature=0.0)  # noqa: B023
 
-        def run_hf(cache: str | None):
+        def run_hf(cache: str | None, ids=ids, ones=ones):
             kw = {} if cache is None else {"cache_implementation": cache}
             with torch.no_grad():
                 return hf.generate(ids, attention_mask=ones, max_new_tokens=n, min_new_tokens=n, do_sample=False,
@@ -154,11 +155,11 @@ def main() -> None:
             rows.append(row)
             outs.append(out)
         for _ in range(args.repeats):
-            for row, fn in zip(rows, fns):
+            for row, fn in zip(rows, fns, strict=False):
                 if fn is not None:
                     row["times_s"].append(round(run_once(fn, device)[0], 4))
         eager = outs[args.rows.index("eager")] if "eager" in args.rows else None
-        for row, out in zip(rows, outs):
+        for row, out in zip(rows, outs, strict=False):
             if out is None:
                 continue
             row["median_s"] = round(statistics.median(row["times_s"]), 4)
@@ -221,7 +222,8 @@ def markdown(meta: dict, results: list[dict]) -> str:
         note = r.get("error") or r.get("path", "")
         if "compiles" in r:
             note += f", compiled {r['compiles']}x"
-        lines.append(f"| {r['batch']} | {r['row']} | {r.get('tokens_per_s', '–')} | {r.get('tokens_per_s_best', '–')} | "
+        lines.append(f"| {r['batch']} | {r['row']} | {r.get('tokens_per_s', '–')} | "
+                     f"{r.get('tokens_per_s_best', '–')} | "
                      f"{r.get('median_s', '–')} | "
                      f"{r.get('first_call_s', '–')} | {r.get('tokens_equal_eager', '–')} | {note} |")
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -70,7 +70,7 @@ ROPE_SCALINGS = [("none", 1.0), ("linear", 2.0), ("linear", 4.0), ("ntk", 2.0), 
 # -- part 1: the training step -----------------------------------------------------------
 
 
-def bench_config(args: argparse.Namespace, window: Optional[int]) -> Config:
+def bench_config(args: argparse.Namespace, window: int | None) -> Config:
     """The preset, shrunk as the arguments say, with ``window`` (None: full causal)."""
     cfg = load(PRESET)
     m = cfg.model
@@ -83,7 +83,7 @@ def bench_config(args: argparse.Namespace, window: Optional[int]) -> Config:
     return cfg
 
 
-def expected_backend(window: Optional[int], device: torch.device) -> str:
+def expected_backend(window: int | None, device: torch.device) -> str:
     """What ``auto`` must pick for a training step: Flex (CUDA) / chunked (CPU) for the window, SDPA for causal."""
     if window is None:
         return "sdpa"
@@ -190,7 +190,8 @@ def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "variant": variant, "window": window, "backend": want, "seq_len": T, "batch_size": 1,
         "params": model.num_params(), "ms_per_iter": round(ms, 2), "ms_min": round(min(times) * 1e3, 2),
         "tokens_per_s": round(T / (ms / 1e3)), "warmup_s": round(warm_s, 1), "compile": args.compile,
-        "compile_counts": after, "graph_break_reasons": graph_break_reasons(), "loss_last": round(losses[-1], 4), "flex_stats": flex.stats(),
+        "compile_counts": after, "graph_break_reasons": graph_break_reasons(), "loss_last": round(losses[-1], 4),
+        "flex_stats": flex.stats(),
     }
     if device.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -227,8 +228,8 @@ def rope_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """Train a small RoPE model at ``--rope-train-len`` and evaluate it at 1x, 2x and 4x that length."""
     from attnlab.data import prepare
     from attnlab.eval import evaluate_lm
-    from attnlab.train import train
     from attnlab.eval.context import extend_model
+    from attnlab.train import train
     from attnlab.train.checkpoint import load_model
 
     L = args.rope_train_len
@@ -278,7 +279,8 @@ def markdown(res: dict[str, Any]) -> str:
         name = f"window {r['window']}" if r["window"] else "full causal"
         peak = r.get("peak_gib", r.get("peak_mib"))
         breaks = r["compile_counts"]["graph_breaks"] if r["compile"] else "– (eager)"
-        lines.append(f"| {name} | {r['backend']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,} | {peak} | {breaks} |")
+        lines.append(f"| {name} | {r['backend']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,} | {peak} "
+                     f"| {breaks} |")
     for r in res["rows"]:
         if r["compile"] and r["graph_break_reasons"]:
             lines += ["", f"Graph breaks ({r['variant']}): " + "; ".join(
@@ -287,7 +289,8 @@ def markdown(res: dict[str, Any]) -> str:
         w, f = res["rows"]
         lines += ["", f"Window speed-up over full causal (ours): {f['ms_per_iter'] / w['ms_per_iter']:.2f}x."]
     ref = res["reference"]
-    lines += ["", f"Reference ({ref['what']}):", "", "| reference | ms/iter | tokens/s | peak GiB |", "|---|---|---|---|"]
+    lines += ["", f"Reference ({ref['what']}):", "", "| reference | ms/iter | tokens/s | peak GiB |",
+              "|---|---|---|---|"]
     for r in ref["rows"]:
         lines.append(f"| {r['variant']} | {r['ms_per_iter']} | {r['tokens_per_s']:,} | {r['peak_gib'] or '–'} |")
     lines += ["", f"Reference window speed-up: {223.0 / 76.6:.2f}x."]

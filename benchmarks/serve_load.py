@@ -82,7 +82,7 @@ def run_setting(model, tok, device, setting: str, args) -> dict:
     engine = Engine(model, tok, device, "bench", max_tokens_cap=args.max_tokens, batch=limits)
     server = make_server(engine, ServeConfig(port=0, log_requests=False))
     thread = start_in_thread(server)
-    base = "http://%s:%d" % server.server_address[:2]
+    base = "http://{}:{}".format(*server.server_address[:2])
     body = {"temperature": 0, "repetition_penalty": 1.5, "stream": True,
             "stream_options": {"include_usage": True}}
     one_request(base, {**body, "prompt": "warm-up", "max_tokens": 4})
@@ -128,7 +128,8 @@ def run_setting(model, tok, device, setting: str, args) -> dict:
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# Serving load test ({meta['date']})", "",
              f"{meta['clients']} concurrent streaming clients × {meta['requests']} requests each, greedy, "
-             f"max_tokens {meta['max_tokens']} // 8, // 4, // 2 or all of it in turn, on {meta['device']} ({meta['model']}). {meta['note']}", "",
+             f"max_tokens {meta['max_tokens']} // 8, // 4, // 2 or all of it in turn, "
+             f"on {meta['device']} ({meta['model']}). {meta['note']}", "",
              "| max batch | join | sent | completed | errors | req/s | tokens/s | latency p50 / p90 / p99 ms "
              "| TTFT p50 / p90 / p99 ms | largest batch run | batches | joined |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -28,16 +28,17 @@ On CUDA both run under bf16 autocast (nanoGPT's own default there) with fused Ad
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import contextlib
 import functools
+import json
+import math
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import default_device, device_label  # noqa: E402
+from vs_nanogpt import StepFn, attnlab_loss, load_nanogpt, nanogpt_loss, nanogpt_model, run_cli  # noqa: E402
 
 from attnlab.config import load  # noqa: E402
 from attnlab.data import prepare  # noqa: E402
@@ -53,7 +55,6 @@ from attnlab.train.health import clip_gradients  # noqa: E402
 from attnlab.train.loop import autocast_for  # noqa: E402
 from attnlab.train.optim import build_optimizer, set_lr  # noqa: E402
 from attnlab.train.schedule import lr_at  # noqa: E402
-from vs_nanogpt import StepFn, attnlab_loss, load_nanogpt, nanogpt_loss, nanogpt_model, run_cli  # noqa: E402
 
 NANOGPT_RECIPE = {"lr": 1e-3, "min_lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.1, "warmup": 100,
                   "grad_clip": 1.0}
@@ -108,9 +109,9 @@ class Trainee:
         return loss
 
 
-def first_reach(curve: list[dict[str, float]], target: float) -> Optional[float]:
+def first_reach(curve: list[dict[str, float]], target: float) -> float | None:
     """Training time at which ``curve`` first gets to ``target`` (linear between evaluations), or None."""
-    for prev, cur in zip(curve, curve[1:]):
+    for prev, cur in zip(curve, curve[1:], strict=False):
         if cur["val_loss"] <= target:
             span = prev["val_loss"] - cur["val_loss"]
             frac = (prev["val_loss"] - target) / span if span > 0 else 1.0
@@ -225,7 +226,8 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     report = markdown(result)
     stem.with_suffix(".md").write_text(report)
-    png = Path(args.plot) if args.plot else Path(__file__).resolve().parents[1] / "docs" / f"time-to-quality-{args.device}.png"
+    png = (Path(args.plot) if args.plot
+           else Path(__file__).resolve().parents[1] / "docs" / f"time-to-quality-{args.device}.png")
     plot(result, png)
     print(report)
     print(f"wrote {stem.with_suffix('.json')}, .md and {png}")

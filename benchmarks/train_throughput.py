@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--preset", default="gpt2-124m" if on_cuda else "gpt-tiny")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=1024 if on_cuda else 0)
-    ap.add_argument("--vocab-size", type=int, default=0, help="override (gpt-tiny takes its tokenizer's size: 4096 here)")
+    ap.add_argument("--vocab-size", type=int, default=0,
+                    help="override (gpt-tiny takes its tokenizer's size: 4096 here)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=on_cuda)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)

@@ -12,8 +12,10 @@ folder and pass that folder with ``--nanogpt`` (nothing of it is copied into our
     git --git-dir=/work/.mirror/karpathy+nanoGPT/repo archive HEAD model.py | tar -x -C third_party/nanogpt
     # or: curl -o third_party/nanogpt/model.py https://raw.githubusercontent.com/karpathy/nanoGPT/master/model.py
 
-    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt                # CUDA: gpt2-124m, 16 x 1024, bf16, compiled
-    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 1    # CPU: gpt-tiny size, 8 x 256
+    # CUDA: gpt2-124m, 16 x 1024, bf16, compiled
+    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt
+    # CPU: gpt-tiny size, 8 x 256
+    python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 1
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -99,7 +102,9 @@ def compile_counts() -> dict[str, int]:
             "recompiles": int(sum(v for k, v in counters["recompiles"].items()))}
 
 
-def token_batches(args: argparse.Namespace, vocab: int, n: int, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def token_batches(
+    args: argparse.Namespace, vocab: int, n: int, seq_len: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` training batches (x, y), each (B, T): corpus windows or random tokens."""
     if args.data == "random":
         gen = torch.Generator().manual_seed(0)
@@ -249,7 +254,7 @@ def main() -> None:
             "ms_per_iter_all": [round(t * 1000, 2) for t in r.times],
         })
     a, n = rows
-    gaps = [abs(u - v) for u, v in zip(runners[0].losses, runners[1].losses)]
+    gaps = [abs(u - v) for u, v in zip(runners[0].losses, runners[1].losses, strict=False)]
     dev_name = device_label("cuda" if on_cuda else "cpu")
     m = cfg.model
     result = {

@@ -20,8 +20,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import PowerNorm  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
 
 from attnlab.finetune import load_finetuned  # noqa: E402
 from attnlab.models.vit import class_token_attention  # noqa: E402

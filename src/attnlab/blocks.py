@@ -13,7 +13,7 @@ and ``cfg.norm_placement`` decides where the norms sit in every sublayer ``f``:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,15 +79,15 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        mask: Optional[Mask] = None,
-        rotary: Optional[Rotary] = None,
-        cache: Optional[LayerCache] = None,
+        mask: Mask | None = None,
+        rotary: Rotary | None = None,
+        cache: LayerCache | None = None,
         return_weights: bool = False,
-        score_mod: Optional[ScoreMod] = None,
-        context: Optional[torch.Tensor] = None,
-        context_mask: Optional[Mask] = None,
-        cross_cache: Optional[LayerCache] = None,
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, Any]]:
+        score_mod: ScoreMod | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: Mask | None = None,
+        cross_cache: LayerCache | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """x: (B, T, d_model) → (B, T, d_model), and the attention weights if asked.
 
         Args:

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -41,11 +41,11 @@ class AttentionConfig:
     """
 
     backend: Literal["auto", "eager", "sdpa", "flex", "chunked"] = "auto"
-    window: Optional[int] = None
+    window: int | None = None
     global_tokens: int = 0
-    softcap: Optional[float] = None
-    topk: Optional[int] = None
-    scale: Optional[float] = None
+    softcap: float | None = None
+    topk: int | None = None
+    scale: float | None = None
 
     _RANGES: ClassVar[dict[str, Range]] = {
         "window": POSITIVE.with_note("null: full causal attention"), "global_tokens": NON_NEGATIVE,
@@ -106,11 +106,11 @@ class ModelConfig:
     vocab_size: int = 50257
     block_size: int = 1024
     n_layer: int = 12
-    n_decoder_layer: Optional[int] = None
+    n_decoder_layer: int | None = None
     n_head: int = 12
-    n_kv_head: Optional[int] = None
+    n_kv_head: int | None = None
     d_model: int = 768
-    d_ff: Optional[int] = None
+    d_ff: int | None = None
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: Literal["pre", "post"] = "pre"

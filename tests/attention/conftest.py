@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pytest
 import torch
 
@@ -12,9 +10,9 @@ def reference_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    allowed: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    scale: Optional[float] = None,
+    allowed: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q kᵀ · scale + bias, masked) v in float64, differentiable.
 

@@ -75,7 +75,7 @@ def test_join_pads_both_and_stacks_the_rows():
     before_b = [(x.k, x.v) for x in b.layers]
     a.join(b)
     assert a.length == 5 and b.length == 5  # ``b`` is unchanged
-    for x, (k, v), (k2, v2), y in zip(a.layers, before_a, before_b, b.layers):
+    for x, (k, v), (k2, v2), y in zip(a.layers, before_a, before_b, b.layers, strict=False):
         assert x.k.shape == x.v.shape == (3, HKV, 5, D)
         assert torch.equal(x.k[:2, :, 2:], k) and torch.equal(x.v[:2, :, 2:], v)
         assert not x.k[:2, :, :2].any() and not x.v[:2, :, :2].any()

@@ -63,7 +63,7 @@ def check(out, ref, inputs, atol=1e-10):
     g = torch.randn_like(ref)
     got = torch.autograd.grad((out * g).sum(), inputs)
     want = torch.autograd.grad((ref * g).sum(), inputs)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=False):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-9, atol=atol)
 
@@ -155,7 +155,7 @@ def test_dropout_is_reproduced_by_checkpoint_recomputation():
         out = chunked.run(AttentionCall(q, k, v, mask=window_mask(5), dropout_p=0.5), block_size=8,
                           use_checkpoint=ckpt)
         grads.append((out, *torch.autograd.grad(out.sum(), (q, k, v))))
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.manual_seed(5)
     plain = chunked.run(AttentionCall(q, k, v, mask=window_mask(5)), block_size=8)

@@ -165,10 +165,10 @@ def test_gradients_match_reference(shape_name, mask_name, backend, reference):
     g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
     grads = torch.autograd.grad(out, inputs, g)
     ref_grads = torch.autograd.grad(ref, ref_inputs, g)
-    for name, got, want, x in zip("q k v bias".split(), grads, ref_grads, inputs):
+    for name, got, want, x in zip("q k v bias".split(), grads, ref_grads, inputs, strict=False):
         assert got.shape == x.shape, name
         assert torch.isfinite(got).all(), f"non-finite grad for {name}"
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -186,7 +186,7 @@ def test_gradients_low_precision(backend, dtype, reference):
     grads = torch.autograd.grad(out, inputs, g.to(dtype))
     ref_grads = torch.autograd.grad(ref, ref_inputs, g)
     tol = 1e-5 if dtype == torch.float32 else 5e-2
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=False):
         assert got.dtype == dtype
         err = (got.double() - want).abs().max().item()
         assert err <= tol * max(want.abs().max().item(), 1.0), err

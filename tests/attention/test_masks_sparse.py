@@ -51,7 +51,7 @@ def test_local_global_matches_loops(tq, tk, causal_):
     for glob, members in ((2, {0, 1}), ([4, 1], {1, 4}), (torch.tensor([8]), {8}), ([], set())):
         m = local_global(2, glob, causal=causal_)
 
-        def pred(q, k):
+        def pred(q, k, members=members):
             ok = abs(q - k) < 2 or q in members or k in members
             return ok and (k <= q or not causal_)
 
@@ -78,7 +78,7 @@ def test_block_sparse_per_head():
     d = m.dense(2, 2, 9, 9, "cpu")
     assert d.shape == (1, 2, 9, 9)
     for h in range(2):
-        assert torch.equal(d[0, h], hand(lambda q, k: bool(layout[h, q // 3, k // 3]), 9, 9)), h
+        assert torch.equal(d[0, h], hand(lambda q, k, h=h: bool(layout[h, q // 3, k // 3]), 9, 9)), h
 
 
 @pytest.mark.parametrize("stride", [1, 3, 4])
@@ -96,13 +96,13 @@ def test_prefix_lm_matches_loops(tq, tk):
     for n in (0, 3, 9):
         got = prefix_lm(n).dense(2, 1, tq, tk, "cpu")
         assert got.shape == (1, 1, tq, tk)
-        assert torch.equal(got[0, 0], hand(lambda q, k: k <= q or k < n, tq, tk)), n
+        assert torch.equal(got[0, 0], hand(lambda q, k, n=n: k <= q or k < n, tq, tk)), n
     lengths = torch.tensor([2, 5])
     m = prefix_lm(lengths)
     assert m.per_batch
     got = m.dense(2, 3, tq, tk, "cpu")
     for b, n in enumerate(lengths.tolist()):
-        assert torch.equal(got[b, 0], hand(lambda q, k: k <= q or k < n, tq, tk)), b
+        assert torch.equal(got[b, 0], hand(lambda q, k, n=n: k <= q or k < n, tq, tk)), b
 
 
 def test_prefix_lm_zero_is_causal_and_full_prefix_is_full():

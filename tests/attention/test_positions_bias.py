@@ -90,7 +90,7 @@ def test_alibi_matches_reference_forward_and_grads(reference, backend, shape_nam
     out = attention(q, k, v, mask=causal(), score_mod=mod, backend=backend)
     ref, _ = reference(q, k, v, allowed=allowed, bias=hand_alibi_bias(slopes, tq, tk))
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    for got, want in zip(grads_of(out, (q, k, v)), grads_of(ref, (q, k, v))):
+    for got, want in zip(grads_of(out, (q, k, v)), grads_of(ref, (q, k, v)), strict=False):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
@@ -135,7 +135,8 @@ BI_16_32 = {**{-r: r for r in range(4)}, **{-r: 4 for r in (4, 5, 6)}, **{-r: 5 
             **{r: 14 for r in range(12, 20)}, **{r: 15 for r in (20, 32, 1000)}}
 # unidirectional: 16 buckets, 8 exact, then 8 + floor(log(d/8) / log(4) · 8), capped at 15; future → 0.
 UNI_16_32 = {**{-r: r for r in range(8)}, -8: 8, -9: 8, -10: 9, -11: 9, -12: 10, -13: 10, -14: 11,
-             -15: 11, -16: 12, -20: 13, -22: 13, -24: 14, -26: 14, -27: 15, -40: 15, **{r: 0 for r in (*range(1, 12), 50)}}
+             -15: 11, -16: 12, -20: 13, -22: 13, -24: 14, -26: 14, -27: 15, -40: 15,
+             **{r: 0 for r in (*range(1, 12), 50)}}
 # the T5 default (32 buckets, max distance 128), a few points per regime
 BI_32_128 = {0: 0, -1: 1, -7: 7, -8: 8, -12: 9, -16: 10, -32: 12, -64: 14, -127: 15, -128: 15, -500: 15,
              1: 17, 7: 23, 8: 24, 16: 26, 64: 30, 127: 31, 128: 31}
@@ -149,7 +150,7 @@ def test_relative_position_bucket_hand_table(table, bidirectional, buckets, dist
     rel = torch.tensor(list(table))
     got = relative_position_bucket(rel, bidirectional, buckets, dist)
     assert got.dtype == torch.int64
-    assert dict(zip(rel.tolist(), got.tolist())) == table
+    assert dict(zip(rel.tolist(), got.tolist(), strict=False)) == table
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
@@ -188,7 +189,7 @@ def test_relative_bias_matches_reference_and_trains(reference, backend, bidirect
     got = grads_of(out, (q, k, v, w))
     want = grads_of(ref, (q, k, v, w_ref))
     assert want[3].abs().sum() > 0
-    for g_got, g_want in zip(got, want):
+    for g_got, g_want in zip(got, want, strict=False):
         torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-10)
 
 
@@ -236,7 +237,7 @@ def test_rope_linear_scaling_interpolates_positions(factor):
     # rotating q, k at position f·p equals the unscaled rotation at p
     torch.manual_seed(0)
     q, k = torch.randn(1, 2, 20, d), torch.randn(1, 2, 20, d)
-    for a, b in zip(scaled.rotary(fp)(q, k), base.rotary(p)(q, k)):
+    for a, b in zip(scaled.rotary(fp)(q, k), base.rotary(p)(q, k), strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # and positions past the original context are available (beyond it: not the same as any unscaled angle)
     assert scaled.rotary(torch.tensor([scaled.max_len - 1])) is not None

@@ -55,7 +55,8 @@ def test_prompt_longer_than_context(capsys, trained_run, one_line_error):
 
 def test_resume_with_other_architecture(capsys, trained_run, tiny_overrides, one_line_error):
     ckpts = sorted((trained_run / "checkpoints").iterdir())
-    code = main(["train", "gpt-tiny", *tiny_overrides(trained_run, **{"model.n_layer": 3, "train.max_steps": 40}), "--resume"])
+    code = main(["train", "gpt-tiny", *tiny_overrides(trained_run, **{"model.n_layer": 3, "train.max_steps": 40}),
+                 "--resume"])
     one_line_error(capsys, code, "different model (model.n_layer: 2 there, 3 now)")
     assert sorted((trained_run / "checkpoints").iterdir()) == ckpts
 
@@ -84,7 +85,8 @@ def test_subprocess_exit_code_and_no_traceback(run_cli):
     r = run_cli("train", "gpt-tiny", "train.bacth_size=3")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    assert r.stderr.strip() == "attnlab train: error: unknown config key 'train.bacth_size' (did you mean 'batch_size'?)"
+    assert r.stderr.strip() == ("attnlab train: error: unknown config key 'train.bacth_size' "
+                                "(did you mean 'batch_size'?)")
 
 
 def test_train_refuses_an_objective_that_does_not_fit_the_arch(capsys, tmp_path, one_line_error):

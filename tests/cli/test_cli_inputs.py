@@ -4,10 +4,10 @@ import argparse
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import attnlab
 from attnlab.cli import SUBCOMMANDS, build_parser, main

@@ -44,7 +44,8 @@ def test_train_then_encode(texts, tmp_path, capsys):
 
 def test_train_glob(texts, tmp_path, capsys):
     out = tmp_path / "tok.json"
-    assert attnlab.cli.main(["tokenizer", "train", str(texts), "--glob", "more/*.txt", "--vocab-size", "280", "--out", str(out)]) == 0
+    assert attnlab.cli.main(["tokenizer", "train", str(texts), "--glob", "more/*.txt", "--vocab-size", "280",
+                             "--out", str(out)]) == 0
     assert "1 document(s)" in capsys.readouterr().out
 
 

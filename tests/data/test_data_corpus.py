@@ -48,7 +48,8 @@ def test_directory_sorted_recursive_and_globbed(tmp_path):
 
 
 def test_unknown_builtin():
-    with pytest.raises(AttnlabError, match=r"unknown builtin corpus 'builtin:shakespear' \(did you mean 'shakespeare'\?\)"):
+    with pytest.raises(AttnlabError,
+                       match=r"unknown builtin corpus 'builtin:shakespear' \(did you mean 'shakespeare'\?\)"):
         read_documents("builtin:shakespear")
 
 

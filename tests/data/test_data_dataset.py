@@ -36,7 +36,8 @@ def corpus(tmp_path):
 
 
 def cfg_for(source, **kw) -> DataConfig:
-    return DataConfig(source=str(source), tokenizer=kw.pop("tokenizer", f"bpe:{VOCAB}"), val_fraction=kw.pop("val_fraction", 0.1), **kw)
+    return DataConfig(source=str(source), tokenizer=kw.pop("tokenizer", f"bpe:{VOCAB}"),
+                      val_fraction=kw.pop("val_fraction", 0.1), **kw)
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_split_documents_holds_out_line_aligned_ends():
     docs = [("a", lines(0, 200)), ("b", lines(1, 50)), ("tiny", "x")]
     train, val = split_documents(docs, 0.1)
     assert [n for n, _ in val] == ["a", "b"]  # every document long enough contributes
-    for (name, text), (_, tr), (_, va) in zip(docs, train, val):
+    for (_name, text), (_, tr), (_, va) in zip(docs, train, val, strict=False):
         assert tr + va == text
         assert tr.endswith("\n")  # cut at a line start
         assert abs(len(va) / len(text) - 0.1) < 0.03
@@ -174,7 +175,8 @@ def test_tokenizer_trained_on_train_text_only(corpus, tmp_path, monkeypatch):
     data = prepare(cfg_for(corpus), cache_root=tmp_path / "cache", progress=False)
     joined = "".join(seen)
     assert joined and MARK not in joined
-    assert joined == "".join(t for _, t in split_documents([(p.name, p.read_text()) for p in sorted(corpus.glob("*.txt"))], 0.1)[0])
+    assert joined == "".join(
+        t for _, t in split_documents([(p.name, p.read_text()) for p in sorted(corpus.glob("*.txt"))], 0.1)[0])
     assert all(f"{MARK}{i}" in data.tokenizer.decode(data.val) for i in range(3))
 
 
@@ -245,7 +247,7 @@ def test_eval_batches_deterministic_evenly_spaced_non_overlapping(tmp_path):
     batches = list(d.eval_batches("val", batch_size=4, seq_len=32, max_batches=3))
     assert len(batches) == 3 and all(x.shape == (4, 32) for x, _ in batches)
     again = list(d.eval_batches("val", batch_size=4, seq_len=32, max_batches=3))
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again, strict=False))
     starts = torch.cat([x[:, 0] for x, _ in batches]).tolist()
     assert starts[0] == 0 and starts[-1] == 500 - 32 - 1  # spans the whole split
     gaps = np.diff(starts)

@@ -20,7 +20,8 @@ from attnlab.eval.poetry import poem_shape
 
 JUEJU_5 = ["床前看月光，疑是地上霜。", "舉頭望山月，低頭思故鄉。"]
 JUEJU_7 = ["朝辭白帝彩雲間，千里江陵一日還。", "兩岸猿聲啼不住，輕舟已過萬重山。"]
-LUSHI_5 = ["國破山河在，城春草木深。", "感時花濺淚，恨別鳥驚心。", "烽火連三月，家書抵萬金。", "白頭搔更短，渾欲不勝簪。"]
+LUSHI_5 = ["國破山河在，城春草木深。", "感時花濺淚，恨別鳥驚心。",
+           "烽火連三月，家書抵萬金。", "白頭搔更短，渾欲不勝簪。"]
 
 KEPT = [
     {"author": "李白", "title": "靜夜思", "paragraphs": JUEJU_5},
@@ -74,7 +75,7 @@ def test_regular_body_and_title():
 def test_read_poems_from_tarball_and_folder(tarball, tmp_path):
     poems = poetry.read_poems(str(tarball))
     assert poems == [{"title": t, "author": k["author"], "text": "".join(k["paragraphs"])}
-                     for t, k in zip(["靜夜思", "早發白帝城", "春望"], KEPT)]
+                     for t, k in zip(["靜夜思", "早發白帝城", "春望"], KEPT, strict=False)]
     folder = tmp_path / "node_modules" / "chinese-poetry"
     folder.mkdir(parents=True)
     with tarfile.open(tarball) as tar:
@@ -101,7 +102,8 @@ def test_default_locations_and_errors(tarball, tmp_path, monkeypatch):
 
 def test_prepare_writes_text_and_splits(tmp_path):
     chars = "一二三四五六七八九十百千萬春夏秋冬東南西北金木水火土日月星辰風雲"
-    many = [{"author": "某", "title": f"第{c}首", "paragraphs": [f"{c}山河草木，城春花{c}心。", "感時花濺淚，恨別鳥驚心。"]}
+    many = [{"author": "某", "title": f"第{c}首",
+             "paragraphs": [f"{c}山河草木，城春花{c}心。", "感時花濺淚，恨別鳥驚心。"]}
             for c in chars]
     p = tmp_path / "many.tgz"
     with tarfile.open(p, "w:gz") as tar:

@@ -22,7 +22,8 @@ COLUMNS = ["category", "text", "movie_name", "has_plot_and_reviews"]
 
 
 def fake_rows() -> list[dict[str, str]]:
-    rows = [{"category": "plot", "text": "A banker plans a heist.", "movie_name": "aankhen", "has_plot_and_reviews": "False"}]
+    rows = [{"category": "plot", "text": "A banker plans a heist.", "movie_name": "aankhen",
+             "has_plot_and_reviews": "False"}]
     for i in range(30):
         rows.append({"category": "fresh", "text": f"A  warm,\nfunny film number {i}.", "movie_name": f"m{i}",
                      "has_plot_and_reviews": "True"})

@@ -90,7 +90,7 @@ def test_noise_density_and_span_length_statistics():
         o = targets[r].tolist()
         pos = {tok: p for p, tok in enumerate(ids[r].tolist())}
         cut = [k for k, x in enumerate(o) if x in SENTINELS]
-        for a, z in zip(cut, cut[1:]):
+        for a, z in zip(cut, cut[1:], strict=False):
             lengths.append(z - a - 1)
             hidden[r, [pos[x] for x in o[a + 1 : z]]] = True
     assert (hidden.float().mean(1) == n_noise / t).all()  # exact density in every row

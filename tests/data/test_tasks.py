@@ -78,7 +78,8 @@ def test_corrupt_compressed_file(tmp_path):
 
 def test_require_columns(tmp_path):
     require_columns(ROWS, ["text", "label"], "x.jsonl")
-    with pytest.raises(AttnlabError, match=r"'x.jsonl' record 1 has no column 'label' \(columns: text, label\); set it"):
+    with pytest.raises(AttnlabError,
+                       match=r"'x.jsonl' record 1 has no column 'label' \(columns: text, label\); set it"):
         require_columns([ROWS[0], {"text": "t"}], ["label"], "x.jsonl", hint="set it")
     with pytest.raises(AttnlabError, match="record 0 has no column 'text'"):
         require_columns([{"text": None}], ["text"], "x.jsonl")

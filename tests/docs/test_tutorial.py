@@ -39,7 +39,7 @@ def test_chapter_runs_and_makes_its_figures(script, tmp_path):
     pages = pages_for(script)
     snippet = f'--8<-- "docs/tutorial/code/{script.name}"'
     wanted = set()
-    for lang, page in pages.items():
+    for _lang, page in pages.items():
         text = page.read_text(encoding="utf-8")
         assert snippet in text, f"{page} does not include its script with {snippet}"
         figures = set(FIGURE.findall(text))

@@ -73,7 +73,7 @@ def test_random_against_loop_reference():
     rng = np.random.default_rng(0)
     p, y = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
     m = np.zeros((4, 4), dtype=int)
-    for gi, pi in zip(y, p):
+    for gi, pi in zip(y, p, strict=False):
         m[gi, pi] += 1
     assert (confusion_matrix(p, y, 4) == m).all()
     f1s = []
@@ -167,7 +167,7 @@ def test_bleu_matches_sacrebleu():
     assert got["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
     # several references per hypothesis -> sacrebleu reference streams
     refs2 = ["a cat sat on a mat", "a quick brown fox jumps over the lazy dog", "hello there"]
-    multi = bleu(HYPS, [[a, b] for a, b in zip(REFS, refs2)])
+    multi = bleu(HYPS, [[a, b] for a, b in zip(REFS, refs2, strict=False)])
     assert multi["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS, refs2]).score)
     assert multi["bleu"] > got["bleu"]
     low = bleu(["The Cat Sat On The Mat"], ["the cat sat on the mat"], lowercase=True)
@@ -184,7 +184,7 @@ def test_rouge_matches_rouge_score():
 
     for stem in (False, True):
         scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stem)
-        per = [scorer.score(r, h) for h, r in zip(HYPS, REFS)]
+        per = [scorer.score(r, h) for h, r in zip(HYPS, REFS, strict=False)]
         expected = {t: 100 * np.mean([s[t].fmeasure for s in per]) for t in ("rouge1", "rouge2", "rougeL")}
         assert rouge(HYPS, REFS, use_stemmer=stem) == pytest.approx(expected)
 
@@ -193,10 +193,12 @@ def test_rouge_hand_cases():
     # [the, cat, sat] vs [the, cat, ran, away]: unigrams P=2/3 R=1/2 -> 4/7; bigrams P=1/2 R=1/3 -> 2/5
     r = rouge(["the cat sat"], ["the cat ran away"])
     assert r == pytest.approx({"rouge1": 400 / 7, "rouge2": 40.0, "rougeL": 400 / 7})
-    assert rouge(["same words here"], ["same words here"]) == pytest.approx({"rouge1": 100, "rouge2": 100, "rougeL": 100})
+    assert rouge(["same words here"], ["same words here"]) == pytest.approx(
+        {"rouge1": 100, "rouge2": 100, "rougeL": 100})
     assert rouge(["alpha beta"], ["gamma delta"]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     assert rouge(["running dogs"], ["run dog"], rouge_types=["rouge1"]) == {"rouge1": 0.0}
-    assert rouge(["running dogs"], ["run dog"], use_stemmer=True, rouge_types=["rouge1"]) == pytest.approx({"rouge1": 100.0})
+    assert rouge(["running dogs"], ["run dog"], use_stemmer=True, rouge_types=["rouge1"]) == pytest.approx(
+        {"rouge1": 100.0})
     # several references: the best one counts
     assert rouge(["the cat sat"], [["gamma delta", "the cat sat"]])["rouge1"] == pytest.approx(100.0)
 

@@ -105,7 +105,7 @@ def test_scratch_encoder_learns_and_reloads(files, tmp_path):
     rows = [json.loads(line) for line in files["test"].read_text().splitlines()]
     preds = task.predict(model, rows, tok)
     assert set(preds) <= {"negative", "positive"}
-    acc = sum(p == r["label"] for p, r in zip(preds, rows)) / len(rows)
+    acc = sum(p == r["label"] for p, r in zip(preds, rows, strict=False)) / len(rows)
     assert acc == pytest.approx(res["test"]["accuracy"])
     # a second load gives the very same logits
     task2, model2, tok2 = load_finetuned(out / "model")
@@ -144,8 +144,9 @@ def test_lora_trains_only_adapters_and_head(files, tmp_path, hf_bert_dir):
     from attnlab.interop.hf import from_hf
 
     out = tmp_path / "lora"
-    cfg = recipe(files, out, f"hf:{hf_bert_dir}", **{"lora.rank": 4, "lora.targets": "[q, v]", "train.lr": 1e-2, "options.pooling": "mean",
-                                                     "options.max_length": 16, "train.max_steps": 60})
+    cfg = recipe(files, out, f"hf:{hf_bert_dir}", **{"lora.rank": 4, "lora.targets": "[q, v]", "train.lr": 1e-2,
+                                                     "options.pooling": "mean", "options.max_length": 16,
+                                                     "train.max_steps": 60})
     res = fit(cfg)
     assert res["lora"] and res["test"]["accuracy"] >= 0.8
     task, model, _ = load_finetuned(out)

@@ -88,7 +88,8 @@ def test_trains_a_vit_on_digits_and_reloads(tmp_path, digits):
     test = _lines(digits / "test.jsonl")
     preds = task.predict(model, test, None)
     assert all(isinstance(p, int) for p in preds)
-    assert np.mean([p == r["label"] for p, r in zip(preds, test)]) == pytest.approx(result["test"]["accuracy"])
+    assert np.mean([p == r["label"] for p, r in zip(preds, test, strict=False)]) == pytest.approx(
+        result["test"]["accuracy"])
     _, again, _ = load_finetuned(tmp_path / "run" / "model")
     assert task.predict(again, test, None) == preds
     images = torch.stack([task.image_tensor(r) for r in test[:8]])  # (8, 1, 8, 8)

@@ -44,7 +44,8 @@ def squad_json(rows: list[dict]) -> dict:
     return {"version": "1.1", "data": [{"title": "t", "paragraphs": [
         {"context": r["context"], "qas": [{"id": r["id"], "question": r["question"],
                                            "answers": [{"text": t, "answer_start": s} for t, s in
-                                                       zip(r["answers"]["text"], r["answers"]["answer_start"])]}]}
+                                                       zip(r["answers"]["text"], r["answers"]["answer_start"],
+                                                           strict=False)]}]}
         for r in rows]}]}
 
 
@@ -192,7 +193,7 @@ def test_a_tiny_encoder_learns_extractive_qa_and_reloads(files, tmp_path):
     test = again.read(str(files["test"]))
     assert again.evaluate(model, test, tok) == res["test"]
     preds = again.predict(model, test, tok)
-    assert all(p in r["context"] for p, r in zip(preds, test))
+    assert all(p in r["context"] for p, r in zip(preds, test, strict=False))
 
 
 def test_preset_must_be_an_encoder(files, tmp_path):
@@ -217,7 +218,7 @@ def test_minilm_init_takes_question_context_pairs_with_token_types(files, tmp_pa
     assert torch.isfinite(loss) and model.qa_head.proj.weight.grad is not None
     model.eval()
     preds = task.predict(model, rows, tok)
-    assert all(p and p in r["context"] for p, r in zip(preds, rows))
+    assert all(p and p in r["context"] for p, r in zip(preds, rows, strict=False))
 
 
 @pytest.mark.parametrize("name", ["qa-minilm", "qa-scratch"])

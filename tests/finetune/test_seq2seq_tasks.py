@@ -99,7 +99,7 @@ def test_both_models_learn_to_reverse_and_reload_with_the_same_predictions(files
     assert task.score(preds, [r["target"] for r in test]) == res["test"]
     # The predictions are attnlab.generate's greedy decoding, cut at the end-of-text token.
     sources = task._sources(test[:3], tok)
-    for src, pred in zip(sources, preds[:3]):
+    for src, pred in zip(sources, preds[:3], strict=False):
         out = generate(model, torch.tensor([src]), 12, temperature=0.0, eos_token_id=task.state["special"]["eos"])
         row = out[0, 1:].tolist()
         assert out[0, 0].item() == model.decoder_start_id

@@ -165,7 +165,7 @@ def test_left_padded_decoder_prefixes_decode_as_if_alone(family, use_cache):
                                    decoder_attention_mask=dec_mask)
     unmasked = greedy_logits(model, src, 1, src_mask, use_cache, decoder_input_ids=dec)[1]
     assert not torch.allclose(unmasked[1], logits[1, :1], atol=1e-3)  # the mask matters
-    for i, (source, prefix) in enumerate(zip(SOURCES, prefixes)):
+    for i, (source, prefix) in enumerate(zip(SOURCES, prefixes, strict=False)):
         alone_tokens, alone_logits = greedy_logits(model, torch.tensor([source]), STEPS, use_cache=use_cache,
                                                    decoder_input_ids=torch.tensor([prefix]))
         assert tokens[i].tolist() == alone_tokens[0].tolist()

@@ -90,7 +90,7 @@ def test_join_then_trim_matches_each_row_alone(preset, use_cache):
             assert running.tokens.size(1) == len(FIRST) + 3 + step + 1
         logits = running.next_logits()
         check_cache(running)
-    for prompt, tokens, steps in zip(rows.prompts, rows.tokens, rows.logits):
+    for prompt, tokens, steps in zip(rows.prompts, rows.tokens, rows.logits, strict=False):
         alone_tokens, alone_logits = greedy_logits(model, torch.tensor([prompt]), len(tokens), use_cache=use_cache)
         assert tokens == alone_tokens[0].tolist()
         torch.testing.assert_close(torch.stack(steps), alone_logits[0], atol=1e-9, rtol=0)
@@ -122,7 +122,8 @@ def test_trim_before_the_prefill_drops_tokens_only():
     """Columns padded in every row are dropped before anything is cached; rows decode as before."""
     model = make("gpt-tiny", PADDABLE["gpt-tiny"])
     ids, mask = left_pad([FIRST, [5, 2, 9, 4]], 11)
-    ids, mask = (torch.cat((x.new_full((2, 1), fill), x), dim=1) for x, fill in ((ids, 11), (mask, 0)))  # padded in front
+    # padded in front
+    ids, mask = (torch.cat((x.new_full((2, 1), fill), x), dim=1) for x, fill in ((ids, 11), (mask, 0)))
     s = Session(model, ids, 3, attention_mask=mask)
     assert s.trim() == 1 and s.consumed == 0 and s.tokens.shape == (2, 4) and s.padding.shape == (2, 4)
     for _ in range(3):

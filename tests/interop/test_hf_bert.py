@@ -125,5 +125,6 @@ def test_unknown_weight_is_reported():
         def state_dict(self):
             return state
 
-    with pytest.raises(CheckpointError, match="weight 'bert.encoder.layer.0.attention.self.rotary.weight' has no place"):
+    with pytest.raises(CheckpointError,
+                       match="weight 'bert.encoder.layer.0.attention.self.rotary.weight' has no place"):
         from_hf(Fake())

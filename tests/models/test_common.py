@@ -17,7 +17,6 @@ from attnlab.models.common import (
     self_attention_mask,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
 
 

@@ -14,7 +14,6 @@ from attnlab.data.mlm import mask_tokens, mlm_loss
 from attnlab.models import EncoderForMaskedLM, EncoderModel, SequenceClassifier, build
 
 
-
 def tiny(**kw) -> ModelConfig:
     base = dict(arch="encoder", vocab_size=61, block_size=32, n_layer=2, n_head=4, d_model=32, d_ff=48,
                 norm_placement="post", mlp="gelu_exact", type_vocab_size=2, norm_eps=1e-12)

@@ -38,7 +38,7 @@ def paper_reference(layer: GATLayer, x: torch.Tensor, adj: torch.Tensor) -> tupl
             e = torch.stack([F.leaky_relu(a[h] @ torch.cat((wh[i], wh[j])), slope) for j in nbrs])
             alpha = torch.softmax(e, dim=0)
             weights[h, i, nbrs] = alpha
-            out[i] = sum(al * wh[j] for al, j in zip(alpha, nbrs))
+            out[i] = sum(al * wh[j] for al, j in zip(alpha, nbrs, strict=False))
         heads.append(out)
     out = torch.cat(heads, dim=-1) if layer.concat else torch.stack(heads).mean(0)
     return out + layer.bias.double(), weights

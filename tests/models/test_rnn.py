@@ -59,7 +59,7 @@ def test_seq2seq_learns_to_reverse():
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     src, tgt_in, tgt_out = copy_task(128, length=5, seed=1)
     losses = []
-    for step in range(40):
+    for _step in range(40):
         logits = m(src, tgt_in)
         loss = F.cross_entropy(logits.reshape(-1, 12), tgt_out.reshape(-1))
         opt.zero_grad()

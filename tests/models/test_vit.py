@@ -8,7 +8,6 @@ from attnlab.config import ModelConfig
 from attnlab.errors import ConfigError
 from attnlab.models.vit import PatchEmbedding, VisionTransformer, class_token_attention
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only add contention
 
 

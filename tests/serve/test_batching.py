@@ -109,7 +109,7 @@ def test_sixteen_streams_batched_match_each_alone(running, reference):
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, reqs))
-    for req, (text, finish) in zip(reqs, results):
+    for req, (text, finish) in zip(reqs, results, strict=False):
         assert text == reference(srv.engine, req["prompt"], req["max_tokens"]), req
         assert finish in ("stop", "length")
     stats = srv.stats()
@@ -125,7 +125,7 @@ def test_rows_that_do_not_fit_the_context_together_run_in_separate_batches(runni
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda r: streamed_text(srv.base, {**r, "temperature": 0,
                                                                     "repetition_penalty": PENALTY}), reqs))
-    for req, (text, _) in zip(reqs, results):
+    for req, (text, _) in zip(reqs, results, strict=False):
         assert text == reference(srv.engine, req["prompt"], req["max_tokens"])
     assert srv.stats()["batches"] == 2
 
@@ -144,7 +144,7 @@ def test_queued_requests_join_a_running_batch(running, serve_model, reference):
         srv.wait_for(lambda s: s["queued"] + s["running"] == 3)  # queued, or joined during the last step
         slow.gate.set()
         texts = ["".join(first + [c["choices"][0]["text"] for c in chunks])] + [f.result(10)[0] for f in later]
-    for req, text in zip(reqs, texts):
+    for req, text in zip(reqs, texts, strict=False):
         assert text == reference(srv.engine, req["prompt"], req["max_tokens"]), req
     stats = srv.stats()
     assert stats["batches"] == 1 and stats["joined"] == 2 and stats["max_batch_seen"] == 3 and stats["served"] == 3
@@ -158,7 +158,7 @@ def test_seeded_sampling_in_a_batch_equals_alone(running, reference):
     with ThreadPoolExecutor(len(reqs)) as pool:
         batched = list(pool.map(lambda r: request(srv.base, "/v1/completions", r)[1]["choices"][0]["text"], reqs))
     assert srv.stats()["max_batch_seen"] == len(reqs)
-    for req, text in zip(reqs, batched):
+    for req, text in zip(reqs, batched, strict=False):
         kw = {k: req[k] for k in ("temperature", "top_p", "seed", "repetition_penalty") if k in req}
         assert text == reference(srv.engine, req["prompt"], 12, **kw), req
     assert len(set(batched)) == len(batched)  # the settings differ per row
@@ -240,7 +240,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(running, serve_model, ref
         futures = [pool.submit(one, r) for r in reqs]
         first.wait(timeout=20)  # every stream has begun
         assert srv.stop(timeout=20)
-        for req, f in zip(reqs, futures):
+        for req, f in zip(reqs, futures, strict=False):
             assert f.result(timeout=5) == reference(srv.engine, req["prompt"], 24)
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         request(srv.base, "/health", timeout=2)

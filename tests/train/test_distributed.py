@@ -125,7 +125,8 @@ def test_a_user_error_is_printed_once_by_rank_0(monkeypatch, capsys, tmp_path, t
 
 
 def test_global_batch_is_split_evenly(monkeypatch, tiny_cfg):
-    assert [DistEnv(rank=r, world_size=4).shard(8) for r in range(4)] == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
+    assert [DistEnv(rank=r, world_size=4).shard(8) for r in range(4)] == [
+        slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(AttnlabError, match=r"train.batch_size=4 .* does not split over 3 processes"):
         setup(tiny_cfg().train, "cpu")

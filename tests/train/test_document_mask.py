@@ -10,10 +10,10 @@ import yaml
 
 from attnlab import config
 from attnlab.config import AttentionConfig, ModelConfig
+from attnlab.data.dataset import prepare
 from attnlab.data.packing import document_ids
 from attnlab.errors import ConfigError
 from attnlab.models import DecoderLM
-from attnlab.data.dataset import prepare
 from attnlab.train import load_model, train
 from attnlab.train.loop import _rows
 from attnlab.train.objectives import CausalLM, Objective, ObjectiveBatch, build_objective

@@ -25,8 +25,15 @@ from attnlab.io import durable
 from attnlab.models import build
 from attnlab.train import checkpoint as ck
 from attnlab.train import loop, train
-from attnlab.train.checkpoint import (check_writable, checkpoint_folders, has_checkpoint, latest_good_checkpoint,
-                                      load_checkpoint, save_checkpoint, verify_checkpoint)
+from attnlab.train.checkpoint import (
+    check_writable,
+    checkpoint_folders,
+    has_checkpoint,
+    latest_good_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 
 
 class Lines(list):
@@ -162,7 +169,7 @@ def test_damaged_latest_is_reported_and_ignored(tmp_path, save, how):
 
 def test_no_good_checkpoint_is_one_clear_error_and_deletes_nothing(tmp_path, save):
     run = tmp_path / "run"
-    for step, how in zip((1, 2), ("truncated weights", "missing meta")):
+    for step, how in zip((1, 2), ("truncated weights", "missing meta"), strict=False):
         damage(save(step), how)
     before = names(run)
     with pytest.raises(CheckpointError) as e:
@@ -374,7 +381,8 @@ def test_real_full_disk(tmp_path, tiny, mount_point):
     size = sum(f.stat().st_size for f in one.iterdir())
     disk = tmp_path / "disk"
     disk.mkdir()
-    mount_point("-t", "tmpfs", "-o", f"size={size * 3 // 2 // 4096 * 4096 + 8192}", "tmpfs", str(disk))  # one fits, two do not
+    # one fits, two do not
+    mount_point("-t", "tmpfs", "-o", f"size={size * 3 // 2 // 4096 * 4096 + 8192}", "tmpfs", str(disk))
     run = disk / "run"
     save_checkpoint(run, 1, model, cfg, state={})
     with pytest.raises(CheckpointError, match="step_0000002 in .*: the disk is full .*step_0000001 is intact"):
@@ -490,7 +498,8 @@ def test_disk_full_stops_training_with_the_last_checkpoint_intact(tmp_path, tiny
         return real_save(*a, **k)
 
     monkeypatch.setattr(loop, "save_checkpoint", fail_second)
-    with pytest.raises(CheckpointError, match="could not save checkpoint step_0000008 .*disk is full.*step_0000004 is intact"):
+    with pytest.raises(CheckpointError,
+                       match="could not save checkpoint step_0000008 .*disk is full.*step_0000004 is intact"):
         train(cfg, progress=False, log=quiet)
     monkeypatch.undo()
     assert names(run) == ["latest", "step_0000004"]

@@ -88,7 +88,8 @@ def test_nan_with_stop_saves_last_good_state_and_resume_loses_nothing(tmp_path, 
     ref = tiny_cfg(tmp_path / "ref")
     train(ref, progress=False, log=quiet)
     run = tmp_path / "run"
-    code = main(["train", "gpt-tiny", *tiny_overrides(run, **{"train.inject_nan_steps": [4], "train.nonfinite": "stop"}),
+    code = main(["train", "gpt-tiny",
+                 *tiny_overrides(run, **{"train.inject_nan_steps": [4], "train.nonfinite": "stop"}),
                  "--no-progress"])
     line = one_line_error(capsys, code, "step 4: loss nan is not finite; stopping (train.nonfinite=stop)")
     assert "last good state (step 3)" in line and "--resume" in line

@@ -51,7 +51,8 @@ def test_mfu_is_logged_and_summarised_when_the_peak_is_known(tmp_path, tiny_cfg,
     assert len(logged) == 3
     n_params = loop.build(cfg).num_params()
     for r in logged:  # achieved model FLOP/s over the peak
-        assert r["mfu"] == pytest.approx(flops_per_token(cfg.model, cfg.train.seq_len, n_params) * r["tokens_per_s"] / peak)
+        assert r["mfu"] == pytest.approx(
+            flops_per_token(cfg.model, cfg.train.seq_len, n_params) * r["tokens_per_s"] / peak)
     assert summary["mfu"] == pytest.approx(logged[-1]["mfu"])
     monkeypatch.setattr(loop, "peak_flops", lambda device: None)
     assert train(tiny_cfg(tmp_path / "cpu"), progress=False, log=lambda s: None)["mfu"] is None

@@ -75,7 +75,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(one_thread):
         loss = torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten())
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=False):
         assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -89,10 +89,10 @@ def test_sharded_muon_steps_plain_tensors_exactly_like_muon():
     b = [torch.nn.Parameter(w.clone()) for w in weights]
     opts = [torch.optim.Muon(a, lr=0.05, weight_decay=0.1), ShardedMuon(b, lr=0.05, weight_decay=0.1)]
     for step in range(3):
-        for params, opt in zip((a, b), opts):
+        for params, opt in zip((a, b), opts, strict=False):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
             opt.step()
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert torch.equal(x, y)
     assert not torch.equal(a[0], weights[0])  # it stepped

@@ -86,7 +86,8 @@ def test_attention_matches_the_model(server, loaded):
     assert w.shape == (out["n_layer"], out["n_head"], t, t) == (2, 2, t, t)
     assert torch.allclose(w.sum(-1), torch.ones(2, 2, t, dtype=torch.float64), atol=1e-3)
     assert torch.all(w.triu(1) == 0)  # causal: nothing attends to the future ...
-    assert torch.all(w[..., torch.ones(t, t, dtype=torch.bool).tril()] > 0)  # ... and 0 means masked only: tiny weights do not round to 0
+    # ... and 0 means masked only: tiny weights do not round to 0
+    assert torch.all(w[..., torch.ones(t, t, dtype=torch.bool).tril()] > 0)
     with torch.no_grad():
         logits, ref = model(torch.tensor([ids]), return_weights=True)
     assert torch.allclose(w, torch.stack([r[0] for r in ref]).double(), atol=1e-4)  # rounded to 4 decimals

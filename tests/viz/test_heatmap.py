@@ -21,7 +21,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def causal_weights(layers: int, heads: int, t: int) -> dict[int, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    scores = torch.randn(layers, 1, heads, t, t, generator=g).masked_fill(torch.ones(t, t).triu(1).bool(), float("-inf"))
+    scores = torch.randn(layers, 1, heads, t, t, generator=g).masked_fill(torch.ones(t, t).triu(1).bool(),
+                                                                          float("-inf"))
     w = torch.softmax(scores, -1)
     return {i: w[i] for i in range(layers)}
 
@@ -44,7 +45,8 @@ def tiny_model():
 
 
 def test_token_labels_are_readable():
-    assert token_labels([" But", "\n", " ", "soft,", "\t x", "a" * 20]) == ["But", "\\n", "␣", "soft,", "\\t x", "a" * 11 + "…"]
+    assert token_labels([" But", "\n", " ", "soft,", "\t x", "a" * 20]) == [
+        "But", "\\n", "␣", "soft,", "\\t x", "a" * 11 + "…"]
 
 
 def test_grid_png_written_and_scales_with_grid(tmp_path):

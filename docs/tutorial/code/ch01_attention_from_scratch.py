@@ -54,7 +54,7 @@ def draw(scores: torch.Tensor, weights: torch.Tensor, causal_weights: torch.Tens
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     panels = [(scores, "scores  q·k/√d", "RdBu_r"), (weights, "weights  softmax(scores)", "Blues"),
               (causal_weights, "weights with a causal mask", "Blues")]
-    for ax, (m, title, cmap) in zip(axes, panels):
+    for ax, (m, title, cmap) in zip(axes, panels, strict=False):
         ax.imshow(m.numpy(), cmap=cmap, vmin=-m.abs().max() if cmap == "RdBu_r" else 0.0,
                   vmax=m.abs().max() if cmap == "RdBu_r" else 1.0)
         for i in range(m.shape[0]):

@@ -93,7 +93,7 @@ def words(ids: list[int], table: list[str]) -> str:
 
 def draw_alignment(panels: list[tuple[str, torch.Tensor, list[str], list[str]]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4))
-    for ax, (title, w, src_words, tgt_words) in zip(axes, panels):
+    for ax, (title, w, src_words, tgt_words) in zip(axes, panels, strict=False):
         ax.imshow(w.numpy(), cmap="Greys", vmin=0, vmax=1)
         ax.set_xticks(range(len(src_words)), src_words, rotation=45, ha="right")
         ax.set_yticks(range(len(tgt_words)), tgt_words)

@@ -100,7 +100,7 @@ def main(out_dir: Path) -> dict:
     print("\n== parameter gradient of the LAST block, by depth ==")
     last_grad = {p: [probe(p, n)["param_grad"][-1] for n in DEPTHS] for p in ("pre", "post")}
     for p, g in last_grad.items():
-        print(f"{p:9s} " + "  ".join(f"{n} layers: {v:.3f}" for n, v in zip(DEPTHS, g)))
+        print(f"{p:9s} " + "  ".join(f"{n} layers: {v:.3f}" for n, v in zip(DEPTHS, g, strict=False)))
         result[f"{p}_last_grad_48"] = g[-1]
 
     print("\n== the three architectures (vocabulary 1000) ==")
@@ -114,7 +114,8 @@ def main(out_dir: Path) -> dict:
         axes[2].plot(DEPTHS, last_grad[p], style, ms=4, label=f"{p}-norm")
     axes[0].set(xlabel="block", ylabel="RMS", title="Residual stream after each block")
     axes[1].set(xlabel="block", ylabel="gradient norm", title="Parameter gradient per block", ylim=(0, None))
-    axes[2].set(xlabel="number of blocks", ylabel="gradient norm", title="Last block's gradient vs depth", ylim=(0, None))
+    axes[2].set(xlabel="number of blocks", ylabel="gradient norm", title="Last block's gradient vs depth",
+                ylim=(0, None))
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)

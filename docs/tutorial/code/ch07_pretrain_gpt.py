@@ -44,8 +44,8 @@ def plot_curve(metrics_file: Path, baseline: float, path: Path) -> None:
     train_pts = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val_pts = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(*zip(*train_pts), label="train loss")
-    ax.plot(*zip(*val_pts), "o-", label="validation loss")
+    ax.plot(*zip(*train_pts, strict=False), label="train loss")
+    ax.plot(*zip(*val_pts, strict=False), "o-", label="validation loss")
     ax.axhline(baseline, ls="--", color="gray", label=f"unigram entropy {baseline:.2f}")
     ax.set(xlabel="step", ylabel="nats / token", title="Pretraining a 2-layer GPT on Shakespeare")
     ax.grid(alpha=0.3)

@@ -138,21 +138,21 @@ def main(out_dir: Path) -> dict:
                                       {**seq2seq_opts, "source_column": "document", "target_column": "summary"},
                                       "transformer-base-tiny", 100),
         }
-        for (task, r), files in zip(runs.items(), (qa, translate, summarize)):
+        for (task, r), files in zip(runs.items(), (qa, translate, summarize), strict=False):
             metrics = ", ".join(f"{k} {v:.3g}" for k, v in r["test"].items())
             print(f"{task:9s}: {r['memory']['params_total']:,} parameters, {r['seconds']:.1f} s; val {metrics}")
             result[task] = r["test"]
             task_obj, model, tok = load_finetuned(r["model"])
             examples = task_obj.read(files["val"])[:2]  # the task's own reader: columns mapped to its names
             with torch.no_grad():
-                for ex, pred in zip(examples, task_obj.predict(model.eval(), examples, tok)):
+                for ex, pred in zip(examples, task_obj.predict(model.eval(), examples, tok), strict=False):
                     shown = ex.get("question") or ex.get("source") or ex.get("document")
                     wanted = ex["answers"]["text"][0] if "answers" in ex else ex.get("target") or ex.get("summary")
                     print(f"    {shown[:48]!r} -> {pred!r} (reference {wanted!r})")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for name, pts in curves.items():
-        axes[0].plot(*zip(*pts), "o-", label=name)
+        axes[0].plot(*zip(*pts, strict=False), "o-", label=name)
     axes[0].set(xlabel="step", ylabel="accuracy on unseen adjectives", ylim=(0, 1.05),
                 title="MiniLM-L6: full fine-tuning vs LoRA")
     axes[0].legend()

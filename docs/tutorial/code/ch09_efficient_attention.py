@@ -1,4 +1,5 @@
-"""Chapter 9: efficient attention — sliding window, local+global, block-sparse, linear attention; time and memory vs length.
+"""Chapter 9: efficient attention — sliding window, local+global, block-sparse, linear attention; \
+time and memory vs length.
 
 Run: .venv/bin/python docs/tutorial/code/ch09_efficient_attention.py [--out DIR]
 """
@@ -39,12 +40,15 @@ def variants(t: int) -> dict:
     lg = local_global(WINDOW, GLOBAL, causal=True)
     bs = block_sparse(block_layout(t), BLOCK)
     return {
-        "causal, eager (weights materialised)": (lambda q, k, v: attention(q, k, v, mask=causal(), backend="eager"), causal()),
+        "causal, eager (weights materialised)": (
+            lambda q, k, v: attention(q, k, v, mask=causal(), backend="eager"), causal()),
         "causal, sdpa": (lambda q, k, v: attention(q, k, v, mask=causal(), backend="sdpa"), causal()),
         f"sliding window {WINDOW}, sdpa (dense mask)": (
             lambda q, k, v: attention(q, k, v, mask=window, backend="sdpa"), window),
-        f"sliding window {WINDOW}, chunked": (lambda q, k, v: attention(q, k, v, mask=window, backend="chunked"), window),
-        f"local {WINDOW} + {GLOBAL} global, chunked": (lambda q, k, v: attention(q, k, v, mask=lg, backend="chunked"), lg),
+        f"sliding window {WINDOW}, chunked": (
+            lambda q, k, v: attention(q, k, v, mask=window, backend="chunked"), window),
+        f"local {WINDOW} + {GLOBAL} global, chunked": (
+            lambda q, k, v: attention(q, k, v, mask=lg, backend="chunked"), lg),
         f"block-sparse {BLOCK}, chunked": (lambda q, k, v: attention(q, k, v, mask=bs, backend="chunked"), bs),
         "linear attention (elu+1), causal": (lambda q, k, v: linear_attention(q, k, v, causal=True), None),
     }
@@ -53,12 +57,14 @@ def variants(t: int) -> dict:
 def draw_masks(path: Path) -> None:
     t = 256
     shown = {"causal": causal(), f"sliding window {WINDOW // 4}": sliding_window(WINDOW // 4),
-             f"local {WINDOW // 4} + {GLOBAL // 2} global (causal)": local_global(WINDOW // 4, GLOBAL // 2, causal=True),
-             f"block-sparse ({BLOCK // 2}-token blocks)": block_sparse(block_layout(t * 2)[: t // 32, : t // 32], BLOCK // 2)}
+             f"local {WINDOW // 4} + {GLOBAL // 2} global (causal)":
+                 local_global(WINDOW // 4, GLOBAL // 2, causal=True),
+             f"block-sparse ({BLOCK // 2}-token blocks)":
+                 block_sparse(block_layout(t * 2)[: t // 32, : t // 32], BLOCK // 2)}
     q, k = torch.arange(t).view(1, 1, t, 1), torch.arange(t).view(1, 1, 1, t)
     zero = torch.zeros(1, 1, 1, 1, dtype=torch.long)
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
-    for ax, (name, m) in zip(axes, shown.items()):
+    for ax, (name, m) in zip(axes, shown.items(), strict=False):
         grid = m(zero, zero, q, k).expand(1, 1, t, t)[0, 0]  # (T, T) bool
         ax.imshow(grid, cmap="Greys", interpolation="nearest")
         ax.set_title(f"{name}\n{grid.float().mean():.0%} of pairs", fontsize=9)
@@ -74,7 +80,8 @@ def main(out_dir: Path) -> dict:
     t0 = time.time()
     draw_masks(out_dir / "ch09_masks.png")
     rows: dict[str, list[tuple[int, float, float, float]]] = {}
-    print(f"forward pass, batch 1, {HEADS} heads, head dim {HEAD_DIM}, float32, CPU ({torch.get_num_threads()} threads)")
+    print(f"forward pass, batch 1, {HEADS} heads, head dim {HEAD_DIM}, float32, "
+          f"CPU ({torch.get_num_threads()} threads)")
     print(f"{'variant':40s} {'T':>5s} {'pairs':>6s} {'ms':>8s} {'peak MiB':>9s}")
     for t in SEQ_LENS:
         g = torch.Generator().manual_seed(t)
@@ -83,7 +90,7 @@ def main(out_dir: Path) -> dict:
         for name, (fn, mask) in variants(t).items():
             if "eager" in name and t > EAGER_MAX:
                 continue
-            def call():
+            def call(fn=fn, q=q, k=k, v=v):
                 with torch.no_grad():
                     return fn(q, k, v)
             ms = min(time_call(call, DEVICE, warmup=1, repeats=2))
@@ -96,7 +103,7 @@ def main(out_dir: Path) -> dict:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for name, pts in rows.items():
-        ts, ms, mib, _ = zip(*pts)
+        ts, ms, mib, _ = zip(*pts, strict=False)
         style = "--" if "sdpa" in name or "eager" in name else "-"
         axes[0].plot(ts, ms, style, marker="o", ms=3, label=name)
         axes[1].plot(ts, mib, style, marker="o", ms=3, label=name)

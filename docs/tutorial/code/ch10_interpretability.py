@@ -1,4 +1,5 @@
-"""Chapter 10: interpretability — attention maps of a trained model, head statistics, and why weights are not explanations.
+"""Chapter 10: interpretability — attention maps of a trained model, head statistics, \
+and why weights are not explanations.
 
 Run: .venv/bin/python docs/tutorial/code/ch10_interpretability.py [--out DIR]
 """
@@ -137,14 +138,15 @@ def main(out_dir: Path) -> dict:
     stats = head_statistics(model, held[:1])
     base = loss_with_head_removed(model, held)
     n_layer, n_head = stats["entropy"].shape
-    delta = torch.tensor([[loss_with_head_removed(model, held, l, h) - base for h in range(n_head)]
-                          for l in range(n_layer)])  # (L, H)
+    delta = torch.tensor([[loss_with_head_removed(model, held, layer, h) - base for h in range(n_head)]
+                          for layer in range(n_layer)])  # (L, H)
     print(f"\nheld-out loss {base:.3f}; per head: entropy (nats), weight on previous token, mean distance, "
           "loss increase when the head is zeroed")
-    for l in range(n_layer):
+    for layer in range(n_layer):
         for h in range(n_head):
-            print(f"  layer {l} head {h}: entropy {stats['entropy'][l, h]:.2f}  prev {stats['prev'][l, h]:.2f}  "
-                  f"distance {stats['distance'][l, h]:5.1f}  Δloss {delta[l, h]:+.3f}")
+            print(f"  layer {layer} head {h}: entropy {stats['entropy'][layer, h]:.2f}  "
+                  f"prev {stats['prev'][layer, h]:.2f}  "
+                  f"distance {stats['distance'][layer, h]:5.1f}  Δloss {delta[layer, h]:+.3f}")
     rho_heads = spearman(-stats["entropy"].flatten(), delta.flatten())
     print(f"rank correlation between a head's sharpness (−entropy) and its ablation cost: {rho_heads:+.2f}")
     result.update(heldout_loss=base, max_ablation=delta.max().item(), rho_sharpness_ablation=rho_heads)
@@ -162,11 +164,11 @@ def main(out_dir: Path) -> dict:
         print(f"  top-3 tokens by {n}: {toks}")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 2]})
-    for l in range(n_layer):
-        axes[0].scatter(stats["entropy"][l], delta[l], label=f"layer {l}", s=40)
-    for (l, h), e, d in zip([(l, h) for l in range(n_layer) for h in range(n_head)], stats["entropy"].flatten(),
-                            delta.flatten()):
-        axes[0].annotate(f"{l}.{h}", (e, d), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    for layer in range(n_layer):
+        axes[0].scatter(stats["entropy"][layer], delta[layer], label=f"layer {layer}", s=40)
+    for (layer, h), e, d in zip([(layer, h) for layer in range(n_layer) for h in range(n_head)],
+                                stats["entropy"].flatten(), delta.flatten(), strict=False):
+        axes[0].annotate(f"{layer}.{h}", (e, d), fontsize=8, xytext=(3, 3), textcoords="offset points")
     axes[0].set(xlabel="attention entropy (nats)", ylabel="loss increase when zeroed",
                 title=f"Heads: sharp ≠ important (ρ = {rho_heads:+.2f})")
     axes[0].legend()

@@ -24,7 +24,8 @@ left-padded rows can be joined (:meth:`KVCache.join`) and leading columns droppe
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,9 @@ class Placement(NamedTuple):
     """
 
     positions: torch.Tensor
-    mask: Optional[Mask]
-    score_mod: Optional[ScoreMod]
-    padding: Optional[torch.Tensor] = None
+    mask: Mask | None
+    score_mod: ScoreMod | None
+    padding: torch.Tensor | None = None
 
 
 def real_positions(valid: torch.Tensor) -> torch.Tensor:
@@ -62,8 +63,8 @@ def real_positions(valid: torch.Tensor) -> torch.Tensor:
     return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
-def place_tokens(start: int, batch: int, t: int, mask: Optional[Mask], score_mod: Optional[ScoreMod],
-                 attention_mask: Optional[torch.Tensor], device: torch.device | str) -> Placement:
+def place_tokens(start: int, batch: int, t: int, mask: Mask | None, score_mod: ScoreMod | None,
+                 attention_mask: torch.Tensor | None, device: torch.device | str) -> Placement:
     """Placement of ``t`` new tokens after ``start`` cached ones, keys = cached + new (no cache: ``start=0``).
 
     Args:
@@ -94,8 +95,8 @@ class LayerCache:
     """Keys and values of one attention layer: (B, Hkv, T, D) each."""
 
     def __init__(self) -> None:
-        self.k: Optional[torch.Tensor] = None
-        self.v: Optional[torch.Tensor] = None
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -196,12 +197,12 @@ class KVCache:
         """Number of tokens already cached (positions of new tokens start here)."""
         return self.layers[0].length
 
-    def length_after(self, t: int) -> Optional[int]:
+    def length_after(self, t: int) -> int | None:
         """Tokens cached once ``t`` more are added (always known here; see :class:`StaticKVCache`)."""
         return self.length + t
 
-    def place(self, batch: int, t: int, mask: Optional[Mask], score_mod: Optional[ScoreMod],
-              attention_mask: Optional[torch.Tensor], device: torch.device | str) -> Placement:
+    def place(self, batch: int, t: int, mask: Mask | None, score_mod: ScoreMod | None,
+              attention_mask: torch.Tensor | None, device: torch.device | str) -> Placement:
         """Where ``t`` new tokens of ``batch`` rows go: after the cached ones (see :func:`place_tokens`)."""
         return place_tokens(self.length, batch, t, mask, score_mod, attention_mask, device)
 
@@ -226,7 +227,7 @@ class KVCache:
         if not self.joinable:
             raise ValueError(f"{what} needs a KVCache of LayerCache layers, got a {self.description}")
 
-    def join(self, other: KVCache, width: Optional[int] = None) -> None:
+    def join(self, other: KVCache, width: int | None = None) -> None:
         """Append ``other``'s batch rows to this cache's, in place (iteration-level batching).
 
         Every layer of both caches is left-padded with zeros to ``width`` time steps, then
@@ -249,8 +250,8 @@ class KVCache:
         if width is None:
             width = max(layer.length for cache in (self, other) for layer in cache.layers)
         padded = [(mine.padded_left(width), theirs.padded_left(width))  # checks every layer before changing any
-                  for mine, theirs in zip(self.layers, other.layers)]
-        for layer, ((k, v), (k2, v2)) in zip(self.layers, padded):
+                  for mine, theirs in zip(self.layers, other.layers, strict=False)]
+        for layer, ((k, v), (k2, v2)) in zip(self.layers, padded, strict=False):
             layer.k, layer.v = torch.cat((k, k2)), torch.cat((v, v2))  # (N + n, Hkv, W, D)
 
     def drop_left(self, n: int) -> None:
@@ -352,7 +353,7 @@ class StaticKVCache:
         """Always False: the buffers have a fixed batch and time axis (see :attr:`KVCache.joinable`)."""
         return False
 
-    def length_after(self, t: int) -> Optional[int]:
+    def length_after(self, t: int) -> int | None:
         """Slots written once ``t`` more are added; None while compiling (not known without a sync)."""
         return None if torch.compiler.is_compiling() else self.length + t
 
@@ -361,8 +362,8 @@ class StaticKVCache:
         self.pos.zero_()
         self.valid.fill_(True)
 
-    def place(self, batch: int, t: int, mask: Optional[Mask], score_mod: Optional[ScoreMod],
-              attention_mask: Optional[torch.Tensor], device: torch.device | str) -> Placement:
+    def place(self, batch: int, t: int, mask: Mask | None, score_mod: ScoreMod | None,
+              attention_mask: torch.Tensor | None, device: torch.device | str) -> Placement:
         """Reserve the next ``t`` slots for new tokens and say how they attend.
 
         Args:
@@ -401,7 +402,7 @@ class StaticKVCache:
         shift = slots[0] - (self.max_len - t)  # 0-d
         return Placement(positions, self._mask(mask, shift, slots[-1] + 1), _shifted(score_mod, shift))
 
-    def _mask(self, mask: Optional[Mask], shift: torch.Tensor, end: torch.Tensor) -> Mask:
+    def _mask(self, mask: Mask | None, shift: torch.Tensor, end: torch.Tensor) -> Mask:
         """``mask`` at absolute slots, restricted to written slots (< ``end``) of real tokens."""
         valid = self.valid
         inner = None if mask is None else mask.fn
@@ -432,7 +433,7 @@ class StaticKVCache:
         return sum(layer.nbytes() for layer in self.layers)
 
 
-def _shifted(mod: Optional[ScoreMod], shift: torch.Tensor) -> Optional[ScoreMod]:
+def _shifted(mod: ScoreMod | None, shift: torch.Tensor) -> ScoreMod | None:
     """``mod`` seeing query index ``q + shift`` (absolute slots under a static cache)."""
     if mod is None:
         return None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 
 from attnlab.attention.backends import AttentionCall, run
@@ -26,15 +24,15 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    mask: Optional[Union[Mask, torch.Tensor]] = None,
-    bias: Optional[torch.Tensor] = None,
-    scale: Optional[float] = None,
+    mask: Mask | torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
     dropout_p: float = 0.0,
     backend: str = "auto",
     return_weights: bool = False,
-    score_mod: Optional[ScoreMod] = None,
-    topk: Optional[int] = None,
-) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    score_mod: ScoreMod | None = None,
+    topk: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention: softmax(scale · q kᵀ + bias, masked) · v.
 
     Args:

@@ -21,7 +21,6 @@ readable reference the chunked form is tested against.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +49,11 @@ def relu_features(x: torch.Tensor) -> torch.Tensor:
 FEATURE_MAPS: dict[str, FeatureMap] = {"elu+1": elu_plus_one, "relu": relu_features}
 
 
-def _resolve_feature_map(feature_map: Union[str, FeatureMap]) -> FeatureMap:
+def _resolve_feature_map(feature_map: str | FeatureMap) -> FeatureMap:
     if isinstance(feature_map, str):
         if feature_map not in FEATURE_MAPS:
-            raise ValueError(f"unknown feature map '{feature_map}'; choose one of {', '.join(FEATURE_MAPS)} or pass a callable")
+            raise ValueError(f"unknown feature map '{feature_map}'; choose one of {', '.join(FEATURE_MAPS)} "
+                             "or pass a callable")
         return FEATURE_MAPS[feature_map]
     return feature_map
 
@@ -67,8 +67,8 @@ class LinearState:
     """
 
     def __init__(self) -> None:
-        self.S: Optional[torch.Tensor] = None
-        self.z: Optional[torch.Tensor] = None
+        self.S: torch.Tensor | None = None
+        self.z: torch.Tensor | None = None
         self._length = 0
 
     @property
@@ -94,7 +94,8 @@ class LinearState:
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
     check_qkv(q, k, v)
     if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq positions), got {q.shape[2]} > {k.shape[2]}")
+        raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq positions), "
+                         f"got {q.shape[2]} > {k.shape[2]}")
 
 
 def _kv_sums(phk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +105,7 @@ def _kv_sums(phk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def _causal_chunked(
     phq: torch.Tensor, phk: torch.Tensor, v: torch.Tensor, chunk: int,
-    S0: Optional[torch.Tensor], z0: Optional[torch.Tensor],
+    S0: torch.Tensor | None, z0: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal numerator/denominator by chunks, starting from state (S0, z0).
 
@@ -151,8 +152,8 @@ def _causal_chunked(
 
 def _linear_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, feature_map: FeatureMap,
-    chunk_size: Optional[int], eps: float,
-    S0: Optional[torch.Tensor] = None, z0: Optional[torch.Tensor] = None,
+    chunk_size: int | None, eps: float,
+    S0: torch.Tensor | None = None, z0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`linear_attention` that also takes and returns the state (S, z)."""
     if chunk_size is not None and chunk_size < 1:
@@ -188,7 +189,7 @@ def linear_attention(
     *,
     causal: bool,
     feature_map: FeatureMap = elu_plus_one,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Linear attention φ(Q)(φ(K)ᵀV) / (φ(Q)Σφ(K) + eps), in O(T) memory.
@@ -263,13 +264,13 @@ class LinearAttention(HeadProjections):
         self,
         d_model: int,
         n_head: int,
-        n_kv_head: Optional[int] = None,
+        n_kv_head: int | None = None,
         *,
-        d_context: Optional[int] = None,
+        d_context: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
         backend: str = "auto",
-        feature_map: Union[str, FeatureMap] = elu_plus_one,
+        feature_map: str | FeatureMap = elu_plus_one,
         chunk_size: int = DEFAULT_CHUNK,
         eps: float = 1e-6,
     ):
@@ -300,9 +301,11 @@ class LinearAttention(HeadProjections):
             what = mask.kind if isinstance(mask, Mask) else "a dense tensor"
             raise ValueError(f"linear attention supports only mask=None or causal(), got {what}")
         if context is not None and (causal or rotary is not None):
-            raise ValueError("cross attention in linear attention is bidirectional and unrotated; pass mask=None, rotary=None")
+            raise ValueError("cross attention in linear attention is bidirectional and unrotated; "
+                             "pass mask=None, rotary=None")
         if cache is not None and not isinstance(cache, LinearState):
-            raise ValueError(f"linear attention keeps a recurrent state, not keys/values: pass a LinearState, got {type(cache).__name__}")
+            raise ValueError(f"linear attention keeps a recurrent state, not keys/values: pass a LinearState, "
+                             f"got {type(cache).__name__}")
         if cache is not None and context is None and not causal:
             raise ValueError("decoding with a LinearState needs mask=causal() (a bidirectional layer cannot decode)")
         return causal
@@ -310,15 +313,15 @@ class LinearAttention(HeadProjections):
     def forward(
         self,
         x: torch.Tensor,
-        context: Optional[torch.Tensor] = None,
+        context: torch.Tensor | None = None,
         *,
-        mask: Optional[Union[Mask, torch.Tensor]] = None,
-        bias: Optional[torch.Tensor] = None,
-        rotary: Optional[Rotary] = None,
-        cache: Optional[LinearState] = None,
+        mask: Mask | torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        rotary: Rotary | None = None,
+        cache: LinearState | None = None,
         return_weights: bool = False,
         score_mod=None,
-        topk: Optional[int] = None,
+        topk: int | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` to itself (or to ``context``).
 

@@ -27,8 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Hashable, Optional, Union
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
@@ -51,7 +50,7 @@ class Mask:
     """
 
     def __init__(self, fn: Predicate, kind: str, *, per_batch: bool = False, per_head: bool = False,
-                 key: Optional[Hashable] = None):
+                 key: Hashable | None = None):
         self.fn = fn
         self.kind = kind
         self.per_batch = per_batch
@@ -110,7 +109,7 @@ class Mask:
         return out.expand(nb, nh, tq, tk)
 
 
-def _combine_keys(op: str, a: Optional[Hashable], b: Optional[Hashable]) -> Optional[Hashable]:
+def _combine_keys(op: str, a: Hashable | None, b: Hashable | None) -> Hashable | None:
     """The key of ``a op b``: None as soon as either side is not cacheable."""
     return None if a is None or b is None else (op, a, b)
 
@@ -190,9 +189,10 @@ def sliding_window(window: int, causal: bool = True) -> Mask:
     return Mask(fn, "sliding_window", key=("sliding_window", window, causal))
 
 
-def _position_table(positions: Union[Sequence[int], torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _position_table(positions: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """A bool lookup table over positions (True = member) and the sorted members."""
-    members = sorted({int(p) for p in (positions.flatten().tolist() if isinstance(positions, torch.Tensor) else positions)})
+    members = sorted({int(p) for p in
+                      (positions.flatten().tolist() if isinstance(positions, torch.Tensor) else positions)})
     if members and members[0] < 0:
         raise ValueError(f"positions must be >= 0, got {members[0]}")
     table = torch.zeros(members[-1] + 1 if members else 0, dtype=torch.bool)
@@ -208,7 +208,7 @@ def _member(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return table.to(idx.device)[idx.clamp(0, n - 1)] & (idx < n)
 
 
-def local_global(window: int, global_tokens: Union[int, Sequence[int], torch.Tensor], *, causal: bool = False) -> Mask:
+def local_global(window: int, global_tokens: int | Sequence[int] | torch.Tensor, *, causal: bool = False) -> Mask:
     """Longformer / BigBird-style local window plus global tokens.
 
     Every query sees a :func:`sliding_window` of ``window`` around itself. A global token
@@ -243,7 +243,8 @@ def local_global(window: int, global_tokens: Union[int, Sequence[int], torch.Ten
 
 
 def block_sparse(layout: torch.Tensor, block_size: int) -> Mask:
-    """A fixed block pattern: query block ``q // block_size`` sees key block ``kv // block_size`` when the layout says so.
+    """A fixed block pattern: query block ``q // block_size`` sees key block ``kv // block_size``
+    when the layout says so.
 
     Positions past the layout's extent are not allowed.
 
@@ -289,7 +290,7 @@ def strided(stride: int, *, local: bool = False) -> Mask:
     return Mask(fn, "strided", key=("strided", stride, local))
 
 
-def prefix_lm(prefix_lengths: Union[int, torch.Tensor]) -> Mask:
+def prefix_lm(prefix_lengths: int | torch.Tensor) -> Mask:
     """Prefix LM (T5 / UniLM): bidirectional within the prefix, causal after it.
 
     Key ``kv`` is visible when ``kv <= q`` or ``kv < prefix``: every query sees the whole
@@ -323,7 +324,7 @@ def adjacency(adj: torch.Tensor) -> Mask:
     return Mask(lambda b, h, q, k: adj.to(k.device)[b, q, k], "adjacency", per_batch=True, key=None)
 
 
-def is_kind(mask: Optional[Mask | torch.Tensor], kind: str) -> bool:
+def is_kind(mask: Mask | torch.Tensor | None, kind: str) -> bool:
     """True when ``mask`` is exactly the named single kind (e.g. plain ``"causal"``).
 
     A dense tensor mask (or None) is never a named kind.

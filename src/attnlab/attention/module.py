@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 
@@ -45,14 +45,14 @@ class MultiHeadAttention(HeadProjections):
         self,
         d_model: int,
         n_head: int,
-        n_kv_head: Optional[int] = None,
+        n_kv_head: int | None = None,
         *,
-        d_context: Optional[int] = None,
+        d_context: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
         backend: str = "auto",
         scoring: str = "scaled_dot",
-        scale: Optional[float] = None,
+        scale: float | None = None,
     ):
         if scoring not in SCORINGS:
             raise ValueError(f"unknown scoring '{scoring}'; choose one of {', '.join(SCORINGS)}")
@@ -64,14 +64,15 @@ class MultiHeadAttention(HeadProjections):
         self.scoring = scoring
         self.scale = 1.0 if scoring == "dot" else scale  # None: the backend's 1/sqrt(head_dim)
         self.scorer = (
-            build_scoring(scoring, self.head_dim, self.head_dim) if scoring in ("general", "additive", "concat") else None
+            build_scoring(scoring, self.head_dim, self.head_dim)
+            if scoring in ("general", "additive", "concat") else None
         )
         # When set, called with this layer's (B, H, Tq, Tk) weights on every forward;
         # only then does the layer run the weight-returning (eager) path.
-        self.capture: Optional[Callable[[torch.Tensor], None]] = None
+        self.capture: Callable[[torch.Tensor], None] | None = None
 
     def _parameterised_scores(
-        self, q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor]
+        self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores from ``self.scorer`` as a bias; q and k become zero-width so q·k adds nothing."""
         b, h, tq, d = q.shape
@@ -84,16 +85,16 @@ class MultiHeadAttention(HeadProjections):
     def forward(
         self,
         x: torch.Tensor,
-        context: Optional[torch.Tensor] = None,
+        context: torch.Tensor | None = None,
         *,
-        mask: Optional[Union[Mask, torch.Tensor]] = None,
-        bias: Optional[torch.Tensor] = None,
-        rotary: Optional[Rotary] = None,
-        cache: Optional[LayerCache] = None,
+        mask: Mask | torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        rotary: Rotary | None = None,
+        cache: LayerCache | None = None,
         return_weights: bool = False,
-        score_mod: Optional[ScoreMod] = None,
-        topk: Optional[int] = None,
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        score_mod: ScoreMod | None = None,
+        topk: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attend from ``x`` to itself (or to ``context``).
 
         Args:

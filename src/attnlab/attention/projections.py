@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -19,12 +17,13 @@ class HeadProjections(nn.Module):
         bias: biases on the projections.
     """
 
-    def __init__(self, d_model: int, n_head: int, n_kv_head: Optional[int] = None, *,
-                 d_context: Optional[int] = None, bias: bool = True):
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int | None = None, *,
+                 d_context: int | None = None, bias: bool = True):
         super().__init__()
         n_kv_head = n_kv_head or n_head
         if d_model % n_head or n_head % n_kv_head:
-            raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, got {d_model}, {n_head}, {n_kv_head}")
+            raise ValueError(f"need d_model % n_head == 0 and n_head % n_kv_head == 0, "
+                             f"got {d_model}, {n_head}, {n_kv_head}")
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_dim = d_model // n_head
         d_context = d_context or d_model

@@ -13,8 +13,7 @@ bias) and tricks like soft-capping are score mods. One definition, several execu
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Hashable, Optional
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -33,7 +32,7 @@ class ScoreMod:
     """
 
     def __init__(self, fn: ScoreFn, kind: str, *, additive: bool, per_batch: bool = False,
-                 key: Optional[Hashable] = None):
+                 key: Hashable | None = None):
         self.fn = fn
         self.kind = kind
         self.additive = additive

@@ -15,7 +15,6 @@ RNN encoder-decoders (where the query is the decoder state, ``Tq = 1`` per step)
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -31,7 +30,7 @@ class ScoreFunction(nn.Module):
         d_k: key width (None: any).
     """
 
-    def __init__(self, d_q: Optional[int] = None, d_k: Optional[int] = None):
+    def __init__(self, d_q: int | None = None, d_k: int | None = None):
         super().__init__()
         self.d_q, self.d_k = d_q, d_k
 
@@ -61,7 +60,7 @@ class DotProductScore(ScoreFunction):
         d_q, d_k: optional widths to check inputs against (they must be equal).
     """
 
-    def __init__(self, d_q: Optional[int] = None, d_k: Optional[int] = None):
+    def __init__(self, d_q: int | None = None, d_k: int | None = None):
         d_k = d_q if d_k is None else d_k
         if d_q is not None and d_q != d_k:
             raise ValueError(f"dot-product scoring needs equal query and key widths, got {d_q} and {d_k}; "
@@ -104,7 +103,7 @@ class AdditiveScore(ScoreFunction):
     Memory grows as B·Tq·Tk·d_hidden, which is fine for the RNN setting it comes from.
     """
 
-    def __init__(self, d_q: int, d_k: int, d_hidden: Optional[int] = None):
+    def __init__(self, d_q: int, d_k: int, d_hidden: int | None = None):
         super().__init__(d_q, d_k)
         d_hidden = d_hidden or d_q
         self.W_q = nn.Linear(d_q, d_hidden, bias=False)
@@ -123,7 +122,7 @@ class ConcatScore(ScoreFunction):
     The same function family as :class:`AdditiveScore`, parametrised as in Luong et al. 2015.
     """
 
-    def __init__(self, d_q: int, d_k: int, d_hidden: Optional[int] = None):
+    def __init__(self, d_q: int, d_k: int, d_hidden: int | None = None):
         super().__init__(d_q, d_k)
         d_hidden = d_hidden or d_q
         self.W = nn.Linear(d_q + d_k, d_hidden, bias=True)
@@ -145,7 +144,7 @@ SCORINGS = {
 }
 
 
-def build_scoring(name: str, d_q: int, d_k: int, d_hidden: Optional[int] = None) -> ScoreFunction:
+def build_scoring(name: str, d_q: int, d_k: int, d_hidden: int | None = None) -> ScoreFunction:
     """Make a score function by name: ``"dot"``, ``"scaled_dot"``, ``"general"``, ``"additive"``, ``"concat"``.
 
     Args:
@@ -167,7 +166,7 @@ def build_scoring(name: str, d_q: int, d_k: int, d_hidden: Optional[int] = None)
 def attend(
     scores: torch.Tensor,
     values: torch.Tensor,
-    mask: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax the scores over the keys and average the values (the masked softmax of the dense kernel).
 

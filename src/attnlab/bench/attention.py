@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ def sliding_window_mask(window: int) -> masks.Mask:
     return masks.Mask(lambda b, h, q, k: (q >= k) & (q - k < window), "sliding_window")
 
 
-def parse_mask(spec: str) -> Optional[masks.Mask]:
+def parse_mask(spec: str) -> masks.Mask | None:
     """``"causal"``, ``"none"`` or ``"sliding_window:W"`` → a Mask (None for ``"none"``).
 
     Raises:
@@ -74,10 +74,11 @@ def parse_mask(spec: str) -> Optional[masks.Mask]:
     m = re.fullmatch(r"sliding_window:(\d+)", spec)
     if m and int(m.group(1)) > 0:
         return sliding_window_mask(int(m.group(1)))
-    raise ValueError(f"unknown mask '{spec}'; use causal, none or sliding_window:W with W > 0 (e.g. sliding_window:128)")
+    raise ValueError(f"unknown mask '{spec}'; use causal, none or sliding_window:W with W > 0 "
+                     "(e.g. sliding_window:128)")
 
 
-def allowed_pairs(mask: Optional[masks.Mask], t: int, chunk: int = 1024) -> int:
+def allowed_pairs(mask: masks.Mask | None, t: int, chunk: int = 1024) -> int:
     """Number of (query, key) pairs the mask allows for T queries and T keys (counted in row chunks)."""
     if mask is None:
         return t * t
@@ -100,7 +101,7 @@ class Unsupported(Exception):
     """A backend cannot run a configuration; the message says why."""
 
 
-def _sdpa_kernel_call(name: str, mask: Optional[masks.Mask], q: torch.Tensor, k: torch.Tensor,
+def _sdpa_kernel_call(name: str, mask: masks.Mask | None, q: torch.Tensor, k: torch.Tensor,
                       v: torch.Tensor) -> Callable[[], torch.Tensor]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -133,7 +134,7 @@ def _sdpa_kernel_call(name: str, mask: Optional[masks.Mask], q: torch.Tensor, k:
     return call
 
 
-def make_call(backend: str, mask: Optional[masks.Mask], q: torch.Tensor, k: torch.Tensor,
+def make_call(backend: str, mask: masks.Mask | None, q: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A no-argument function running one attention call with ``backend``."""
     if backend in SDPA_KERNELS:
@@ -195,7 +196,7 @@ def memory_method(device: torch.device) -> str:
         return "not measured (no CUDA and no resettable /proc peak RSS)"
 
 
-def peak_memory(fn: Callable[[], Any], device: torch.device) -> Optional[int]:
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
     """Extra bytes the call needs at its peak (see :func:`memory_method`), or None."""
     if device.type == "cuda":
         _sync(device)
@@ -325,7 +326,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return {"type": "cpu", "name": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "tag": "cpu"}
 
 
-def run_benchmark(settings: BenchSettings, progress: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+def run_benchmark(settings: BenchSettings, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Measure every combination of the settings.
 
     Args:
@@ -374,14 +375,16 @@ def run_benchmark(settings: BenchSettings, progress: Optional[Callable[[dict], N
 
 def format_table(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
     """The rows as an aligned text table (``header=False``: the rows' lines only)."""
-    head = f"{'backend':<15} {'mask':<19} {'T':>6} {'D':>4} {'mode':<8} {'ms':>9} {'TFLOP/s':>8} {'peak MiB':>9}  status"
+    head = (f"{'backend':<15} {'mask':<19} {'T':>6} {'D':>4} {'mode':<8} "
+            f"{'ms':>9} {'TFLOP/s':>8} {'peak MiB':>9}  status")
     lines = [head, "-" * len(head)] if header else []
     for r in rows:
         ok = r["status"] == "ok"
         ms = f"{r['ms']:.3f}" if ok else "-"
         tf = f"{r['tflops']:.3f}" if ok else "-"
         mem = f"{r['peak_mem_bytes'] / 2**20:.1f}" if ok and r["peak_mem_bytes"] is not None else "-"
-        status = "ok" + (f" ({r['dispatched']})" if r["dispatched"] and r["dispatched"] != r["backend"] else "") if ok else r["status"]
+        status = ("ok" + (f" ({r['dispatched']})" if r["dispatched"] and r["dispatched"] != r["backend"] else "")
+                  if ok else r["status"])
         lines.append(f"{r['backend']:<15} {r['mask']:<19} {r['seq_len']:>6} {r['head_dim']:>4} {r['mode']:<8} "
                      f"{ms:>9} {tf:>8} {mem:>9}  {status}")
     return "\n".join(lines)
@@ -409,10 +412,11 @@ def plot_results(result: dict[str, Any], path: str) -> None:
             for backend, color in colors.items():
                 for d in head_dims:
                     pts = sorted((r["seq_len"], r["ms"]) for r in rows
-                                 if (r["backend"], r["mask"], r["mode"], r["head_dim"]) == (backend, mask_name, mode, d))
+                                 if (r["backend"], r["mask"], r["mode"], r["head_dim"])
+                                 == (backend, mask_name, mode, d))
                     if pts:
                         label = backend if len(head_dims) == 1 else f"{backend} D={d}"
-                        ax.plot(*zip(*pts), marker="o", label=label, color=color,
+                        ax.plot(*zip(*pts, strict=False), marker="o", label=label, color=color,
                                 linestyle="-" if d == head_dims[0] else "--")
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({r["seq_len"] for r in result["rows"]}))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Optional
 
 from attnlab.errors import AttnlabError
 
@@ -49,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--mode", default="fwd,fwd+bwd", help="fwd and/or fwd+bwd")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--repeats", type=int, default=0, help="timed runs per config, median reported (default 10 CUDA, 5 CPU)")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="timed runs per config, median reported (default 10 CUDA, 5 CPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/attention-<device>.json); "
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def _out_path(out: Optional[str], tag: str) -> Path:
+def _out_path(out: str | None, tag: str) -> Path:
     return Path(out) if out else Path("benchmarks") / "results" / f"attention-{tag}.json"
 
 

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="data to evaluate on (default: the model's own data)")
     p.add_argument("--split", choices=["train", "val", "test"], default=None,
                    help="split of the model's own data (default: val for pretraining runs, test for fine-tuned)")
-    p.add_argument("--batches", type=int, default=50, help="pretraining runs: number of batches (spread over the split)")
+    p.add_argument("--batches", type=int, default=50,
+                   help="pretraining runs: number of batches (spread over the split)")
     p.add_argument("--batch-size", type=int, default=8, help="pretraining runs: windows per batch")
     p.add_argument("--seq-len", type=int, default=0,
                    help="pretraining runs: tokens per window (default: the training seq_len). Longer than the "

@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
 from attnlab.errors import AttnlabError
 
 
-def int_list(value: Optional[str], option: str) -> Optional[list[int]]:
+def int_list(value: str | None, option: str) -> list[int] | None:
     """Parse ``"0,2,3"`` into ``[0, 2, 3]`` (None stays None).
 
     Raises:

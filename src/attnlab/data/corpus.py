@@ -53,7 +53,7 @@ def split_plays(text: str) -> list[tuple[str, str]]:
     if not starts or starts[0] != 0:
         starts = [0] + starts
     docs = []
-    for a, b in zip(starts, starts[1:] + [len(text)]):
+    for a, b in zip(starts, starts[1:] + [len(text)], strict=False):
         play = text[a:b].strip("\n") + "\n"
         docs.append((_slug(play.split("\n", 1)[0]), play))
     return docs

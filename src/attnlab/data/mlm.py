@@ -10,7 +10,6 @@ Masking is *dynamic*: a fresh pattern is drawn every time a batch is seen.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +27,11 @@ def mask_tokens(
     mask_token_id: int,
     vocab_size: int,
     special_ids: Iterable[int] = (),
-    attention_mask: Optional[torch.Tensor] = None,
+    attention_mask: torch.Tensor | None = None,
     mlm_probability: float = 0.15,
     mask_fraction: float = 0.8,
     random_fraction: float = 0.1,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick MLM targets and corrupt the inputs, BERT style.
 

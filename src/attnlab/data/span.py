@@ -26,7 +26,6 @@ tokens and targets ``n_noise + n_spans + 1 (+1)`` tokens long, with no padding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 
@@ -48,7 +47,7 @@ def span_counts(length: int, noise_density: float, mean_span_length: float) -> t
     return n_noise, n_spans
 
 
-def span_lengths(batch: int, total: int, pieces: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def span_lengths(batch: int, total: int, pieces: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cut ``total`` items into ``pieces`` non-empty parts, uniformly at random, per row.
 
     Returns:
@@ -69,8 +68,8 @@ def span_corrupt(
     noise_density: float,
     mean_span_length: float,
     sentinel_ids: Sequence[int],
-    eos_id: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt a batch with T5 span corruption (see the module docstring for the format).
 

@@ -21,7 +21,7 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -129,7 +129,7 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
             for qa in para.get("qas", []):
                 texts = [a["text"] for a in qa.get("answers", [])]
                 starts = [int(a["answer_start"]) for a in qa.get("answers", [])]
-                for t, s in zip(texts, starts):
+                for t, s in zip(texts, starts, strict=False):
                     if context[s:s + len(t)] != t:
                         raise AttnlabError(
                             f"'{p}' question {qa.get('id')}: answer {t!r} is not at answer_start={s} of its context"
@@ -169,7 +169,7 @@ def split_records(
 
 
 def pad_batch(
-    seqs: Sequence[Sequence[int]], pad_id: int, *, side: str = "right", length: Optional[int] = None
+    seqs: Sequence[Sequence[int]], pad_id: int, *, side: str = "right", length: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad id lists into ``(ids (B, T), attention_mask (B, T))`` int64 tensors (mask 1 = real token)."""
     t = max([len(s) for s in seqs] + [length or 0, 1])

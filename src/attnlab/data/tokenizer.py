@@ -87,7 +87,7 @@ class Tokenizer:
         vocab_size: int,
         min_frequency: int = 2,
         special_tokens: Sequence[str] = (EOS_TOKEN,),
-    ) -> "Tokenizer":
+    ) -> Tokenizer:
         """Train a byte-level BPE tokenizer on ``texts``.
 
         Args:
@@ -125,7 +125,7 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
-    def from_gpt2_files(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> "Tokenizer":
+    def from_gpt2_files(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> Tokenizer:
         """Build GPT-2's byte-level BPE from its original ``encoder.json`` and ``vocab.bpe``.
 
         ``<|endoftext|>`` (id 50256 in GPT-2) becomes the special end-of-text token.
@@ -152,7 +152,7 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
-    def from_json(cls, text: str) -> "Tokenizer":
+    def from_json(cls, text: str) -> Tokenizer:
         """Rebuild a tokenizer from the string written by :meth:`to_json`."""
         try:
             return cls(tokenizers.Tokenizer.from_str(text))
@@ -160,7 +160,7 @@ class Tokenizer:
             raise AttnlabError(f"not a valid tokenizer.json: {_first_line(e)}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         """Load a tokenizer from a file or a directory.
 
         Args:
@@ -188,7 +188,7 @@ class Tokenizer:
         return cls._from_file(p)
 
     @classmethod
-    def _from_file(cls, path: Path) -> "Tokenizer":
+    def _from_file(cls, path: Path) -> Tokenizer:
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
             # Padding/truncation saved in a tokenizer.json (MiniLM pads every text to 128) would
@@ -202,7 +202,7 @@ class Tokenizer:
                 "re-create it with `attnlab tokenizer train` or point to GPT-2's encoder.json + vocab.bpe"
             ) from None
 
-    def with_special_tokens(self, tokens: Sequence[str]) -> "Tokenizer":
+    def with_special_tokens(self, tokens: Sequence[str]) -> Tokenizer:
         """A copy of this tokenizer with ``tokens`` registered as special tokens.
 
         New tokens get the next free ids, in the order given; tokens already in the

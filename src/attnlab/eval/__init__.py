@@ -1,5 +1,6 @@
 """Evaluation: language-model loss and perplexity, classification, SQuAD, BLEU and ROUGE."""
 
+from attnlab.eval.lm import evaluate_lm
 from attnlab.eval.metrics import (
     METRICS,
     accuracy,
@@ -14,7 +15,6 @@ from attnlab.eval.metrics import (
     rouge,
     squad_scores,
 )
-from attnlab.eval.lm import evaluate_lm
 
 __all__ = [
     "METRICS", "accuracy", "bleu", "compute", "confusion_matrix", "evaluate_lm", "exact_match", "f1",

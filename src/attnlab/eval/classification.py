@@ -28,7 +28,8 @@ def _check(preds: Any, labels: Any, classes: Sequence[Any] | None = None) -> tup
     """Validate a (preds, labels) pair: same length, non-empty, values inside ``classes``."""
     p, y = _to_array(preds, "predictions"), _to_array(labels, "labels")
     if len(p) != len(y):
-        raise ValueError(f"predictions and labels differ in length ({len(p)} vs {len(y)}); pass one prediction per label")
+        raise ValueError(f"predictions and labels differ in length ({len(p)} vs {len(y)}); "
+                         "pass one prediction per label")
     if len(p) == 0:
         raise ValueError("no predictions to score; pass at least one (prediction, label) pair")
     if classes is not None:
@@ -36,7 +37,8 @@ def _check(preds: Any, labels: Any, classes: Sequence[Any] | None = None) -> tup
         for name, arr in (("prediction", p), ("label", y)):
             bad = [v for v in arr.tolist() if v not in allowed]
             if bad:
-                raise ValueError(f"{name} {bad[0]!r} is not in the label set {sorted(allowed, key=str)}; fix the data or the label set")
+                raise ValueError(f"{name} {bad[0]!r} is not in the label set {sorted(allowed, key=str)}; "
+                                 "fix the data or the label set")
     return p, y
 
 
@@ -112,11 +114,14 @@ def precision_recall_f1(
         raise ValueError(f"unknown average {average!r}; use one of {', '.join(AVERAGES)}")
     p, y = _check(preds, labels, classes)
     label_set = list(classes) if classes is not None else sorted(set(p.tolist()) | set(y.tolist()), key=str)
-    counts = {c: (float(np.sum((p == c) & (y == c))), float(np.sum((p == c) & (y != c))), float(np.sum((p != c) & (y == c))))
+    counts = {c: (float(np.sum((p == c) & (y == c))),
+                  float(np.sum((p == c) & (y != c))),
+                  float(np.sum((p != c) & (y == c))))
               for c in label_set}
     if average == "binary":
         if len(label_set) > 2:
-            raise ValueError(f"average='binary' needs at most 2 classes, got {len(label_set)}; use average='macro' or 'micro'")
+            raise ValueError(f"average='binary' needs at most 2 classes, got {len(label_set)}; "
+                             "use average='macro' or 'micro'")
         if positive not in label_set and classes is not None:
             raise ValueError(f"positive class {positive!r} is not in the label set {label_set}; pass positive=")
         tp, fp, fn = counts.get(positive, (0.0, 0.0, 0.0))

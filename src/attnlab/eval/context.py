@@ -13,7 +13,6 @@ extend.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from torch import nn
 
@@ -26,7 +25,7 @@ SCALINGS = ("none", *ROPE_SCALINGS)
 
 
 def extend_context(
-    cfg: ModelConfig, seq_len: int, scaling: Optional[str] = None, factor: Optional[float] = None
+    cfg: ModelConfig, seq_len: int, scaling: str | None = None, factor: float | None = None
 ) -> ModelConfig:
     """A copy of ``cfg`` that runs ``seq_len`` tokens, with its RoPE scaling replaced when ``scaling`` is given.
 
@@ -68,7 +67,7 @@ def extend_context(
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-def _scaling_fields(cfg: ModelConfig, scaling: str, factor: Optional[float]) -> dict:
+def _scaling_fields(cfg: ModelConfig, scaling: str, factor: float | None) -> dict:
     """``rope_scaling`` and ``rope_scaling_factor`` for a requested scaling, validated."""
     if cfg.position != "rope":
         raise AttnlabError(
@@ -91,7 +90,7 @@ def _scaling_fields(cfg: ModelConfig, scaling: str, factor: Optional[float]) -> 
 
 
 def extend_model(
-    model: nn.Module, seq_len: int, scaling: Optional[str] = None, factor: Optional[float] = None
+    model: nn.Module, seq_len: int, scaling: str | None = None, factor: float | None = None
 ) -> nn.Module:
     """``model``'s weights in a model built for ``seq_len`` tokens and the given RoPE scaling.
 
@@ -109,8 +108,8 @@ def extend_model(
         ``model`` itself when its config already fits, else a new model on the same device,
         in the same train/eval mode.
     """
-    from attnlab.models import build  # local imports: models and checkpoints do not depend on eval
     from attnlab.io.weights import load_weights, weights_state_dict
+    from attnlab.models import build  # local imports: models and checkpoints do not depend on eval
 
     cfg = extend_context(model.config, seq_len, scaling, factor)
     if cfg is model.config:
@@ -121,7 +120,7 @@ def extend_model(
     return new.to(device).train(model.training)
 
 
-def rope_label(cfg: ModelConfig) -> Optional[str]:
+def rope_label(cfg: ModelConfig) -> str | None:
     """How RoPE runs in ``cfg``: ``"none"``, ``"ntk x2"``, ...; ``None`` for a model without RoPE."""
     if cfg.position != "rope":
         return None

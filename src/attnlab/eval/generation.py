@@ -28,7 +28,8 @@ def _per_example_refs(predictions: Sequence[str], references: Sequence[Any], wha
     if isinstance(predictions, str) or isinstance(references, str):
         raise ValueError(f"{what} takes lists of strings, not a single string; wrap it in a list")
     if len(predictions) != len(references):
-        raise ValueError(f"{what}: {len(predictions)} predictions but {len(references)} references; pass one entry per prediction")
+        raise ValueError(f"{what}: {len(predictions)} predictions but {len(references)} references; "
+                         "pass one entry per prediction")
     if len(predictions) == 0:
         raise ValueError(f"{what}: no predictions to score; pass at least one")
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
@@ -91,7 +92,7 @@ def rouge(
     refs = _per_example_refs(predictions, references, "rouge")
     scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
     totals = dict.fromkeys(rouge_types, 0.0)
-    for pred, r in zip(predictions, refs):
+    for pred, r in zip(predictions, refs, strict=False):
         scores = scorer.score(r[0], pred) if len(r) == 1 else scorer.score_multi(r, pred)
         for t in rouge_types:
             totals[t] += scores[t].fmeasure

@@ -65,11 +65,13 @@ def squad_scores(
     missing = [qid for qid in references if qid not in predictions]
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
-        warnings.warn(f"{len(missing)} of {len(references)} questions have no prediction and score 0: {shown}", stacklevel=2)
+        warnings.warn(f"{len(missing)} of {len(references)} questions have no prediction and score 0: {shown}",
+                      stacklevel=2)
     em_sum = f1_sum = 0.0
     for qid, golds in references.items():
         if qid in predictions:
             em_sum += exact_match(predictions[qid], golds)
             f1_sum += f1(predictions[qid], golds)
     n = len(references)
-    return {"exact_match": 100.0 * em_sum / n, "f1": 100.0 * f1_sum / n, "total": float(n), "missing": float(len(missing))}
+    return {"exact_match": 100.0 * em_sum / n, "f1": 100.0 * f1_sum / n, "total": float(n),
+            "missing": float(len(missing))}

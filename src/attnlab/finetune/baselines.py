@@ -51,7 +51,7 @@ class NgramVocab:
         self.index = {g: i for i, g in enumerate(self.grams)}
 
     @classmethod
-    def fit(cls, texts: Sequence[str], n: int = 2, min_count: int = 2) -> "NgramVocab":
+    def fit(cls, texts: Sequence[str], n: int = 2, min_count: int = 2) -> NgramVocab:
         """Features seen in at least ``min_count`` of ``texts``; idf = ln((1 + N) / (1 + df)) + 1."""
         df: Counter[str] = Counter()
         for t in texts:
@@ -76,7 +76,7 @@ class NgramVocab:
         return {"n": self.n, "grams": self.grams, "idf": self.idf}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "NgramVocab":
+    def from_state(cls, state: dict[str, Any]) -> NgramVocab:
         """Inverse of :meth:`to_state`."""
         return cls(state["grams"], state["idf"], int(state["n"]))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -45,9 +45,9 @@ class Backbone:
         source: the ``init`` string, for messages.
     """
 
-    model: Optional[nn.Module]
+    model: nn.Module | None
     config: ModelConfig
-    tokenizer: Optional[Tokenizer]
+    tokenizer: Tokenizer | None
     source: str
 
 
@@ -58,7 +58,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_backbone(init: str, model: Optional[dict[str, Any]] = None) -> Backbone:
+def load_backbone(init: str, model: dict[str, Any] | None = None) -> Backbone:
     """Load what ``init`` names (see the module docstring).
 
     Args:

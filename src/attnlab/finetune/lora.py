@@ -40,9 +40,9 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,8 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig, trainable_extra: Sequence[str
         raise ConfigError(
             f"lora.targets {cfg.targets} matched no linear layer; available: {_summarize_names(linear) or 'none'}"
         )
-    extra = [n for n, _ in model.named_modules() if n and trainable_extra and _matches(n, trainable_extra, "trainable_extra")]
+    extra = [n for n, _ in model.named_modules()
+             if n and trainable_extra and _matches(n, trainable_extra, "trainable_extra")]
     if trainable_extra and not extra:
         avail = _summarize_names([n for n, m in model.named_modules() if n and not list(m.children())])
         raise ConfigError(f"trainable_extra {list(trainable_extra)} matched no module; available: {avail}")
@@ -323,10 +324,11 @@ def base_fingerprint(model: nn.Module) -> str:
 
 def _shapes(model: nn.Module) -> dict[str, list[int]]:
     """(out, in) of every linear layer, wrapped or not."""
-    return {n: [m.out_features, m.in_features] for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))}
+    return {n: [m.out_features, m.in_features] for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, LoRALinear))}
 
 
-def save_adapter(model: nn.Module, path: str | Path, cfg: LoRAConfig, fingerprint: Optional[str] = None) -> Path:
+def save_adapter(model: nn.Module, path: str | Path, cfg: LoRAConfig, fingerprint: str | None = None) -> Path:
     """Write the adapter (A/B tensors only) and its description to the folder ``path``, atomically.
 
     Args:
@@ -416,7 +418,8 @@ def load_adapter(model: nn.Module, path: str | Path, check_fingerprint: bool = T
             )
     if check_fingerprint and meta.get("base_fingerprint") != base_fingerprint(model):
         raise CheckpointError(
-            f"adapter '{folder}' was made for another base model (fingerprint {str(meta.get('base_fingerprint'))[:12]}, "
+            f"adapter '{folder}' was made for another base model "
+            f"(fingerprint {str(meta.get('base_fingerprint'))[:12]}, "
             f"this model {base_fingerprint(model)[:12]}); load it onto the model it was trained from"
         )
     existing = dict(lora_modules(model))
@@ -427,13 +430,15 @@ def load_adapter(model: nn.Module, path: str | Path, check_fingerprint: bool = T
         model.requires_grad_(False)
         _wrap(model, names, cfg)
         existing = dict(lora_modules(model))
-    elif sorted(existing) != sorted(names) or any(m.rank != cfg.rank or m.alpha != cfg.alpha for m in existing.values()):
+    elif sorted(existing) != sorted(names) or any(m.rank != cfg.rank or m.alpha != cfg.alpha
+                                                  for m in existing.values()):
         raise CheckpointError(f"model already has LoRA layers that differ from adapter '{folder}'; "
                               f"call remove_lora(model, merge=False) first")
     for n, m in existing.items():
         a, b = tensors.get(f"{n}.lora_A"), tensors.get(f"{n}.lora_B")
         if a is None or b is None or a.shape != m.lora_A.shape or b.shape != m.lora_B.shape:
-            raise CheckpointError(f"'{folder / ADAPTER_WEIGHTS}' lacks or misshapes the tensors of '{n}'; the file is corrupt")
+            raise CheckpointError(f"'{folder / ADAPTER_WEIGHTS}' lacks or misshapes the tensors of '{n}'; "
+                                  "the file is corrupt")
         merged = m.merged
         m.unmerge()
         with torch.no_grad():

@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -117,7 +117,7 @@ class FinetuneConfig:
     model: dict[str, Any] = field(default_factory=dict)
     data: TaskData = field(default_factory=TaskData)
     options: Any = None
-    lora: Optional[LoRAConfig] = None
+    lora: LoRAConfig | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +130,7 @@ class FinetuneConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def task_class(name: str) -> type["Task"]:
+def task_class(name: str) -> type[Task]:
     """The :class:`Task` subclass registered as ``name``.
 
     Raises:
@@ -143,7 +143,7 @@ def task_class(name: str) -> type["Task"]:
 
 
 def load_finetune_config(
-    path: Optional[str | Path], task: Optional[str] = None, overrides: Sequence[str] = ()
+    path: str | Path | None, task: str | None = None, overrides: Sequence[str] = ()
 ) -> FinetuneConfig:
     """Read a recipe YAML (path or name under ``configs/finetune/``), apply overrides, type-check it.
 
@@ -168,7 +168,8 @@ def load_finetune_config(
                               f"give a YAML path or one of: {', '.join(names)}")
         tree = read_yaml_mapping(p, "recipe")
     if task and tree.get("task") and tree["task"] != task:
-        raise ConfigError(f"recipe is for task '{tree['task']}', not '{task}'; use `attnlab finetune {tree['task']} ...`")
+        raise ConfigError(f"recipe is for task '{tree['task']}', not '{task}'; "
+                          f"use `attnlab finetune {tree['task']} ...`")
     tree["task"] = task or tree.get("task") or ""
     for text in overrides:
         key, value = parse_override(text)
@@ -281,7 +282,7 @@ class Task(ABC):
     def collate(self, features: list[Any]) -> dict[str, torch.Tensor]:
         """A batch of tensors from features."""
 
-    def length(self, feature: Any) -> Optional[int]:
+    def length(self, feature: Any) -> int | None:
         """Size of a feature (e.g. its token count) for length-bucketed batches; ``None``: plain random batches."""
         return None
 

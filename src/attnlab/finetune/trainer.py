@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import yaml
@@ -41,7 +42,7 @@ BUCKET_POOL = 50
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int,
-                  lengths: Optional[list[int]] = None) -> list[list[int]]:
+                  lengths: list[int] | None = None) -> list[list[int]]:
     """The batches (feature indices) of one epoch, a pure function of the arguments.
 
     Without ``lengths``: consecutive slices of the epoch's seeded permutation. With

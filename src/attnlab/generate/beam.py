@@ -23,7 +23,6 @@ stopping rules included, so both return the same sequences for the same model:
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -82,9 +81,9 @@ def beam_search(
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = True,
     num_return_sequences: int = 1,
-    eos_token_id: Optional[int] = None,
+    eos_token_id: int | None = None,
     use_cache: bool = True,
-    attention_mask: Optional[torch.Tensor] = None,
+    attention_mask: torch.Tensor | None = None,
     repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic beam search (see the module docstring and :func:`~attnlab.generate.generate`).
@@ -151,7 +150,7 @@ def beam_search(
                     continue  # keep its beams idle
                 next_scores[row] = -math.inf
                 kept = 0
-                for rank, (score, idx) in enumerate(zip(top_scores[row].tolist(), top_idx[row].tolist())):
+                for rank, (score, idx) in enumerate(zip(top_scores[row].tolist(), top_idx[row].tolist(), strict=False)):
                     beam, token = divmod(idx, vocab)
                     ends = eos_token_id is not None and token == eos_token_id
                     if (ends or last) and rank < k and score > -math.inf:
@@ -170,7 +169,7 @@ def beam_search(
         return _collect(session, hyps, num_return_sequences, eos_token_id, steps)
 
 
-def _collect(session: Session, hyps: list[Hypotheses], n: int, eos_token_id: Optional[int],
+def _collect(session: Session, hyps: list[Hypotheses], n: int, eos_token_id: int | None,
              steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack the best ``n`` hypotheses of each row behind its prefix, padded with EOS."""
     stride = session.tokens.size(0) // len(hyps)  # 1 before the first step, K after

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ class FastDecoder:
     """
 
     def __init__(self, model: nn.Module, *, batch_size: int, max_len: int, compile: bool = True,
-                 mode: Optional[str] = None):
+                 mode: str | None = None):
         check_fast_path(model)
         self.model = model
         self.cache = model.make_static_cache(batch_size, max_len)
@@ -101,7 +101,7 @@ class FastDecoder:
         return self.model(tokens, cache=self.cache)[:, -1]
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Start over with a prompt: one eager forward pass that fills the cache.
 
         Args:
@@ -167,16 +167,16 @@ class FastDecoder:
                                "FastDecoder adds one graph); reuse FastDecoders or raise the limit") from e
 
     def session(self, input_ids: torch.Tensor, max_new_tokens: int, *,
-                attention_mask: Optional[torch.Tensor] = None) -> StaticSession:
+                attention_mask: torch.Tensor | None = None) -> StaticSession:
         """A decoding session on this decoder: what ``generate(..., decoder=self)`` runs (:class:`StaticSession`)."""
         return StaticSession(self, input_ids, max_new_tokens, attention_mask=attention_mask)
 
-    def stream(self, input_ids: torch.Tensor, max_new_tokens: Optional[int] = None,
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int | None = None,
                **kwargs: Any) -> Iterator[torch.Tensor]:
         """Yield the next (B,) tokens one step at a time: :func:`~attnlab.generate.stream` on this decoder."""
         return sampling.stream(self.model, input_ids, max_new_tokens, decoder=self, **kwargs)
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: Optional[int] = None,
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int | None = None,
                  **kwargs: Any) -> torch.Tensor:
         """(B, T + n) ids, prompt included: :func:`~attnlab.generate.generate` on this decoder."""
         return sampling.generate(self.model, input_ids, max_new_tokens, decoder=self, **kwargs)
@@ -190,7 +190,7 @@ class StaticSession(Session):
     """
 
     def __init__(self, decoder: FastDecoder, input_ids: torch.Tensor, max_new_tokens: int, *,
-                 attention_mask: Optional[torch.Tensor] = None):
+                 attention_mask: torch.Tensor | None = None):
         super().__init__(decoder.model, input_ids, max_new_tokens, attention_mask=attention_mask, use_cache=False)
         need = self.prefix_len + max(max_new_tokens - 1, 0)
         if need > decoder.max_len:
@@ -211,7 +211,7 @@ class StaticSession(Session):
 
 
 def fast_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, compile: bool = True,
-                  mode: Optional[str] = None, **kwargs: Any) -> torch.Tensor:
+                  mode: str | None = None, **kwargs: Any) -> torch.Tensor:
     """:func:`~attnlab.generate.generate` (greedy or sampling) on the static-cache, compiled path.
 
     Builds a :class:`FastDecoder` for this batch (``max_len`` = prompt + ``max_new_tokens``)

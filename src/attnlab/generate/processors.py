@@ -4,13 +4,12 @@ token-id stop sequences."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 
 
 def apply_repetition_penalty(logits: torch.Tensor, tokens: torch.Tensor, penalty: float,
-                             valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                             valid: torch.Tensor | None = None) -> torch.Tensor:
     """CTRL's repetition penalty: for every token already in a row's sequence, divide a
     positive logit by ``penalty`` and multiply a negative one by it.
 

@@ -9,7 +9,7 @@ keyword arguments replace the config's fields, and the result is validated once,
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -27,12 +27,12 @@ class StepDecoder(Protocol):
     model: nn.Module
 
     def session(self, input_ids: torch.Tensor, max_new_tokens: int, *,
-                attention_mask: Optional[torch.Tensor] = None) -> Session:
+                attention_mask: torch.Tensor | None = None) -> Session:
         """A :class:`~attnlab.generate.session.Session` whose model calls go to this decoder."""
         ...
 
 
-def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Set logits outside the top-k / nucleus (top-p) to -inf.
 
     Args:
@@ -59,9 +59,9 @@ def next_token(
     logits: torch.Tensor,
     *,
     temperature: float,
-    top_k: Optional[int],
-    top_p: Optional[float],
-    generator: Optional[torch.Generator],
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Pick the next token per row from (B, V) logits; temperature 0 is greedy. Returns (B,)."""
     if temperature <= 0.0:
@@ -73,7 +73,7 @@ def next_token(
 
 @torch.no_grad()
 def _steps(session: Session, max_new_tokens: int, cfg: SamplingConfig,
-           eos_token_id: Optional[int]) -> Iterator[torch.Tensor]:
+           eos_token_id: int | None) -> Iterator[torch.Tensor]:
     """Pick, append and yield one (B,) token per step until done."""
     device = session.tokens.device
     generator = None if cfg.seed is None else torch.Generator(device=device).manual_seed(cfg.seed)
@@ -96,8 +96,8 @@ def _steps(session: Session, max_new_tokens: int, cfg: SamplingConfig,
                 break
 
 
-def _session(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, attention_mask: Optional[torch.Tensor],
-             use_cache: bool, decoder: Optional[StepDecoder]) -> Session:
+def _session(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None,
+             use_cache: bool, decoder: StepDecoder | None) -> Session:
     """The decoding session: the model's own cache, or ``decoder``'s (a static cache and compiled step)."""
     with eval_mode(model), torch.no_grad():
         if decoder is None:
@@ -107,8 +107,8 @@ def _session(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, att
         return decoder.session(input_ids, max_new_tokens, attention_mask=attention_mask)
 
 
-def _resolve(input_ids: torch.Tensor, max_new_tokens: Optional[int], sampling: Optional[SamplingConfig],
-            eos_token_id: Optional[int], options: dict[str, Any]) -> tuple[SamplingConfig, int]:
+def _resolve(input_ids: torch.Tensor, max_new_tokens: int | None, sampling: SamplingConfig | None,
+            eos_token_id: int | None, options: dict[str, Any]) -> tuple[SamplingConfig, int]:
     """The call's validated options and token budget (see :func:`generate`).
 
     Raises:
@@ -130,13 +130,13 @@ def _resolve(input_ids: torch.Tensor, max_new_tokens: Optional[int], sampling: O
 def stream(
     model: nn.Module,
     input_ids: torch.Tensor,
-    max_new_tokens: Optional[int] = None,
+    max_new_tokens: int | None = None,
     *,
-    sampling: Optional[SamplingConfig] = None,
-    eos_token_id: Optional[int] = None,
+    sampling: SamplingConfig | None = None,
+    eos_token_id: int | None = None,
     use_cache: bool = True,
-    attention_mask: Optional[torch.Tensor] = None,
-    decoder: Optional[StepDecoder] = None,
+    attention_mask: torch.Tensor | None = None,
+    decoder: StepDecoder | None = None,
     **options: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield the next (B,) tokens one step at a time (same arguments as :func:`generate`).
@@ -162,13 +162,13 @@ def stream(
 def generate(
     model: nn.Module,
     input_ids: torch.Tensor,
-    max_new_tokens: Optional[int] = None,
+    max_new_tokens: int | None = None,
     *,
-    sampling: Optional[SamplingConfig] = None,
-    eos_token_id: Optional[int] = None,
+    sampling: SamplingConfig | None = None,
+    eos_token_id: int | None = None,
     use_cache: bool = True,
-    attention_mask: Optional[torch.Tensor] = None,
-    decoder: Optional[StepDecoder] = None,
+    attention_mask: torch.Tensor | None = None,
+    decoder: StepDecoder | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` tokens: greedy, sampled, or by beam search.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from torch import nn
 from attnlab.models.protocols import accepts_padding, is_encoder_decoder
 
 
-def context_limit(model: nn.Module) -> Optional[int]:
+def context_limit(model: nn.Module) -> int | None:
     """The longest (decoder) sequence the model takes, if it has a limit."""
     limit = getattr(model, "max_context", None)
     return limit if limit is not None else getattr(getattr(model, "config", None), "block_size", None)
@@ -107,9 +107,9 @@ class Session:
     """
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
-                 attention_mask: Optional[torch.Tensor] = None, use_cache: bool = True,
-                 decoder_input_ids: Optional[torch.Tensor] = None,
-                 decoder_attention_mask: Optional[torch.Tensor] = None):
+                 attention_mask: torch.Tensor | None = None, use_cache: bool = True,
+                 decoder_input_ids: torch.Tensor | None = None,
+                 decoder_attention_mask: torch.Tensor | None = None):
         if input_ids.dim() != 2 or input_ids.size(0) == 0 or input_ids.size(1) == 0:
             raise ValueError(f"input_ids must be (B, T) with B >= 1 and T >= 1, got {tuple(input_ids.shape)}")
         if max_new_tokens < 0:
@@ -117,7 +117,7 @@ class Session:
         self.model = model
         self.encoder_decoder = is_encoder_decoder(model)
         self.use_cache = use_cache
-        self.padding: Optional[torch.Tensor] = None
+        self.padding: torch.Tensor | None = None
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(attention_mask.shape)}")
@@ -139,8 +139,8 @@ class Session:
         self.consumed = 0  # tokens the cache has seen
         self._check_length(model, max_new_tokens)
 
-    def _decoder_prefix(self, model: nn.Module, batch: int, ids: Optional[torch.Tensor],
-                        mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _decoder_prefix(self, model: nn.Module, batch: int, ids: torch.Tensor | None,
+                        mask: torch.Tensor | None) -> torch.Tensor:
         """The decoder tokens to continue: ``ids`` (checked, with their mask) or the start token."""
         if ids is None:
             if mask is not None:
@@ -213,7 +213,7 @@ class Session:
             self.rows = rows
 
     # --- iteration-level batching (decoder-only) --------------------------------------------
-    def _join_problem(self, *, fed: bool = True) -> Optional[str]:
+    def _join_problem(self, *, fed: bool = True) -> str | None:
         """Why this session cannot take or give rows in :meth:`join` (``fed``: every token must
         be in the cache), or None if it can."""
         name = type(self.model).__name__
@@ -236,7 +236,7 @@ class Session:
             return "join() needs cached sessions whose tokens are all in the cache; call next_logits() on both first"
         return None
 
-    def can_join(self, other: Optional[Session] = None) -> bool:
+    def can_join(self, other: Session | None = None) -> bool:
         """Whether :meth:`join` would accept ``other`` (without ``other``: whether this session
         can take rows at all, e.g. before building the one to join).
 
@@ -245,7 +245,7 @@ class Session:
         """
         return self._join_problem() is None and (other is None or self._pair_problem(other) is None)
 
-    def _pair_problem(self, other: Session) -> Optional[str]:
+    def _pair_problem(self, other: Session) -> str | None:
         """Why ``other``'s rows cannot join this session's, or None if they can."""
         problem = other._join_problem()
         if problem is not None:

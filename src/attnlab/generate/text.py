@@ -16,7 +16,7 @@ string (which is not shown)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -46,7 +46,7 @@ class TextStream:
         n_tokens: generated tokens pushed (EOS not counted).
     """
 
-    def __init__(self, tokenizer: Any, stops: Sequence[str] = (), eos_id: Optional[int] = None,
+    def __init__(self, tokenizer: Any, stops: Sequence[str] = (), eos_id: int | None = None,
                  prefix_ids: Sequence[int] = ()) -> None:
         if any(not s for s in stops):
             raise ValueError("stop strings must be non-empty")

@@ -13,8 +13,8 @@ of truth), and the export checks that
 
 Families: ``DecoderLM`` with learned positions → ``GPT2LMHeadModel``; with RoPE →
 ``LlamaForCausalLM``; ``EncoderForMaskedLM`` / ``EncoderModel`` → ``BertForMaskedLM`` /
-``BertModel``; a T5-style ``EncoderDecoder`` → ``T5ForConditionalGeneration``. The family is chosen from the model's class and config (``position``), never
-from weight names.
+``BertModel``; a T5-style ``EncoderDecoder`` → ``T5ForConditionalGeneration``. The family is
+chosen from the model's class and config (``position``), never from weight names.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def _read_shards(path: Path, index: Path) -> dict[str, torch.Tensor]:
     absent = sorted(k for k in weight_map if k not in state)
     if absent:
         raise CheckpointError(f"weight '{absent[0]}' is listed in {index.name} under '{weight_map[absent[0]]}' "
-                              f"but that shard does not hold it ({len(absent)} such); the shards do not match the index")
+                              f"but that shard does not hold it ({len(absent)} such); "
+                              "the shards do not match the index")
     return state
 
 

@@ -298,7 +298,7 @@ def _gpt2_build(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
         state[name] = state[name].t()  # GPT-2's Conv1D stores (in, out); nn.Linear (out, in)
     for name in [k for k in state if ".attn.qkv." in k]:
         fused = state.pop(name)  # (3·D, D) weight or (3·D,) bias: q, k, v stacked
-        for proj, part in zip(("q_proj", "k_proj", "v_proj"), fused.chunk(3, dim=0)):
+        for proj, part in zip(("q_proj", "k_proj", "v_proj"), fused.chunk(3, dim=0), strict=False):
             state[name.replace(".qkv.", f".{proj}.")] = part
     if "lm_head.weight" not in state and "tok_emb.weight" in state:
         state["lm_head.weight"] = state["tok_emb.weight"]  # GPT2Model: GPT-2's head is the embedding

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation (GPT-2's and T5 v1.1's "gelu_new")."""
     return F.gelu(x, approximate="tanh")

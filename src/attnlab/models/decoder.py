@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -63,8 +62,8 @@ class DecoderLM(TransformerStack, Model):
         """An empty KV cache for :meth:`forward` (recurrent states for linear attention)."""
         return KVCache(len(self.blocks), LinearState if self.config.mixer == "linear" else LayerCache)
 
-    def make_static_cache(self, batch_size: int, max_len: int, *, dtype: Optional[torch.dtype] = None,
-                          device: Optional[torch.device | str] = None) -> StaticKVCache:
+    def make_static_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None,
+                          device: torch.device | str | None = None) -> StaticKVCache:
         """A preallocated cache of ``max_len`` tokens per row, for compiled decoding (see :mod:`attnlab.generate.fast`).
 
         Args:
@@ -95,8 +94,8 @@ class DecoderLM(TransformerStack, Model):
             raise ValueError("a padding attention_mask is not supported with attention.global_tokens (global "
                              "positions would fall on padding); generate prompts of equal length without a mask")
 
-    def _check_documents(self, document_ids: torch.Tensor, input_ids: torch.Tensor, cache: Optional[KVCache],
-                         attention_mask: Optional[torch.Tensor]) -> None:
+    def _check_documents(self, document_ids: torch.Tensor, input_ids: torch.Tensor, cache: KVCache | None,
+                         attention_mask: torch.Tensor | None) -> None:
         """Raise unless ``document_ids`` can mask this call (full packed windows, softmax attention)."""
         if cache is not None or attention_mask is not None:
             what = "a cache" if cache is not None else "an attention_mask (padding)"
@@ -113,10 +112,10 @@ class DecoderLM(TransformerStack, Model):
         self,
         input_ids: torch.Tensor,
         *,
-        cache: Optional[KVCache] = None,
+        cache: KVCache | None = None,
         return_weights: bool = False,
-        attention_mask: Optional[torch.Tensor] = None,
-        document_ids: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Next-token logits.
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,8 @@ class EncoderModel(TransformerStack, nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Contextual hidden states.
 
@@ -114,13 +114,13 @@ class EncoderWithHead(Model):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> Any:
         """The head's logits for (B, T) ids; see :meth:`EncoderModel.forward` for the arguments."""
         return self.head_logits(self.encoder(input_ids, attention_mask, token_type_ids), attention_mask)
 
-    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Any:
+    def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> Any:
         """What the head makes of (B, T, d_model) hidden states (``attention_mask``: the real tokens)."""
         raise NotImplementedError
 
@@ -142,7 +142,7 @@ class EncoderForMaskedLM(EncoderWithHead):
         if cfg.tie_embeddings:
             self.head.decoder.weight = self.encoder.tok_emb.weight
 
-    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, d_model) → (B, T, vocab_size) logits over the vocabulary at every position.
 
         Train with :func:`attnlab.data.mlm.mask_tokens` and :func:`attnlab.data.mlm.mlm_loss`.
@@ -161,7 +161,7 @@ class SequenceClassifier(EncoderWithHead):
             tokens (how sentence-transformers such as all-MiniLM-L6-v2 were trained).
     """
 
-    def __init__(self, encoder: EncoderModel, n_classes: int, dropout: Optional[float] = None, pooling: str = "cls"):
+    def __init__(self, encoder: EncoderModel, n_classes: int, dropout: float | None = None, pooling: str = "cls"):
         super().__init__()
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1, got {n_classes}")
@@ -176,7 +176,7 @@ class SequenceClassifier(EncoderWithHead):
         init_bert_weights(self.pooler)
         init_bert_weights(self.classifier)
 
-    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, D) → (B, n_classes) logits (with ``cls`` pooling the first token must be real, e.g. [CLS])."""
         if self.pooling == "cls":
             summary = hidden[:, 0]  # (B, D)

@@ -24,8 +24,6 @@ below), not for millions of nodes where a sparse edge-list scatter would be used
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,7 +78,7 @@ class GATLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, adj: torch.Tensor, *, return_weights: bool = False,
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Aggregate each node's neighbourhood.
 
         Args:
@@ -136,10 +134,11 @@ class GAT(nn.Module):
         super().__init__()
         self.dropout = dropout
         self.hidden = GATLayer(d_in, d_hidden, n_head, concat=True, dropout=dropout, negative_slope=negative_slope)
-        self.out = GATLayer(d_hidden, n_classes, out_heads, concat=False, dropout=dropout, negative_slope=negative_slope)
+        self.out = GATLayer(d_hidden, n_classes, out_heads, concat=False, dropout=dropout,
+                            negative_slope=negative_slope)
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor, *,
-                return_weights: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
+                return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(…, N, d_in) features and (…, N, N) adjacency → (…, N, n_classes) logits (and per-layer weights)."""
         x = F.dropout(x, self.dropout, self.training)
         x, w1 = self.hidden(x, adj, return_weights=True)

@@ -11,8 +11,6 @@ an end logit; an answer is the span (s, e), s ≤ e, maximising ``start[s] + end
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -50,7 +48,7 @@ class EncoderForQuestionAnswering(EncoderWithHead):
         self.encoder = encoder
         self.qa_head = SpanHead(encoder.config.d_model)
 
-    def head_logits(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """(B, T, D) → (B, T) start logits and (B, T) end logits (float32)."""
         start, end = self.qa_head(hidden)
         return start.float(), end.float()

@@ -18,7 +18,7 @@ of left-padded tokens); read them with :func:`is_encoder_decoder` and :func:`acc
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -55,7 +55,7 @@ class CausalLM(Protocol):
         ...
 
     def __call__(self, input_ids: torch.Tensor, *, cache: Any = None,
-                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids (after the cached ones) → (B, T, V) next-token logits."""
         ...
 
@@ -76,7 +76,7 @@ class EncoderDecoderLM(Protocol):
     max_context: int
     accepts_padding: ClassVar[bool]
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> Any:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
         """(B, S) source ids (and their 1/0 padding mask) → the memory the decoder attends to."""
         ...
 
@@ -85,7 +85,7 @@ class EncoderDecoderLM(Protocol):
         ...
 
     def decode(self, decoder_input_ids: torch.Tensor, cache: Any = None, *, memory: Any = None,
-               attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) decoder ids → (B, T, V) logits, with exactly one of ``cache`` / ``memory``."""
         ...
 

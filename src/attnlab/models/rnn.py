@@ -14,7 +14,6 @@ padding (an ``attention_mask``, on any side) by packing each row's real tokens
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -35,11 +34,11 @@ def _select_rows(keep: torch.Tensor, new, old):
     """State ``new`` where ``keep`` (B,) is True, else ``old`` (None: zeros); tensors are (layers, B, H)."""
     if isinstance(new, tuple):
         olds = (None,) * len(new) if old is None else old
-        return tuple(_select_rows(keep, n, o) for n, o in zip(new, olds))
+        return tuple(_select_rows(keep, n, o) for n, o in zip(new, olds, strict=False))
     return torch.where(keep[None, :, None], new, torch.zeros_like(new) if old is None else old)
 
 
-def run_masked(rnn: nn.RNNBase, x: torch.Tensor, valid: Optional[torch.Tensor], hidden=None):
+def run_masked(rnn: nn.RNNBase, x: torch.Tensor, valid: torch.Tensor | None, hidden=None):
     """Run ``rnn`` over the real tokens of each row only, skipping padding wherever it sits.
 
     The real tokens of each row are moved to the front (in order), packed and run, and the
@@ -135,8 +134,8 @@ class RNNLanguageModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         *,
-        cache: Optional[RNNState] = None,
-        attention_mask: Optional[torch.Tensor] = None,
+        cache: RNNState | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token logits.
 
@@ -264,7 +263,7 @@ class Seq2SeqRNN(nn.Module):
         self.head = nn.Linear(h, cfg.tgt_vocab_size)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> RNNMemory:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> RNNMemory:
         """(B, S) source ids (and (B, S) 1/0 mask of real tokens) → the decoder's memory.
 
         Padding may sit anywhere (left, right): each row's real tokens are packed and
@@ -291,11 +290,11 @@ class Seq2SeqRNN(nn.Module):
     def decode(
         self,
         decoder_input_ids: torch.Tensor,
-        cache: Optional[Seq2SeqState] = None,
+        cache: Seq2SeqState | None = None,
         *,
-        memory: Optional[RNNMemory] = None,
+        memory: RNNMemory | None = None,
         return_weights: bool = False,
-        attention_mask: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder over (B, T) target ids.
 
@@ -351,7 +350,7 @@ class Seq2SeqRNN(nn.Module):
         self,
         input_ids: torch.Tensor,
         decoder_input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits.

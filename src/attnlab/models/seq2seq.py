@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -132,12 +131,12 @@ class Seq2SeqStack(TransformerStack, nn.Module):
         x: torch.Tensor,
         *,
         start: int = 0,
-        positions: Optional[torch.Tensor] = None,
-        mask: Optional[Mask] = None,
-        context: Optional[torch.Tensor] = None,
-        context_mask: Optional[Mask] = None,
-        cache: Optional[KVCache] = None,
-        cross_caches: Optional[list[LayerCache]] = None,
+        positions: torch.Tensor | None = None,
+        mask: Mask | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: Mask | None = None,
+        cache: KVCache | None = None,
+        cross_caches: list[LayerCache] | None = None,
         return_weights: bool = False,
     ) -> StackOutput:
         """Run the stack.
@@ -220,7 +219,7 @@ class EncoderDecoder(Model):
         return x * self.embed_scale if self.embed_scale != 1.0 else x
 
     def _encode(
-        self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], return_weights: bool
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, return_weights: bool
     ) -> tuple[Seq2SeqMemory, list[torch.Tensor]]:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, S), got shape {tuple(input_ids.shape)}")
@@ -248,7 +247,7 @@ class EncoderDecoder(Model):
                                           return_weights=return_weights)
         return Seq2SeqMemory(hidden, valid, padded), weights
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> Seq2SeqMemory:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Seq2SeqMemory:
         """Run the encoder.
 
         Args:
@@ -275,12 +274,12 @@ class EncoderDecoder(Model):
     def decode(
         self,
         decoder_input_ids: torch.Tensor,
-        cache: Optional[Seq2SeqCache] = None,
+        cache: Seq2SeqCache | None = None,
         *,
-        memory: Optional[Seq2SeqMemory] = None,
+        memory: Seq2SeqMemory | None = None,
         return_weights: bool = False,
-        attention_mask: Optional[torch.Tensor] = None,
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, dict[str, list[torch.Tensor]]]]:
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Next-token logits of the decoder.
 
         Args:
@@ -335,9 +334,9 @@ class EncoderDecoder(Model):
         self,
         input_ids: torch.Tensor,
         decoder_input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
         return_weights: bool = False,
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, dict[str, list[torch.Tensor]]]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Teacher-forced logits (no cache).
 
         Args:

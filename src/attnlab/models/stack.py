@@ -21,7 +21,7 @@ slot bookkeeping, not another restriction.)
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ def add_position_embedding(pos: PositionEncoding, x: torch.Tensor, positions: to
     return x if pe is None else x + pe.to(x.dtype)
 
 
-def score_mod_for(pos: PositionEncoding, cfg: ModelConfig) -> Optional[ScoreMod]:
+def score_mod_for(pos: PositionEncoding, cfg: ModelConfig) -> ScoreMod | None:
     """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
     mod = pos.score_mod()
     if cfg.attention.softcap:
@@ -83,7 +83,7 @@ def final_norm_for(cfg: ModelConfig) -> nn.Module:
 
 
 # --- the mask of one forward pass --------------------------------------------------------------
-def self_attention_mask(cfg: ModelConfig, *, causal: bool) -> Optional[Mask]:
+def self_attention_mask(cfg: ModelConfig, *, causal: bool) -> Mask | None:
     """The self-attention pattern of ``cfg.attention``, before any padding.
 
     Causal (decoders) or bidirectional (encoders), restricted to a sliding window of
@@ -105,7 +105,7 @@ def self_attention_mask(cfg: ModelConfig, *, causal: bool) -> Optional[Mask]:
     return sliding_window(a.window, causal=causal)
 
 
-def _and(mask: Optional[Mask], extra: Optional[Mask]) -> Optional[Mask]:
+def _and(mask: Mask | None, extra: Mask | None) -> Mask | None:
     """``mask & extra``, where None means "no restriction"."""
     if extra is None:
         return mask
@@ -113,11 +113,11 @@ def _and(mask: Optional[Mask], extra: Optional[Mask]) -> Optional[Mask]:
 
 
 def forward_mask(
-    pattern: Optional[Mask],
+    pattern: Mask | None,
     *,
-    padding: Optional[torch.Tensor] = None,
-    document_ids: Optional[torch.Tensor] = None,
-) -> Optional[Mask]:
+    padding: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
+) -> Mask | None:
     """What the tokens of one forward pass may attend to: pattern AND real keys AND same document.
 
     Args:
@@ -178,12 +178,12 @@ class TransformerStack:
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layer))
         self.final_norm = final_norm_for(cfg)
 
-    def attention_mask(self, padding: Optional[torch.Tensor] = None) -> Optional[Mask]:
+    def attention_mask(self, padding: torch.Tensor | None = None) -> Mask | None:
         """The configured self-attention pattern (causal or not, window, global tokens), AND
         the real keys of ``padding`` ((B, T) 1/0) if given; None = full attention."""
         return forward_mask(self_attention_mask(self.config, causal=self.causal), padding=padding)
 
-    def score_mod(self) -> Optional[ScoreMod]:
+    def score_mod(self) -> ScoreMod | None:
         """Position bias (ALiBi, relative) and soft-capping, as one score modification."""
         return score_mod_for(self.pos, self.config)
 
@@ -196,12 +196,12 @@ class TransformerStack:
         x: torch.Tensor,
         positions: torch.Tensor,
         *,
-        mask: Optional[Mask] = None,
-        score_mod: Optional[ScoreMod] = None,
-        cache: Optional[Any] = None,
-        context: Optional[torch.Tensor] = None,
-        context_mask: Optional[Mask] = None,
-        cross_caches: Optional[list] = None,
+        mask: Mask | None = None,
+        score_mod: ScoreMod | None = None,
+        cache: Any | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: Mask | None = None,
+        cross_caches: list | None = None,
         return_weights: bool = False,
     ) -> StackOutput:
         """Run every block, then the final norm.
@@ -224,7 +224,7 @@ class TransformerStack:
         self_w: list[torch.Tensor] = []
         cross_w: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            out: Union[torch.Tensor, tuple] = block(
+            out: torch.Tensor | tuple = block(
                 x, mask=mask, rotary=rotary, cache=None if cache is None else cache[i], return_weights=return_weights,
                 score_mod=score_mod, context=context, context_mask=context_mask,
                 cross_cache=None if cross_caches is None else cross_caches[i],

@@ -18,7 +18,6 @@ paper; patches are numbered row by row, the class token is position 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ from attnlab.models.common import Model, init_bert_weights
 from attnlab.models.stack import TransformerStack
 
 
-def _pair(size: Union[int, Sequence[int]], what: str) -> tuple[int, int]:
+def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
     """``8`` or ``(8, 8)`` → ``(8, 8)``, positive."""
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     if h <= 0 or w <= 0:
@@ -52,7 +51,7 @@ class PatchEmbedding(nn.Module):
         bias: whether the projection has a bias.
     """
 
-    def __init__(self, image_size: Union[int, Sequence[int]], patch_size: int, channels: int, d_model: int,
+    def __init__(self, image_size: int | Sequence[int], patch_size: int, channels: int, d_model: int,
                  bias: bool = True):
         super().__init__()
         self.image_size = _pair(image_size, "image_size")
@@ -106,7 +105,7 @@ class VisionTransformer(TransformerStack, Model):
             a non-encoder ``arch``, or a sliding window (patches attend to all patches).
     """
 
-    def __init__(self, cfg: ModelConfig, image_size: Union[int, Sequence[int]], patch_size: int, channels: int,
+    def __init__(self, cfg: ModelConfig, image_size: int | Sequence[int], patch_size: int, channels: int,
                  n_classes: int):
         super().__init__()
         if cfg.arch != "encoder":
@@ -135,7 +134,7 @@ class VisionTransformer(TransformerStack, Model):
 
     def encode(
         self, images: torch.Tensor, *, return_weights: bool = False
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Hidden states of the class token and every patch.
 
         Args:
@@ -159,7 +158,7 @@ class VisionTransformer(TransformerStack, Model):
 
     def forward(
         self, images: torch.Tensor, *, return_weights: bool = False
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, C, H, W) images → (B, n_classes) logits, or ``(logits, [weights per layer])``.
 
         See :meth:`encode` for the arguments; the weights are (B, heads, 1+P, 1+P).

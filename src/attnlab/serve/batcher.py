@@ -29,7 +29,6 @@ import traceback
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -61,7 +60,7 @@ class BatchConfig:
     max_batch: int = 8
     gather_ms: float = 5.0
     max_concurrency: int = 64
-    request_timeout: Optional[float] = 300.0
+    request_timeout: float | None = 300.0
     join: bool = True
 
     def check(self) -> None:
@@ -86,10 +85,10 @@ class Job:
         prompt_tokens / completion_tokens / finish_reason: filled in when it finishes.
     """
 
-    def __init__(self, ids: list[int], max_tokens: int, opts: Sampling, deadline: Optional[float]):
+    def __init__(self, ids: list[int], max_tokens: int, opts: Sampling, deadline: float | None):
         self.ids, self.max_tokens, self.opts, self.deadline = ids, max_tokens, opts, deadline
         self.prompt_tokens, self.completion_tokens, self.finish_reason = len(ids), 0, "length"
-        self.events: queue.Queue[Union[str, RequestError, None]] = queue.Queue()
+        self.events: queue.Queue[str | RequestError | None] = queue.Queue()
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -129,7 +128,7 @@ class _Row:
         self.steps = 0
 
 
-def _timeout_error(limit: Optional[float]) -> RequestError:
+def _timeout_error(limit: float | None) -> RequestError:
     return RequestError(408, f"the request took longer than this server's limit of {limit} s; lower max_tokens "
                         "or retry later", code="request_timeout")
 
@@ -213,7 +212,7 @@ class Batcher:
         return drained
 
     # --- the worker side ------------------------------------------------------------------
-    def _finish(self, job: Job, error: Optional[RequestError] = None) -> None:
+    def _finish(self, job: Job, error: RequestError | None = None) -> None:
         """Send the job's last event and count it (call with the lock held)."""
         if error is None:
             self.served += 1

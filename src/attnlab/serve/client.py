@@ -14,17 +14,17 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 
-def _request(base: str, path: str, body: Any = None, raw: Optional[bytes] = None,
-             method: Optional[str] = None) -> urllib.request.Request:
+def _request(base: str, path: str, body: Any = None, raw: bytes | None = None,
+             method: str | None = None) -> urllib.request.Request:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     return urllib.request.Request(base + path, data=data, method=method or ("GET" if data is None else "POST"),
                                   headers={"Content-Type": "application/json"})
 
 
-def request(base: str, path: str, body: Any = None, *, raw: Optional[bytes] = None, method: Optional[str] = None,
+def request(base: str, path: str, body: Any = None, *, raw: bytes | None = None, method: str | None = None,
             timeout: float = 30.0) -> tuple[int, Any]:
     """Send one request; returns (status, parsed JSON) or (status, text) for a non-JSON answer (SSE).
 

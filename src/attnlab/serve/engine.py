@@ -9,8 +9,6 @@ it cannot, so streamed pieces concatenate to exactly the non-streamed text.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -37,7 +35,7 @@ class Engine:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, device: torch.device, name: str,
-                 max_tokens_cap: int = 512, batch: Optional[BatchConfig] = None):
+                 max_tokens_cap: int = 512, batch: BatchConfig | None = None):
         if is_encoder_decoder(model) or not hasattr(model, "max_context"):
             raise AttnlabError(f"attnlab serve needs a decoder-only LM, got {type(model).__name__}; "
                                "serve a checkpoint trained with model.arch=decoder")

@@ -24,9 +24,10 @@ import contextlib
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,11 +85,11 @@ class Recipe:
     describe: Callable[[Metrics], str]
     amp: contextlib.AbstractContextManager
     save: Callable[..., Path] = save_checkpoint
-    tokenizer_file: Optional[Path] = None
+    tokenizer_file: Path | None = None
     tokens_per_step: int = 0
     flops_per_step: float = 0.0
-    peak_flops: Optional[float] = None
-    state: Optional[Callable[[], dict[str, Any]]] = None
+    peak_flops: float | None = None
+    state: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -100,8 +101,8 @@ class RunResult:
     interrupted: bool
     checkpoint: Path
     tokens_per_s: float
-    mfu: Optional[float]
-    val: Optional[Metrics]
+    mfu: float | None
+    val: Metrics | None
 
 
 class _Window:
@@ -126,7 +127,7 @@ class Engine:
         progress: show a progress bar.
     """
 
-    def __init__(self, recipe: Recipe, env: DistEnv, *, ckpt: Optional[Checkpoint], log: Callable[[str], None],
+    def __init__(self, recipe: Recipe, env: DistEnv, *, ckpt: Checkpoint | None, log: Callable[[str], None],
                  progress: bool) -> None:
         self.recipe, self.env, self.log, self.progress = recipe, env, log, progress
         self.tc = tc = recipe.cfg.train
@@ -187,7 +188,7 @@ class Engine:
         self.log(f"resumed from {ckpt.path} at step {self.start_step}")
 
     # -- checkpoints and validation -----------------------------------------
-    def checkpoint(self, step: int, rng: Optional[dict[str, torch.Tensor]] = None) -> Path:
+    def checkpoint(self, step: int, rng: dict[str, torch.Tensor] | None = None) -> Path:
         """Save the run at ``step`` (a collective under DDP / FSDP: every process calls it)."""
         r, env = self.recipe, self.env
         st: dict[str, Any] = {"rng": rng or rng_state(env.device), "health": self.health.state_dict()}
@@ -206,7 +207,7 @@ class Engine:
             self.metrics.write(record)
         return res
 
-    def _mfu(self, tokens_per_s: float) -> Optional[float]:
+    def _mfu(self, tokens_per_s: float) -> float | None:
         r = self.recipe
         if not (r.peak_flops and r.tokens_per_step):
             return None
@@ -224,7 +225,7 @@ class Engine:
         say = tqdm.write if env.is_main else quiet
         self.model.train()
         step = start_step = self.start_step
-        last_val: Optional[Metrics] = None
+        last_val: Metrics | None = None
         interrupted = stop_now = False
         if tc.compile:
             prepare_compiled(self.model, r.loss, r.micro_batch(start_step, 0), r.amp, self.log)
@@ -305,7 +306,7 @@ class Engine:
             bar.set_postfix(shown, refresh=False)
         window.close(now)
 
-    def _finish(self, step: int, interrupted: bool, window: _Window, last_val: Optional[Metrics]) -> RunResult:
+    def _finish(self, step: int, interrupted: bool, window: _Window, last_val: Metrics | None) -> RunResult:
         if step > self.start_step or interrupted:
             ckpt_path = self.checkpoint(step)
         else:

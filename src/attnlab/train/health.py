@@ -12,8 +12,8 @@ All functions work on plain tensors and on FSDP2's sharded ``DTensor`` parameter
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -139,7 +139,7 @@ class HealthMonitor:
         """Counters and running mean, for checkpoints."""
         return {k: v for k, v in asdict(self).items() if k in ("mean", "seen", "nonfinite_total", "spikes")}
 
-    def load_state_dict(self, state: Optional[dict[str, float]]) -> None:
+    def load_state_dict(self, state: dict[str, float] | None) -> None:
         """Restore :meth:`state_dict` (``None``: keep the fresh state)."""
         for k, v in (state or {}).items():
             setattr(self, k, type(getattr(self, k))(v))

@@ -20,8 +20,9 @@ process up to floating-point reduction order, and a run may resume on another N.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -89,7 +90,7 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
-    data: Optional[TokenData] = None,
+    data: TokenData | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Pretrain a model as ``cfg`` says, with the objective of its architecture.

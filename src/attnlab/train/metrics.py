@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -24,7 +24,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, n_params: int) -> float:
     return 6 * n_params + 12 * cfg.n_layer * cfg.d_model * seq_len
 
 
-def peak_flops(device: torch.device) -> Optional[float]:
+def peak_flops(device: torch.device) -> float | None:
     """Peak bf16 FLOP/s of a known CUDA device, or None."""
     if device.type != "cuda":
         return None
@@ -62,7 +62,7 @@ class MetricsFile:
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = "",
-                baseline: Optional[float] = None, ylabel: str = "loss (nats / token)") -> Path:
+                baseline: float | None = None, ylabel: str = "loss (nats / token)") -> Path:
     """Training and validation loss against step, saved as PNG.
 
     Args:

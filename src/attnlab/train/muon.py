@@ -13,7 +13,8 @@ learning-rate adjustment functions are called, not rewritten, so the result equa
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -42,7 +43,7 @@ class ShardedMuon(torch.optim.Muon):
         self._orthogonalise, self._adjust_lr = _muon_math()
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -29,8 +29,9 @@ carries everything needed to decode the model's predictions (``tok.decode`` show
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -139,13 +140,14 @@ class Objective:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: ObjectiveBatch) -> torch.Tensor:
-        """Training loss: label-smoothed cross-entropy of ``model(*batch.inputs, **batch.kwargs)`` against the labels."""
+        """Training loss: label-smoothed cross-entropy of ``model(*batch.inputs, **batch.kwargs)``
+        against the labels."""
         return token_loss(model(*batch.inputs, **batch.kwargs), batch.labels, self.label_smoothing)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Any, *, split: str = "val", batch_size: int = 8,
                  seq_len: int = 256, max_batches: int = 50, device: torch.device | str = "cpu",
-                 autocast: Optional[contextlib.AbstractContextManager] = None, seed: int = 0) -> dict[str, float]:
+                 autocast: contextlib.AbstractContextManager | None = None, seed: int = 0) -> dict[str, float]:
         """Mean negative log-likelihood per predicted token over fixed windows of a split.
 
         The windows are :meth:`~attnlab.data.TokenData.eval_batches`'s, and the masks / spans of
@@ -202,7 +204,7 @@ class CausalLM(Objective):
         if document_mask and tokenizer.eos_id is None:
             raise ConfigError("train.document_mask needs a tokenizer with an end-of-text token to find document "
                               "boundaries; use a tokenizer with <|endoftext|> or set train.document_mask=false")
-        self.document_eos: Optional[int] = tokenizer.eos_id if document_mask else None  # None: no document mask
+        self.document_eos: int | None = tokenizer.eos_id if document_mask else None  # None: no document mask
 
     def make_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> ObjectiveBatch:
         if self.document_eos is None:

@@ -7,8 +7,9 @@ engine around it owns the run (logging, validation, checkpoints, signals).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class StepOutcome:
     grad_norm: float
     stop_requested: bool
     verdict: Verdict
-    update_ratio: Optional[float] = None
+    update_ratio: float | None = None
 
 
 class TrainStep:

@@ -14,9 +14,8 @@ keeps its fused kernel. Everything is restored on exit, also after an exception:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
     return [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
 
 
-def check_indices(values: Optional[Sequence[int]], count: int, what: str) -> list[int]:
+def check_indices(values: Sequence[int] | None, count: int, what: str) -> list[int]:
     """Validate layer/head indices against ``range(count)``.
 
     Args:
@@ -50,7 +49,8 @@ def check_indices(values: Optional[Sequence[int]], count: int, what: str) -> lis
         raise ValueError(f"no {what}s selected; pick {what}s in 0..{count - 1} or leave the selection out for all")
     bad = [v for v in values if not 0 <= v < count]
     if bad:
-        raise ValueError(f"{what} {bad[0]} is out of range: this model has {count} {what}s, valid {what}s are 0..{count - 1}")
+        raise ValueError(f"{what} {bad[0]} is out of range: this model has {count} {what}s, "
+                         f"valid {what}s are 0..{count - 1}")
     if len(set(values)) != len(values):
         raise ValueError(f"{what}s {values} contain a duplicate; list each {what} once")
     return values
@@ -75,7 +75,7 @@ class AttentionCapture:
     history: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     keep_history: bool = False
 
-    def _hook(self, layer: int, previous: Optional[Callable[[torch.Tensor], None]]) -> Callable[[torch.Tensor], None]:
+    def _hook(self, layer: int, previous: Callable[[torch.Tensor], None] | None) -> Callable[[torch.Tensor], None]:
         index = torch.tensor(self.heads)
 
         def record(w: torch.Tensor) -> None:  # w: (B, H, Tq, Tk)
@@ -92,8 +92,8 @@ class AttentionCapture:
 @contextlib.contextmanager
 def capture_attention(
     model: nn.Module,
-    layers: Optional[Sequence[int]] = None,
-    heads: Optional[Sequence[int]] = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
     *,
     keep_history: bool = False,
 ) -> Iterator[AttentionCapture]:

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import torch
@@ -88,7 +88,7 @@ class Explorer:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, name: str = "model",
-                 cfg: Optional[ExplorerConfig] = None):
+                 cfg: ExplorerConfig | None = None):
         mc = getattr(model, "config", None)
         arch = getattr(mc, "arch", None)
         if arch not in ARCHS:
@@ -157,7 +157,7 @@ class Explorer:
         probs = logits[0].double().softmax(dim=-1)  # (T, V)
         by_position = [self._top_k(p) for p in probs] if self.arch == "decoder" else []
         if self.arch == "decoder":
-            at: Optional[int] = len(ids) - 1
+            at: int | None = len(ids) - 1
         else:
             at = ids.index(self.mask_id) if self.mask_id in ids else None
         return {
@@ -182,7 +182,8 @@ class Explorer:
         vals, idx = p.topk(min(self.cfg.top_k, p.numel()))
         ids = idx.tolist()
         names = self.tokenizer.token_strings(ids)
-        return [{"token": s, "id": i, "prob": v} for s, i, v in zip(names, ids, self._round(vals).tolist())]
+        return [{"token": s, "id": i, "prob": v}
+                for s, i, v in zip(names, ids, self._round(vals).tolist(), strict=False)]
 
 
 def read_page() -> bytes:
@@ -242,7 +243,7 @@ class ExplorerHandler(Handler):
         self._send_json(200, self.server.explorer.analyze(body.get("text")))
 
 
-def make_explorer_server(explorer: Explorer, cfg: Optional[ExplorerConfig] = None) -> ExplorerServer:
+def make_explorer_server(explorer: Explorer, cfg: ExplorerConfig | None = None) -> ExplorerServer:
     """A bound (not yet serving) explorer server; ``serve_forever()`` it, ``shutdown()`` from another thread.
 
     Raises:

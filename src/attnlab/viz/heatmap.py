@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +40,9 @@ def token_labels(pieces: Sequence[str], limit: int = 12) -> list[str]:
     return out
 
 
-def _as_grid(weights: Mapping[int, torch.Tensor] | torch.Tensor, layers: Optional[Sequence[int]]) -> tuple[list[int], list[torch.Tensor]]:
+def _as_grid(
+    weights: Mapping[int, torch.Tensor] | torch.Tensor, layers: Sequence[int] | None
+) -> tuple[list[int], list[torch.Tensor]]:
     """Normalise the input to (layer labels, [(H, Tq, Tk) float32 CPU tensors])."""
     if isinstance(weights, torch.Tensor):  # (L, H, Tq, Tk) or (H, Tq, Tk)
         w = weights if weights.dim() == 4 else weights.unsqueeze(0)
@@ -70,9 +72,9 @@ def plot_attention(
     tokens: Sequence[str],
     path: str | Path,
     *,
-    layers: Optional[Sequence[int]] = None,
-    heads: Optional[Sequence[int]] = None,
-    title: Optional[str] = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    title: str | None = None,
     max_tokens: int = MAX_TOKENS,
 ) -> Path:
     """Draw a grid of attention heatmaps (rows = layers, columns = heads) to a PNG.
@@ -128,7 +130,7 @@ def plot_attention(
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
     image = None
-    for r, (layer, w) in enumerate(zip(layer_ids, grid)):
+    for r, (layer, w) in enumerate(zip(layer_ids, grid, strict=False)):
         for c in range(n_head):
             ax = axes[r][c]
             a = w[c, tq - shown_q:, tk - shown_k:].numpy()  # (shown_q, shown_k)
@@ -161,11 +163,11 @@ def attention_heatmap(
     tokenizer: Any,
     text: str,
     path: str | Path,
-    layers: Optional[Sequence[int]] = None,
-    heads: Optional[Sequence[int]] = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
     *,
     max_tokens: int = MAX_TOKENS,
-    title: Optional[str] = None,
+    title: str | None = None,
 ) -> Path:
     """Run ``text`` through ``model`` and draw the selected layers' and heads' attention.
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 
@@ -39,13 +40,13 @@ class AttentionCall:
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
-    mask: Optional[Union[Mask, torch.Tensor]] = None
-    bias: Optional[torch.Tensor] = None
-    scale: Optional[float] = None
+    mask: Mask | torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    scale: float | None = None
     dropout_p: float = 0.0
     return_weights: bool = False
-    score_mod: Optional[ScoreMod] = None
-    topk: Optional[int] = None
+    score_mod: ScoreMod | None = None
+    topk: int | None = None
 
     @property
     def softmax_scale(self) -> float:
@@ -60,7 +61,7 @@ class AttentionCall:
             kind += f"+top{self.topk}"
         return kind
 
-    def dense_mask(self) -> Optional[torch.Tensor]:
+    def dense_mask(self) -> torch.Tensor | None:
         """The mask as a bool tensor (B|1, H|1, Tq, Tk), or None when there is none."""
         if self.mask is None:
             return None
@@ -82,7 +83,7 @@ class Backend(Protocol):
     ``attention(..., backend=name)`` runs it. ``auto`` picks only among the built-in backends.
     """
 
-    def unsupported(self, call: AttentionCall) -> Optional[str]:
+    def unsupported(self, call: AttentionCall) -> str | None:
         """Why this backend cannot serve ``call`` (one line naming the fix), or None when it can."""
         ...
 
@@ -90,7 +91,7 @@ class Backend(Protocol):
         """Build what the backend caches per shape for ``call`` (see :func:`prepare_masks`); may do nothing."""
         ...
 
-    def run(self, call: AttentionCall) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def run(self, call: AttentionCall) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The (B, H, Tq, Dv) output, or ``(output, weights)`` when ``call.return_weights``."""
         ...
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -69,7 +68,7 @@ def _grid(batch: int, heads: int, positions: torch.Tensor, keys: torch.Tensor, p
             positions.view(1, 1, -1, 1), keys.view(1, 1, 1, -1))
 
 
-def _allowed(call: AttentionCall, s: int, e: int, lo: int, hi: int) -> Optional[torch.Tensor]:
+def _allowed(call: AttentionCall, s: int, e: int, lo: int, hi: int) -> torch.Tensor | None:
     """The mask on query rows [s, e) × keys [lo, hi) as bool (B|1, H|1, e-s, hi-lo), or None."""
     mask = call.mask
     if mask is None:
@@ -120,7 +119,7 @@ def plan(call: AttentionCall, block_size: int = BLOCK_SIZE) -> Plan:
 
 
 def _block(call: AttentionCall, s: int, lo: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-           allowed: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
+           allowed: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
     """Attention of query rows starting at ``s`` over keys starting at ``lo`` (one block): (B, H, n, Dv)."""
     mod = call.score_mod
     score_mod = None
@@ -139,7 +138,7 @@ def _block(call: AttentionCall, s: int, lo: int, q: torch.Tensor, k: torch.Tenso
     return out
 
 
-def run(call: AttentionCall, block_size: int = BLOCK_SIZE, use_checkpoint: Optional[bool] = None) -> torch.Tensor:
+def run(call: AttentionCall, block_size: int = BLOCK_SIZE, use_checkpoint: bool | None = None) -> torch.Tensor:
     """Blockwise attention.
 
     Args:

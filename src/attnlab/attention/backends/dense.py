@@ -12,7 +12,7 @@ Two rules every dense computation in :mod:`attnlab.attention` follows, written o
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +43,8 @@ def unmask_empty_rows(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return allowed | empty, empty
 
 
-def masked_softmax(scores: torch.Tensor, allowed: Optional[torch.Tensor] = None,
-                   topk: Optional[int] = None) -> torch.Tensor:
+def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor | None = None,
+                   topk: int | None = None) -> torch.Tensor:
     """Softmax over the last dimension restricted to the allowed keys.
 
     Args:
@@ -80,10 +80,10 @@ def dense_attention(
     v: torch.Tensor,
     *,
     scale: float,
-    bias: Optional[torch.Tensor] = None,
-    score_mod: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    allowed: Optional[torch.Tensor] = None,
-    topk: Optional[int] = None,
+    bias: torch.Tensor | None = None,
+    score_mod: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    allowed: torch.Tensor | None = None,
+    topk: int | None = None,
     dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention through the explicit (Tq, Tk) weight matrix.

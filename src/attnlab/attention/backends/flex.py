@@ -26,8 +26,9 @@ On CPU, Flex runs forward only (no backward), in float32/float16/bfloat16.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ class FlexState:
     block_masks: OrderedDict[tuple, Any] = field(default_factory=OrderedDict)
     limit: int = BLOCK_MASK_CACHE_SIZE
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    kernel: Optional[Callable[..., torch.Tensor]] = None
+    kernel: Callable[..., torch.Tensor] | None = None
     signatures: set[tuple] = field(default_factory=set)
 
     def reset(self, kernel: bool = False) -> None:
@@ -157,7 +158,7 @@ def block_mask_for(mask: Mask, batch: int, heads: int, tq: int, tk: int, device:
 
     nb = batch if mask.per_batch else None
     nh = heads if mask.per_head else None
-    key: Optional[Hashable] = getattr(mask, "key", None)
+    key: Hashable | None = getattr(mask, "key", None)
     cache_key = None if key is None else (key, nb, nh, tq, tk, str(device))
     cache = STATE.block_masks
     if torch.compiler.is_compiling():

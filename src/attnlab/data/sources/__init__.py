@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from attnlab.data.tasks import split_records, write_jsonl
 from attnlab.errors import AttnlabError, did_you_mean
@@ -34,7 +34,7 @@ SOURCES: dict[str, str] = {
 }
 
 
-def prepare_source(name: str, out: str | Path, *, path: Optional[str] = None, seed: int = 0,
+def prepare_source(name: str, out: str | Path, *, path: str | None = None, seed: int = 0,
                    limit: int = 0) -> dict[str, Path]:
     """Write the task files of source ``name`` under ``out``; returns split → file.
 
@@ -59,7 +59,8 @@ def write_splits(examples: list[dict[str, Any]], out: str | Path, *, seed: int =
     parts = split_records(examples, fractions, seed=seed)
     if not all(parts):
         raise AttnlabError(f"{len(examples)} {what} leave a split empty; use --limit 20 or more (or 0 for all)")
-    return {name: write_jsonl(part, Path(out) / f"{name}.jsonl") for name, part in zip(("train", "val", "test"), parts)}
+    return {name: write_jsonl(part, Path(out) / f"{name}.jsonl")
+            for name, part in zip(("train", "val", "test"), parts, strict=False)}
 
 
 def package_file(member: str, what: str, install: str) -> Path:

@@ -24,7 +24,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 from attnlab.data.sources import write_splits
 from attnlab.errors import AttnlabError
@@ -70,7 +69,7 @@ def _diatheke(module: str) -> str:
     return run.stdout.decode("utf-8", errors="replace")
 
 
-def read_module(module: str, path: Optional[str] = None) -> dict[str, str]:
+def read_module(module: str, path: str | None = None) -> dict[str, str]:
     """The verses of one SWORD module, from ``path/MODULE.txt`` or by running diatheke.
 
     Raises:
@@ -94,7 +93,7 @@ def verse_pairs(source: dict[str, str], target: dict[str, str]) -> list[dict[str
     return [{"source": text, "target": target[ref], "ref": ref} for ref, text in source.items() if ref in target]
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
     """Write ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"source": en, "target": es, "ref"}``.
 
     Args:

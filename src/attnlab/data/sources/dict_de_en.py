@@ -7,7 +7,8 @@ sentence entries become translation pairs; single words and noun phrases are lef
 
     apt-get install dict-de-en                    # /usr/share/dictd/english-german.{dict.dz,index}
     attnlab data prepare de-en-dict --out data/de-en
-    # train.jsonl / val.jsonl / test.jsonl: {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}
+    # train.jsonl / val.jsonl / test.jsonl:
+    #   {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}
 
 The ``.dict.dz`` file is dictzip (readable as gzip); the ``.index`` beside it lists every
 headword with the base64 offset and length of its entry. An entry is the English
@@ -25,7 +26,6 @@ from __future__ import annotations
 import gzip
 import re
 from pathlib import Path
-from typing import Optional
 
 from attnlab.data.sources import write_splits
 from attnlab.errors import AttnlabError
@@ -54,7 +54,7 @@ def _clean(text: str) -> str:
     return " ".join(_MARKUP.sub(" ", text).split()).replace(" ,", ",").replace(" .", ".")
 
 
-def parse_entry(entry: str) -> Optional[tuple[str, str]]:
+def parse_entry(entry: str) -> tuple[str, str] | None:
     """``(english, german)`` of one dictionary entry, or ``None`` if it has no German part.
 
     Args:
@@ -69,7 +69,7 @@ def parse_entry(entry: str) -> Optional[tuple[str, str]]:
     return _clean(english), _clean(german)
 
 
-def read_entries(path: Optional[str] = None) -> list[str]:
+def read_entries(path: str | None = None) -> list[str]:
     """Every entry of the dictionary (once each, in index order).
 
     Args:
@@ -119,7 +119,7 @@ def sentence_pairs(entries: list[str]) -> list[dict[str, str]]:
     return [{"source": en, "target": de} for en, de in pairs.items()]
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
     """Write ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"source": en, "target": de}``.
 
     Args:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -25,7 +24,7 @@ FRACTIONS = (0.7, 0.15, 0.15)
 PIXELS = 64
 
 
-def _load(path: Optional[str]) -> np.ndarray:
+def _load(path: str | None) -> np.ndarray:
     """(N, 65) int array: 64 pixels then the label (scikit-learn's ``digits.csv.gz`` layout)."""
     if path is None:
         try:
@@ -48,7 +47,7 @@ def _load(path: Optional[str]) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
     """Write ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"image": [64 ints 0..16], "label": int}``.
 
     Args:

@@ -27,7 +27,6 @@ import io
 import re
 import zipfile
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlparse
 
 from attnlab.data.sources import package_file, write_splits
@@ -59,7 +58,7 @@ def _csv_text(p: Path) -> str:
             return zz.read(CSV_NAME).decode("utf-8")
 
 
-def read_articles(path: Optional[str] = None) -> list[dict[str, str]]:
+def read_articles(path: str | None = None) -> list[dict[str, str]]:
     """The CSV's rows, from ``path`` (wheel, ``NewsArticles.zip`` or ``.csv``) or the installed package.
 
     Raises:
@@ -96,7 +95,7 @@ def headline_examples(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return out
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
     """Write ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"document", "summary", "source"}``.
 
     Args:

@@ -32,7 +32,7 @@ import tarfile
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from attnlab.data.sources import write_splits
 from attnlab.data.tasks import split_records
@@ -59,7 +59,7 @@ _VERSE = re.compile(f"([{_IDEOGRAPH}]+)([，。])")
 _TITLE = re.compile(f"[{_IDEOGRAPH}]{{1,{MAX_TITLE}}}")
 
 
-def regular_body(paragraphs: list[str]) -> Optional[str]:
+def regular_body(paragraphs: list[str]) -> str | None:
     """The poem's text if it is a regular 4- or 8-line poem of 5 or 7 characters a line, else ``None``.
 
     Args:
@@ -81,7 +81,7 @@ def regular_body(paragraphs: list[str]) -> Optional[str]:
     return body
 
 
-def clean_title(title: str) -> Optional[str]:
+def clean_title(title: str) -> str | None:
     """The part of ``title`` before its first space, if it is 1 to :data:`MAX_TITLE` ideographs, else ``None``."""
     head = (title or "").strip().split(" ")[0].split("\u3000")[0]
     return head if _TITLE.fullmatch(head) else None
@@ -92,7 +92,7 @@ def format_poem(title: str, body: str) -> str:
     return f"《{title}》{body}"
 
 
-def _package_path(path: Optional[str]) -> Path:
+def _package_path(path: str | None) -> Path:
     if path is not None:
         p = Path(path).expanduser()
         if not p.exists():
@@ -122,7 +122,7 @@ def _json_files(p: Path) -> Iterator[tuple[str, bytes]]:
                            f"{INSTALL}") from None
 
 
-def read_poems(path: Optional[str] = None) -> list[dict[str, str]]:
+def read_poems(path: str | None = None) -> list[dict[str, str]]:
     """Regular Tang poems from the chinese-poetry package, as ``{"title", "author", "text"}``.
 
     Args:
@@ -145,7 +145,9 @@ def read_poems(path: Optional[str] = None) -> list[dict[str, str]]:
         try:
             entries = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise AttnlabError(f"'{name}' in '{p}' is not valid JSON ({e}); re-run `npm pack chinese-poetry@2.0.1`")
+            raise AttnlabError(
+                f"'{name}' in '{p}' is not valid JSON ({e}); re-run `npm pack chinese-poetry@2.0.1`"
+            ) from None
         for e in entries if isinstance(entries, list) else []:
             if not isinstance(e, dict) or not isinstance(e.get("paragraphs"), list):
                 continue
@@ -200,8 +202,9 @@ def read_extract() -> list[str]:
         return gzip.decompress(p.read_bytes()).decode("utf-8").splitlines()
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
-    """Write ``poems.txt`` (LM text) and ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"title", "author", "text"}``.
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+    """Write ``poems.txt`` (LM text) and ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl``
+    of ``{"title", "author", "text"}``.
 
     Args:
         out: output folder (created).

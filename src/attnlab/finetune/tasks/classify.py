@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class ClassifyOptions:
     text_column: str = "text"
     text_pair_column: str = ""
     label_column: str = "label"
-    labels: list[Union[str, int]] = field(default_factory=list)
+    labels: list[str | int] = field(default_factory=list)
     max_length: int = 128
     pooling: Literal["cls", "mean"] = "cls"
     bow_ngrams: int = 2
@@ -77,13 +77,13 @@ class ClassifyOptions:
 
 
 def encode_texts(
-    tok: Tokenizer, texts: list[str], pairs: Optional[list[str]], max_length: int, ids: dict[str, int], types: bool
+    tok: Tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, ids: dict[str, int], types: bool
 ) -> list[dict[str, list[int]]]:
     """``[CLS] a [SEP] (b [SEP])`` ids (and token types) per text, longest-first truncation to ``max_length``."""
     a_ids = tok.encode_batch(texts)
     b_ids = tok.encode_batch(pairs) if pairs is not None else [None] * len(texts)
     out = []
-    for a, b in zip(a_ids, b_ids):
+    for a, b in zip(a_ids, b_ids, strict=False):
         budget = max_length - (3 if b is not None else 2)
         a, b = list(a), (list(b) if b is not None else None)
         while len(a) + len(b or ()) > budget:
@@ -107,7 +107,7 @@ class ClassifyTask(Task):
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)
-        self._vocab_cache: Optional[NgramVocab] = None
+        self._vocab_cache: NgramVocab | None = None
 
     # -- data ---------------------------------------------------------------
     def _text_columns(self) -> list[str]:
@@ -156,7 +156,7 @@ class ClassifyTask(Task):
         return s
 
     # -- model --------------------------------------------------------------
-    def build(self, train: list[dict[str, Any]]) -> tuple[nn.Module, Optional[Tokenizer]]:
+    def build(self, train: list[dict[str, Any]]) -> tuple[nn.Module, Tokenizer | None]:
         labels = self._labels(train)
         texts = [str(r[c]) for r in train for c in self._text_columns()]
         if self.cfg.init == BOW:
@@ -175,7 +175,7 @@ class ClassifyTask(Task):
                           special=encoder_special_ids(tok, "to build [CLS] text [SEP] inputs"))
         return _classifier(encoder, len(labels), self.opt.pooling), tok
 
-    def restore(self, state: dict[str, Any], tokenizer: Optional[Tokenizer]) -> nn.Module:
+    def restore(self, state: dict[str, Any], tokenizer: Tokenizer | None) -> nn.Module:
         n = len(state["labels"])
         if state["kind"] == BOW:
             return BagOfWordsClassifier(len(state["vocab"]["grams"]), n)
@@ -183,14 +183,15 @@ class ClassifyTask(Task):
         return _classifier(encoder, n, state["pooling"])
 
     # -- training -----------------------------------------------------------
-    def _inputs(self, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[Any]:
+    def _inputs(self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[Any]:
         o = self.opt
         require_columns(examples, self._text_columns(), "the examples", hint="set options.text_column")
         texts = [str(r[o.text_column]) for r in examples]
         pairs = [str(r[o.text_pair_column]) for r in examples] if o.text_pair_column else None
         if self.state["kind"] == BOW:
             vocab = self._vocab()
-            return [vocab.encode(t if pairs is None else f"{t} {p}") for t, p in zip(texts, pairs or texts)]
+            return [vocab.encode(t if pairs is None else f"{t} {p}")
+                    for t, p in zip(texts, pairs or texts, strict=False)]
         if tokenizer is None:
             raise AttnlabError("this classifier needs its tokenizer (tokenizer.json is missing from the model folder)")
         types = bool(self.state["model"].get("type_vocab_size"))
@@ -211,11 +212,11 @@ class ClassifyTask(Task):
             batch["token_type_ids"] = pad_batch([x["token_type_ids"] for x in inputs], 0)[0]
         return batch
 
-    def features(self, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[Any]:
+    def features(self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[Any]:
         labels = self.label_ids(examples, "the training data")
-        return [(x, y) for x, y in zip(self._inputs(examples, tokenizer), labels)]
+        return [(x, y) for x, y in zip(self._inputs(examples, tokenizer), labels, strict=False)]
 
-    def length(self, feature: Any) -> Optional[int]:
+    def length(self, feature: Any) -> int | None:
         x, _ = feature
         return len(x["input_ids"]) if isinstance(x, dict) else None  # bags need no padding
 
@@ -231,7 +232,7 @@ class ClassifyTask(Task):
 
     # -- evaluation ---------------------------------------------------------
     @torch.no_grad()
-    def predict_ids(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[int]:
+    def predict_ids(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[int]:
         """Predicted class ids (batches of similar length, so little padding is computed)."""
         inputs = self._inputs(examples, tokenizer)
         device = next(model.parameters()).device
@@ -242,18 +243,20 @@ class ClassifyTask(Task):
         for start in range(0, len(order), bs):
             idx = order[start:start + bs]
             batch = {k: v.to(device) for k, v in self._collate_inputs([inputs[i] for i in idx]).items()}
-            for i, p in zip(idx, model(**batch).argmax(-1).tolist()):
+            for i, p in zip(idx, model(**batch).argmax(-1).tolist(), strict=False):
                 preds[i] = p
         return preds
 
-    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> dict[str, float]:
         gold = self.label_ids(examples, "the evaluation data")
         pred = self.predict_ids(model, examples, tokenizer)
         classes = range(len(self.state["labels"]))
         return {"accuracy": accuracy(pred, gold),
                 "f1": precision_recall_f1(pred, gold, "macro", classes=classes)["f1"]}
 
-    def predict(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[str]:
+    def predict(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[str]:
         labels = self.state["labels"]
         return [labels[i] for i in self.predict_ids(model, examples, tokenizer)]
 

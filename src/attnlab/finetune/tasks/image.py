@@ -198,7 +198,7 @@ class ImageClassifyTask(Task):
     # -- training -----------------------------------------------------------
     def features(self, examples: list[dict[str, Any]], tokenizer: Any) -> list[tuple[torch.Tensor, int]]:
         """``(image (C, H, W) in [0, 1], class index)`` per example."""
-        return list(zip((self.image_tensor(r) for r in examples), self._label_index(examples)))
+        return list(zip((self.image_tensor(r) for r in examples), self._label_index(examples), strict=False))
 
     def collate(self, features: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
         """``{"images": (B, C, H, W), "labels": (B,)}``."""

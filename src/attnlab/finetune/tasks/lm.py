@@ -23,7 +23,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +113,7 @@ class LMTask(Task):
         self.state = {"model": dataclasses.asdict(model.config)}
         return model, tok
 
-    def restore(self, state: dict[str, Any], tokenizer: Optional[Tokenizer]) -> nn.Module:
+    def restore(self, state: dict[str, Any], tokenizer: Tokenizer | None) -> nn.Module:
         return DecoderLM(from_dict(ModelConfig, state["model"], "model"))
 
     # -- training -----------------------------------------------------------

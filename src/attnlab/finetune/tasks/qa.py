@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,7 +91,7 @@ class QAFeature:
 
     example: int
     input_ids: list[int]
-    token_type_ids: Optional[list[int]]
+    token_type_ids: list[int] | None
     context_start: int
     offsets: list[tuple[int, int]]
     start: int = 0
@@ -125,7 +125,7 @@ def window_starts(n_tokens: int, window: int, overlap: int) -> list[int]:
     return starts
 
 
-def char_to_token_span(offsets: list[tuple[int, int]], start: int, end: int) -> Optional[tuple[int, int]]:
+def char_to_token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
     """First and last token covering characters ``[start, end)``, or ``None`` when no token does."""
     first = next((i for i, (s, e) in enumerate(offsets) if e > start and s < end), None)
     if first is None:
@@ -152,7 +152,7 @@ class QATask(Task):
         for i, r in enumerate(rows):
             where = f"'{path}' record {i}"
             context, answers = str(r[o.context_column]), _answers(r, o.answers_column, where)
-            for text, start in zip(answers["text"], answers["answer_start"]):
+            for text, start in zip(answers["text"], answers["answer_start"], strict=False):
                 if context[start:start + len(text)] != text:
                     raise AttnlabError(f"{where}: answer {text!r} is not at answer_start={start} of its context; "
                                        "fix answer_start (a character offset into the context)")
@@ -174,11 +174,11 @@ class QATask(Task):
                                    for k, t in (("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"))})
         return EncoderForQuestionAnswering(encoder), tok
 
-    def restore(self, state: dict[str, Any], tokenizer: Optional[Tokenizer]) -> nn.Module:
+    def restore(self, state: dict[str, Any], tokenizer: Tokenizer | None) -> nn.Module:
         return EncoderForQuestionAnswering(EncoderModel(from_dict(ModelConfig, state["model"], "model")))
 
     # -- features -----------------------------------------------------------
-    def windows(self, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[QAFeature]:
+    def windows(self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[QAFeature]:
         """Every window of every example, with its targets (from the first answer)."""
         if tokenizer is None:
             raise AttnlabError("the QA model needs its tokenizer (tokenizer.json is missing from the model folder)")
@@ -188,7 +188,7 @@ class QATask(Task):
         questions = backend.encode_batch([r["question"] for r in examples], add_special_tokens=False)
         contexts = backend.encode_batch([r["context"] for r in examples], add_special_tokens=False)
         feats = []
-        for i, (r, q, c) in enumerate(zip(examples, questions, contexts)):
+        for i, (r, q, c) in enumerate(zip(examples, questions, contexts, strict=False)):
             q_ids = q.ids[: o.max_question_length]
             room = o.max_length - len(q_ids) - 3
             head = [sp["cls"], *q_ids, sp["sep"]]
@@ -207,7 +207,7 @@ class QATask(Task):
                 feats.append(f)
         return feats
 
-    def features(self, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[QAFeature]:
+    def features(self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[QAFeature]:
         return self.windows(examples, tokenizer)
 
     def collate(self, features: list[QAFeature], with_cls: bool = True) -> dict[str, torch.Tensor]:
@@ -231,7 +231,7 @@ class QATask(Task):
 
     # -- evaluation ---------------------------------------------------------
     @torch.no_grad()
-    def predict(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[str]:
+    def predict(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[str]:
         """The answer text of each example: its best span over all windows."""
         feats = self.windows(examples, tokenizer)
         device = next(model.parameters()).device
@@ -244,13 +244,15 @@ class QATask(Task):
             start, end = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                batch["token_type_ids"].to(device) if "token_type_ids" in batch else None)
             score, s, e = best_spans(start, end, batch["allowed"].to(device), self.opt.max_answer_length)
-            for f, sc, si, ei in zip(chunk, score.tolist(), s.tolist(), e.tolist()):
+            for f, sc, si, ei in zip(chunk, score.tolist(), s.tolist(), e.tolist(), strict=False):
                 if sc > best[f.example][0]:
                     a, z = f.offsets[si - f.context_start][0], f.offsets[ei - f.context_start][1]
                     best[f.example] = (sc, examples[f.example]["context"][a:z].strip())
         return [text for _, text in best]
 
-    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> dict[str, float]:
         preds = self.predict(model, examples, tokenizer)
         scores = squad_scores({str(i): p for i, p in enumerate(preds)},
                               {str(i): r["answers"]["text"] for i, r in enumerate(examples)})

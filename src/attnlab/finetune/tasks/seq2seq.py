@@ -2,8 +2,10 @@
 
 Examples are records with an input and an output text::
 
-    {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}   # translate
-    {"document": "Michigan billionaire ... was confirmed today ...", "summary": "Betsy DeVos Confirmed ..."}  # summarize
+    # translate
+    {"source": "He cringed at the thought.", "target": "Ihn schauderte bei dem Gedanken."}
+    # summarize
+    {"document": "Michigan billionaire ... was confirmed today ...", "summary": "Betsy DeVos Confirmed ..."}
 
 Two model families, trained and decoded the same way:
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -197,7 +199,7 @@ class Seq2SeqTask(Task):
             raise ConfigError(f"options.max_source_length={o.max_source_length} exceeds the encoder's context of "
                               f"{block}; lower it")
 
-    def restore(self, state: dict[str, Any], tokenizer: Optional[Tokenizer]) -> nn.Module:
+    def restore(self, state: dict[str, Any], tokenizer: Tokenizer | None) -> nn.Module:
         if state["kind"] == RNN:
             return Seq2SeqRNN(Seq2SeqConfig(**state["model"]))
         from attnlab.models.seq2seq import EncoderDecoder
@@ -205,17 +207,19 @@ class Seq2SeqTask(Task):
         return EncoderDecoder(from_dict(ModelConfig, state["model"], "model"))
 
     # -- training -----------------------------------------------------------
-    def _sources(self, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[list[int]]:
+    def _sources(self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[list[int]]:
         if tokenizer is None:
             raise AttnlabError(f"the {self.name} model needs its tokenizer "
                                "(tokenizer.json is missing from the model folder)")
         n, eos = self.opt.max_source_length - 1, self.state["special"]["eos"]
         return [ids[:n] + [eos] for ids in tokenizer.encode_batch([r["source"] for r in examples])]
 
-    def features(self, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[tuple[list[int], list[int]]]:
+    def features(
+        self, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> list[tuple[list[int], list[int]]]:
         n, eos = self.opt.max_target_length - 1, self.state["special"]["eos"]
         targets = [ids[:n] + [eos] for ids in tokenizer.encode_batch([r["target"] for r in examples])]
-        return list(zip(self._sources(examples, tokenizer), targets))
+        return list(zip(self._sources(examples, tokenizer), targets, strict=False))
 
     def collate(self, features: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         pad = self.state["special"]["pad"]
@@ -234,7 +238,7 @@ class Seq2SeqTask(Task):
 
     # -- evaluation ---------------------------------------------------------
     @torch.no_grad()
-    def predict(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> list[str]:
+    def predict(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None) -> list[str]:
         """Generated output text per example (greedy or beam search, as ``options`` say)."""
         o, sp = self.opt, self.state["special"]
         sources = self._sources(examples, tokenizer)
@@ -248,12 +252,14 @@ class Seq2SeqTask(Task):
             ids, mask = pad_batch([sources[i] for i in idx], sp["pad"])
             gen = generate(model, ids.to(device), o.max_target_length, temperature=0.0, num_beams=o.num_beams,
                            length_penalty=o.length_penalty, eos_token_id=sp["eos"], attention_mask=mask.to(device))
-            for i, row in zip(idx, gen[:, 1:].tolist()):
+            for i, row in zip(idx, gen[:, 1:].tolist(), strict=False):
                 row = row[: row.index(sp["eos"])] if sp["eos"] in row else row
                 out[i] = tokenizer.decode([t for t in row if t not in special]).strip()
         return out
 
-    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Optional[Tokenizer]) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, examples: list[dict[str, Any]], tokenizer: Tokenizer | None
+    ) -> dict[str, float]:
         return self.score(self.predict(model, examples, tokenizer), [r["target"] for r in examples])
 
     @abstractmethod

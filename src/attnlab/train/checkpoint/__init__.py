@@ -15,9 +15,10 @@ Distributed (sharded) checkpoints are :mod:`attnlab.train.checkpoint.dist`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import yaml
@@ -72,9 +73,9 @@ def save_checkpoint(
     config: Config,
     *,
     state: dict[str, Any],
-    tokenizer_file: Optional[Path] = None,
+    tokenizer_file: Path | None = None,
     keep_last: int = 3,
-    log: Optional[Log] = None,
+    log: Log | None = None,
 ) -> Path:
     """Write a checkpoint atomically and point ``latest`` at it.
 
@@ -118,7 +119,7 @@ class Checkpoint:
     step: int
 
     @property
-    def tokenizer_file(self) -> Optional[Path]:
+    def tokenizer_file(self) -> Path | None:
         p = self.path / TOKENIZER
         return p if p.exists() else None
 
@@ -127,14 +128,16 @@ class Checkpoint:
         try:
             return torch.load(self.path / STATE, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise CheckpointError(f"'{self.path / STATE}' cannot be read ({type(e).__name__}); the file is corrupt") from None
+            raise CheckpointError(
+                f"'{self.path / STATE}' cannot be read ({type(e).__name__}); the file is corrupt"
+            ) from None
 
 
 def _read_run_config(path: Path) -> Config:
     return from_dict(Config, yaml.safe_load(path.read_text()))
 
 
-def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = None,
+def load_checkpoint(path: str | Path, verify: bool = True, log: Log | None = None,
                     read_config: Callable[[Path], Any] = _read_run_config) -> Checkpoint:
     """Load a checkpoint's config and weights, verifying checksums.
 
@@ -159,7 +162,9 @@ def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = 
         try:
             verify_checkpoint(p, checksums=verify)
         except CheckpointError as e:
-            raise CheckpointError(f"{e}; load an earlier checkpoint, or pass the run folder to use the newest good one") from None
+            raise CheckpointError(
+                f"{e}; load an earlier checkpoint, or pass the run folder to use the newest good one"
+            ) from None
         ckpt = p
     else:
         ckpt = latest_good_checkpoint(p, log, checksums=verify)[0]
@@ -173,7 +178,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, log: Optional[Log] = 
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", log: Optional[Log] = None
+    path: str | Path, device: str | torch.device = "cpu", log: Log | None = None
 ) -> tuple[nn.Module, Checkpoint]:
     """Build the model a checkpoint describes and load its weights (eval mode).
 

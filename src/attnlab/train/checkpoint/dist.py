@@ -13,15 +13,15 @@ Used when several processes train (or with FSDP). The folder has the layout of
 It is staged and committed by the same code as any other checkpoint
 (:func:`attnlab.train.checkpoint.store.stage_checkpoint` / ``commit_checkpoint``: temporary
 folder, rename, then ``latest``), so :func:`attnlab.train.checkpoint.load_checkpoint` and
-``load_model`` read it as any other checkpoint. DCP re-shards on load, so a run saved by N processes resumes on M (one included,
-without a process group).
+``load_model`` read it as any other checkpoint. DCP re-shards on load, so a run saved by N
+processes resumes on M (one included, without a process group).
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -86,7 +86,7 @@ def save_dist_checkpoint(
     env: DistEnv,
     *,
     state: dict[str, Any],
-    tokenizer_file: Optional[Path] = None,
+    tokenizer_file: Path | None = None,
     keep_last: int = 3,
 ) -> Path:
     """Write a checkpoint from every process (a collective: all must call it).
@@ -111,9 +111,9 @@ def save_dist_checkpoint(
     """
     root = Path(run_dir) / "checkpoints"
     name = checkpoint_name(step)
-    tmp: Optional[Path] = None
-    error: Optional[str] = None
-    failure: Optional[Exception] = None
+    tmp: Path | None = None
+    error: str | None = None
+    failure: Exception | None = None
     if env.is_main:
         try:
             tmp = stage_checkpoint(run_dir, step)  # rank 0's pid: the single-process saver cleans it up if killed

@@ -23,7 +23,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -55,7 +55,7 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
-def step_of(path: Path) -> Optional[int]:
+def step_of(path: Path) -> int | None:
     """The step a ``step_N`` folder holds, or None for any other name."""
     m = STEP_NAME.fullmatch(path.name)
     return int(m.group(1)) if m else None
@@ -67,7 +67,7 @@ def write_contents(
     weights: dict[str, torch.Tensor],
     state: dict[str, Any],
     config: Config,
-    tokenizer_file: Optional[Path] = None,
+    tokenizer_file: Path | None = None,
 ) -> None:
     """Write a checkpoint's files (all but ``meta.json``) into ``folder``.
 
@@ -90,7 +90,7 @@ def _meta_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def seal_checkpoint(folder: Path, step: int, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def seal_checkpoint(folder: Path, step: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flush every file under ``folder`` to disk and record its size and sha256 in ``meta.json``.
 
     Files in subfolders (a distributed checkpoint's ``dcp/``) are recorded by their relative
@@ -142,7 +142,8 @@ def verify_checkpoint(path: str | Path, checksums: bool = True) -> dict[str, Any
         raise CheckpointError(f"'{meta_path}' is corrupt (checksum mismatch)")
     step = step_of(ckpt)
     if step is not None and meta.get("step") != step:
-        raise CheckpointError(f"'{meta_path}' is corrupt (it says step {meta.get('step')!r}, the folder is step {step})")
+        raise CheckpointError(f"'{meta_path}' is corrupt "
+                              f"(it says step {meta.get('step')!r}, the folder is step {step})")
     durable.check_files(ckpt, meta["sha256"], meta.get("bytes", {}), required=REQUIRED, checksums=checksums,
                         kind="the checkpoint")
     return meta

@@ -19,9 +19,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 from attnlab.errors import CheckpointError
 from attnlab.io import durable
@@ -53,11 +53,13 @@ def _stderr(msg: str) -> None:
 def _io_error(e: OSError, doing: str, where: Path, after: str = "") -> CheckpointError:
     """One line for a failed write: what, where, why (by errno) and the fix."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        why, fix = "the disk is full", f"free space on the disk holding '{where}' (df -h) or set train.out_dir to another disk"
+        why = "the disk is full"
+        fix = f"free space on the disk holding '{where}' (df -h) or set train.out_dir to another disk"
     elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         why, fix = "the folder is not writable", "set train.out_dir to a writable folder (or fix its permissions)"
     elif e.errno in (errno.ENOTDIR, errno.EEXIST):
-        why, fix = f"a file is in the way of a folder ('{e.filename}')", "remove that file or set train.out_dir elsewhere"
+        why = f"a file is in the way of a folder ('{e.filename}')"
+        fix = "remove that file or set train.out_dir elsewhere"
     else:
         why, fix = "the write failed", "check the disk, then retry"
     return CheckpointError(f"{doing} '{where}': {why} ({e.strerror or e}){after}; {fix}")
@@ -114,7 +116,7 @@ def is_checkpoint_folder(p: Path) -> bool:
     return (p / META).exists() or (p / WEIGHTS).exists() or (step_of(p) is not None and p.is_dir())
 
 
-def _latest_problem(root: Path) -> Optional[str]:
+def _latest_problem(root: Path) -> str | None:
     """Why ``root/latest`` cannot be trusted, or None when it names an existing checkpoint (or is absent)."""
     latest = root / LATEST
     if not latest.exists():
@@ -131,7 +133,7 @@ def _latest_problem(root: Path) -> Optional[str]:
 
 
 def latest_good_checkpoint(
-    run_dir: str | Path, log: Optional[Log] = None, *, checksums: bool = True
+    run_dir: str | Path, log: Log | None = None, *, checksums: bool = True
 ) -> tuple[Path, list[tuple[Path, str]]]:
     """The newest checkpoint of a run that verifies, and the newer ones that did not.
 
@@ -202,7 +204,7 @@ def has_checkpoint(run_dir: str | Path) -> bool:
 # Saving: stage, write, commit.
 
 
-def stage_checkpoint(run_dir: str | Path, step: int, log: Optional[Log] = None) -> Path:
+def stage_checkpoint(run_dir: str | Path, step: int, log: Log | None = None) -> Path:
     """Create the temporary folder a checkpoint of ``step`` is written into, after cleaning up killed saves.
 
     The folder (``RUN/checkpoints/.tmp-step_N-PID``) is ignored by readers; fill it, then
@@ -225,10 +227,10 @@ def commit_checkpoint(
     tmp: Path,
     step: int,
     *,
-    write: Optional[Callable[[Path], None]] = None,
-    meta: Optional[dict] = None,
+    write: Callable[[Path], None] | None = None,
+    meta: dict | None = None,
     keep_last: int = 3,
-    log: Optional[Log] = None,
+    log: Log | None = None,
 ) -> Path:
     """Finish a staged checkpoint and publish it: the one place a checkpoint becomes visible.
 
@@ -273,7 +275,8 @@ def commit_checkpoint(
 
 @contextmanager
 def _discard_on_error(tmp: Path, step: int) -> Iterator[None]:
-    """On any failure remove ``tmp``; an OSError becomes one line naming the cause, the fix and the checkpoint still intact."""
+    """On any failure remove ``tmp``; an OSError becomes one line naming the cause, the fix and the checkpoint
+    still intact."""
     try:
         yield
     except BaseException as e:
