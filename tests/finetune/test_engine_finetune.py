@@ -122,6 +122,7 @@ def test_muon_runs_at_its_own_learning_rate(files, tmp_path, monkeypatch):
     assert [g["lr"] for g in adamw.param_groups] == pytest.approx([3e-3 * frac] * 2)
 
 
+@pytest.mark.slow
 def test_compiled_finetuning_matches_eager(files, tmp_path, reference):
     out = tmp_path / "compiled"
     run(recipe(files, out, **{"train.grad_accum": 2, "train.compile": "true"}), progress=False, log=quiet)

@@ -25,6 +25,7 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.slow
 def test_gpt2_124m_parameter_count():
     model = build(config.load("gpt2-124m"))
     assert model.num_params() == 124_439_808

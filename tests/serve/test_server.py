@@ -208,6 +208,7 @@ def test_eight_concurrent_requests(served, reference):
     assert stats["running"] == stats["queued"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_serves_and_stops_on_signal(trained_run, sig):
     proc = subprocess.Popen([sys.executable, "-m", "attnlab", "serve", str(trained_run), "--port", "0", "--quiet",

@@ -261,6 +261,7 @@ def kill_process_group(proc: subprocess.Popen) -> None:
         proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_loses_nothing(tmp_path, tiny):
     cfg, model = tiny
     cfg.save(tmp_path / "cfg.yaml")

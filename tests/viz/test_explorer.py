@@ -186,6 +186,7 @@ def test_cli_missing_checkpoint(capsys, tmp_path, one_line_error):
     one_line_error(capsys, main(["viz", "serve", str(tmp_path / "nope")]), "not found")
 
 
+@pytest.mark.slow
 def test_cli_serves_until_ctrl_c(trained_run):
     proc = subprocess.Popen([sys.executable, "-m", "attnlab", "viz", "serve", str(trained_run), "--port", "0",
                              "--device", "cpu", "--quiet"], stderr=subprocess.PIPE, text=True)
