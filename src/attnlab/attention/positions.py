@@ -11,14 +11,12 @@ pass gives token ``t`` (score mods see query i at position Tk - Tq + i).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Optional
-
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnlab.attention.score_mods import ScoreMod, alibi
@@ -33,15 +31,15 @@ class PositionEncoding(nn.Module):
         super().__init__()
         self.max_len = max_len
 
-    def embed(self, positions: torch.Tensor) -> Optional[torch.Tensor]:
+    def embed(self, positions: torch.Tensor) -> torch.Tensor | None:
         """(T,) or (B, T) positions → (T, D) / (B, T, D) vectors to add, or None."""
         return None
 
-    def rotary(self, positions: torch.Tensor) -> Optional[Rotary]:
+    def rotary(self, positions: torch.Tensor) -> Rotary | None:
         """(T,) or (B, T) positions → a function ``(q, k) -> (q, k)``, or None."""
         return None
 
-    def score_mod(self) -> Optional[ScoreMod]:
+    def score_mod(self) -> ScoreMod | None:
         """A score modification to pass to :func:`~attnlab.attention.attention`, or None."""
         return None
 
@@ -54,7 +52,7 @@ class LearnedPositions(PositionEncoding):
         self.weight = nn.Parameter(torch.zeros(max_len, dim))
 
     def embed(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.weight[positions]  # (T, D)
+        return F.embedding(positions, self.weight)  # (T, D) or (B, T, D); a gather, cheaper than indexing
 
 
 def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -93,7 +91,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 ROPE_SCALINGS = ("linear", "ntk")
 
 
-def _check_rope_scaling(scaling: Optional[Mapping[str, Any]], head_dim: int) -> Optional[dict]:
+def _check_rope_scaling(scaling: Mapping[str, Any] | None, head_dim: int) -> dict | None:
     """Validate a RoPE scaling spec; ``None`` and ``{"type": "none"}`` mean no scaling."""
     if scaling is None or scaling.get("type", "none") == "none":
         return None
@@ -111,7 +109,7 @@ def rope_cos_sin(
     positions: torch.Tensor,
     head_dim: int,
     theta: float = 10000.0,
-    scaling: Optional[Mapping[str, Any]] = None,
+    scaling: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE's cos and sin tables for any positions (also beyond a model's context).
 
@@ -160,7 +158,7 @@ class RotaryPositions(PositionEncoding):
     """
 
     def __init__(self, max_len: int, head_dim: int, theta: float = 10000.0,
-                 scaling: Optional[Mapping[str, Any]] = None):
+                 scaling: Mapping[str, Any] | None = None):
         self.scaling = _check_rope_scaling(scaling, head_dim)
         factor = self.scaling["factor"] if self.scaling else 1.0
         super().__init__(math.ceil(max_len * factor))
@@ -328,8 +326,8 @@ def build_positions(
     head_dim: int,
     rope_theta: float = 10000.0,
     *,
-    n_head: Optional[int] = None,
-    rope_scaling: Optional[Mapping[str, Any]] = None,
+    n_head: int | None = None,
+    rope_scaling: Mapping[str, Any] | None = None,
     num_buckets: int = 32,
     max_distance: int = 128,
     bidirectional: bool = True,

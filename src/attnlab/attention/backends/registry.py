@@ -30,9 +30,9 @@ a ValueError that names why; nothing silently falls back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from string import Formatter
-from typing import Callable, Optional, Union
 
 import torch
 
@@ -106,17 +106,17 @@ class Situation:
         self.data_mask = self.long and isinstance(mask, Mask) and mask.key is None  # dense: (B, 1, Tq, Tk)
         what = "structured mask" if self.structured else "data-dependent mask" if self.data_mask else None
         self.what = what if what is not None or mod is None else "additive score mod"
-        self._why_not_flex: Optional[str] = None
+        self._why_not_flex: str | None = None
         self._why_known = False
 
     @property
-    def why_not_flex(self) -> Optional[str]:
+    def why_not_flex(self) -> str | None:
         """Why Flex should not serve this call (None: it may)."""
         if not self._why_known:
             self._why_not_flex, self._why_known = self._flex_reason(), True
         return self._why_not_flex
 
-    def _flex_reason(self) -> Optional[str]:
+    def _flex_reason(self) -> str | None:
         if self.non_additive:
             return _flex_blocker(self.call) if (self.cuda or self.long) else "short sequence"
         if self.data_mask and not self.cuda:  # its shapes vary per call (prompts, batches): not a compile per shape
@@ -137,7 +137,7 @@ class Rule:
     """
 
     name: str
-    pick: Callable[[Situation], Optional[str]]
+    pick: Callable[[Situation], str | None]
     facts: tuple[str, ...] = field(init=False, default=())  # the facts named in ``name``, read once here
 
     def __post_init__(self) -> None:
@@ -150,7 +150,7 @@ class Rule:
         return f"auto: {self.name.format(**{f: getattr(s, f) for f in self.facts})}"
 
 
-def _when(cond: Callable[[Situation], bool], backend: str) -> Callable[[Situation], Optional[str]]:
+def _when(cond: Callable[[Situation], bool], backend: str) -> Callable[[Situation], str | None]:
     """A rule body: ``backend`` when ``cond(situation)`` holds, else None."""
     return lambda s: backend if cond(s) else None
 
@@ -176,8 +176,46 @@ AUTO_RULES: list[Rule] = [
 ]
 
 
+_BUILTIN_RULES = tuple(AUTO_RULES)
+_PLAIN: dict[tuple[bool, bool], tuple[str, str]] = {}
+"""``auto``'s answers for plain calls (see :func:`_plain_key`) under the built-in table, by (decode step, no mask)."""
+
+
+def _plain_key(call: AttentionCall) -> tuple[bool, bool] | None:
+    """A key under which ``auto``'s answer for ``call`` can be reused, or None (walk the table).
+
+    Under the built-in table a plain call (no mask or the built-in causal one, no score mod, no
+    weights, no top-k) reads no fact but "Tq == 1" and "no mask": the other facts (flex's compile
+    budget, sequence length, mask predicates, device) matter to rules a plain call never reaches.
+    A changed :data:`AUTO_RULES` (a rule added or removed) always walks the table.
+    """
+    mask = call.mask
+    if call.score_mod is not None or call.return_weights or call.topk is not None:
+        return None
+    if mask is not None and not (isinstance(mask, Mask) and mask.kind == "causal" and mask.key == ("causal",)):
+        return None
+    if tuple(AUTO_RULES) != _BUILTIN_RULES:
+        return None
+    return call.q.shape[-2] == 1, mask is None
+
+
 def auto(call: AttentionCall) -> tuple[str, str]:
-    """The first rule of :data:`AUTO_RULES` that names a backend: ``(name, reason)``."""
+    """The first rule of :data:`AUTO_RULES` that names a backend: ``(name, reason)``.
+
+    The answer for a plain call (:func:`_plain_key`) is worked out from the table once and reused:
+    walking the table costs more than the rest of a small forward's attention plumbing.
+    """
+    key = None if torch.compiler.is_compiling() else _plain_key(call)
+    if key is None:
+        return _walk(call)
+    hit = _PLAIN.get(key)
+    if hit is None:
+        hit = _PLAIN[key] = _walk(call)
+    return hit
+
+
+def _walk(call: AttentionCall) -> tuple[str, str]:
+    """Walk :data:`AUTO_RULES` for ``call``: the first rule that names a backend decides."""
     s = Situation(call)
     for rule in AUTO_RULES:
         name = rule.pick(s)
@@ -209,7 +247,7 @@ def choose(call: AttentionCall, backend: str = "auto") -> tuple[str, str]:
     return backend, "requested"
 
 
-def run(call: AttentionCall, backend: str = "auto") -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+def run(call: AttentionCall, backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Choose a backend, record the choice, run it."""
     name, reason = choose(call, backend)
     record_dispatch(name, reason, call)
