@@ -291,6 +291,9 @@ def main() -> None:
         k = s % len(runners)
         for r in runners[k:] + runners[:k]:
             r.step(*batches[s], args.lr, timed=True)
+        if (s + 1) % 10 == 0:
+            print(f"step {s + 1}/{total}: " + ", ".join(f"{r.name} {r.times[-1] * 1000:.0f} ms" for r in runners),
+                  file=sys.stderr, flush=True)
     late = {k: v - settled[k] for k, v in compile_counts().items()}
     if args.compile:
         for name, c in counts.items():
