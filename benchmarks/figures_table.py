@@ -54,14 +54,17 @@ VS_NANO = ("python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --thre
            "--attnlab-dtype float32 auto --warmup 5 --iters 45 --val-batches 10 "
            "--out benchmarks/results/vs_nanogpt-cpu-nanoshape")
 VS_NANO_C = VS_NANO.replace("--iters 45", "--compile --iters 40") + "-compiled"
+VS_NANO2 = VS_NANO + "-run2"
 
 
 def _nano_shape() -> list[Figure]:
     """The issue-15 rows: nanoGPT's CPU shape, eager and compiled, three models per run."""
     eager, comp = "results/vs_nanogpt-cpu-nanoshape.json", "results/vs_nanogpt-cpu-nanoshape-compiled.json"
+    run2 = "results/vs_nanogpt-cpu-nanoshape-run2.json"
     out = row(BR, "compiled; 804,096 parameters each", eager, VS_NANO, ("804,096", "rows.0.params"))
     for label, src, cmd, ms, ratios in (
         ("eager step (ms/iter)", eager, VS_NANO, ("535.0", "694.6", "586.4"), ("1.095", "0.844")),
+        ("eager step, repeat (ms/iter)", run2, VS_NANO2, ("1692.1", "2104.4", "1707.5"), ("1.009", "0.811")),
         ("compiled step (ms/iter)", comp, VS_NANO_C, ("470.4", "578.2", "476.8"), ("1.014", "0.824")),
     ):
         quote = f"| {label} | {' | '.join(ms)} | fp32: {ratios[0]}×; default: {ratios[1]}× |"
@@ -76,12 +79,16 @@ def _nano_shape() -> list[Figure]:
                comp, VS_NANO_C, ("45", "{warmup_steps} + {timed_steps}"), ("2.6755", "rows.0.val_loss"),
                ("2.6755", "rows.1.val_loss"), ("2.7158", "rows.2.val_loss"),
                ("1.48", "-100 * {vs_nanogpt.0.val_loss_rel_gap}"))
-    out += row(BR, "(load average 7.4–10.3 at the ends of the runs)", comp, VS_NANO_C,
-               ("7.4", "load_average_1_5_15min_at_end.0"))
-    out += row(BR, "(load average 7.4–10.3 at the ends of the runs)", eager, VS_NANO,
+    out += row(BR, "(load average 5.0–10.3 at the ends of the runs)", run2, VS_NANO2,
+               ("5.0", "load_average_1_5_15min_at_end.0"))
+    out += row(BR, "(load average 5.0–10.3 at the ends of the runs)", eager, VS_NANO,
                ("10.3", "load_average_1_5_15min_at_end.1"))
-    out += row(BR, "eager (1.095×) but not compiled (1.014×)", eager, VS_NANO, ("1.095", "speedup_tokens_per_s"))
-    out += row(BR, "eager (1.095×) but not compiled (1.014×)", comp, VS_NANO_C, ("1.014", "speedup_tokens_per_s"))
+    out += row(BR, "eager run gave 1.095×, the same command again 1.009×, compiled 1.014×", eager, VS_NANO,
+               ("1.095", "speedup_tokens_per_s"))
+    out += row(BR, "eager run gave 1.095×, the same command again 1.009×, compiled 1.014×", run2, VS_NANO2,
+               ("1.009", "speedup_tokens_per_s"))
+    out += row(BR, "eager run gave 1.095×, the same command again 1.009×, compiled 1.014×", comp, VS_NANO_C,
+               ("1.014", "speedup_tokens_per_s"))
     out += row(BR, "(0.844× eager, 0.824× compiled; target ≥ 2×)", eager, VS_NANO,
                ("0.844", "vs_nanogpt.1.speedup_tokens_per_s"))
     out += row(BR, "(0.844× eager, 0.824× compiled; target ≥ 2×)", comp, VS_NANO_C,
@@ -380,7 +387,7 @@ NOT_MEASUREMENTS: dict[str, list[str]] = {
     BR: [
         "# gpt-tiny, 16 x 128,", "`gpt2-124m` at 16 × 1024", "Where `auto` is more than 5% off", "# CUDA: 16 x 1024",
         "# CPU: gpt-tiny sizes, 8 x 256", "# CPU: 210 s each", "target ≤ 0.5×", "(≥ 1.1× nanoGPT tokens/s at 16 × 1024",
-        "The ≥ 1.1× target", "batch 1 × T", "fp32 against fp32 meets the ≥ 1.05× target",
+        "The ≥ 1.1× target", "batch 1 × T", "not the ≥ 1.05× asked for",
         "just outside the 1 % asked for",
     ],
     FH: ["for 600 steps of 16 × 128 tokens"],
