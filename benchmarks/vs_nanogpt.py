@@ -319,7 +319,7 @@ def main() -> None:
             "ms_per_iter_median": round(ms, 2),
             "ms_per_iter_min": round(min(r.times) * 1000, 2),
             "tokens_per_s": round(tok_s),
-            "mfu": round(fpt * tok_s / peak, 4) if peak and r.precision[0].startswith("bfloat16") == on_cuda else None,
+            "mfu": round(fpt * tok_s / peak, 4) if peak else None,
             "peak_step_mib": round(r.peak_step_bytes / 2**20, 1) if on_cuda else None,
             "warmup_s": round(warm_s[r.name], 1),
             "compile_counts": counts[r.name] if args.compile else None,
