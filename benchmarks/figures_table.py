@@ -19,7 +19,7 @@ AM = "python benchmarks/attention_memory.py"
 ATT = "attnlab bench attention"
 SL = "python benchmarks/serve_load.py"
 GEN = "python benchmarks/generate.py --threads 1"
-VS = "python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 1 --compile"
+VS = "python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 1 --compile --attnlab-dtype float32"
 TTQ = "python benchmarks/time_to_quality.py --nanogpt third_party/nanogpt --threads 1"
 LC = "python benchmarks/long_context.py --threads 1"
 LC8 = (
@@ -48,6 +48,56 @@ def _att(label: str, mask: str, t: int, mode: str, cells: list[str]) -> list[Fig
         if cell[0].isdigit():
             pairs.append((cell.split(" ")[0], f"rows[backend={backend},mask={mask},seq_len={t},mode={mode}].ms"))
     return row(BR, quote, _ATT_F, ATT, *pairs)
+
+
+VS_NANO = ("python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 2 --shape nanogpt-cpu "
+           "--attnlab-dtype float32 auto --warmup 5 --iters 45 --val-batches 10 "
+           "--out benchmarks/results/vs_nanogpt-cpu-nanoshape")
+VS_NANO_C = VS_NANO.replace("--iters 45", "--compile --iters 40") + "-compiled"
+VS_NANO2 = VS_NANO + "-run2"
+
+
+def _nano_shape() -> list[Figure]:
+    """The issue-15 rows: nanoGPT's CPU shape, eager and compiled, three models per run."""
+    eager, comp = "results/vs_nanogpt-cpu-nanoshape.json", "results/vs_nanogpt-cpu-nanoshape-compiled.json"
+    run2 = "results/vs_nanogpt-cpu-nanoshape-run2.json"
+    out = row(BR, "compiled; 804,096 parameters each", eager, VS_NANO, ("804,096", "rows.0.params"))
+    for label, src, cmd, ms, ratios in (
+        ("eager step (ms/iter)", eager, VS_NANO, ("535.0", "694.6", "586.4"), ("1.095", "0.844")),
+        ("eager step, repeat (ms/iter)", run2, VS_NANO2, ("1692.1", "2104.4", "1707.5"), ("1.009", "0.811")),
+        ("compiled step (ms/iter)", comp, VS_NANO_C, ("470.4", "578.2", "476.8"), ("1.014", "0.824")),
+    ):
+        quote = f"| {label} | {' | '.join(ms)} | fp32: {ratios[0]}×; default: {ratios[1]}× |"
+        out += row(BR, quote, src, cmd, *((m, f"rows.{i}.ms_per_iter_median") for i, m in enumerate(ms)),
+                   *((r, f"vs_nanogpt.{i}.speedup_tokens_per_s") for i, r in enumerate(ratios)))
+    out += row(BR, "| validation loss after 50 steps, eager | 2.6651 | 2.6653 | 2.695 | "
+                   "−1.11% (fp32), −1.10% (default) |",
+               eager, VS_NANO, ("50", "{warmup_steps} + {timed_steps}"), ("2.6651", "rows.0.val_loss"),
+               ("2.6653", "rows.1.val_loss"), ("2.695", "rows.2.val_loss"),
+               ("1.11", "-100 * {vs_nanogpt.0.val_loss_rel_gap}"), ("1.10", "-100 * {vs_nanogpt.1.val_loss_rel_gap}"))
+    out += row(BR, "| validation loss after 45 steps, compiled | 2.6755 | 2.6755 | 2.7158 | −1.48% (both) |",
+               comp, VS_NANO_C, ("45", "{warmup_steps} + {timed_steps}"), ("2.6755", "rows.0.val_loss"),
+               ("2.6755", "rows.1.val_loss"), ("2.7158", "rows.2.val_loss"),
+               ("1.48", "-100 * {vs_nanogpt.0.val_loss_rel_gap}"))
+    out += row(BR, "(load average 5.0–10.3 at the ends of the runs)", run2, VS_NANO2,
+               ("5.0", "load_average_1_5_15min_at_end.0"))
+    out += row(BR, "(load average 5.0–10.3 at the ends of the runs)", eager, VS_NANO,
+               ("10.3", "load_average_1_5_15min_at_end.1"))
+    out += row(BR, "eager run gave 1.095×, the same command again 1.009×, compiled 1.014×", eager, VS_NANO,
+               ("1.095", "speedup_tokens_per_s"))
+    out += row(BR, "eager run gave 1.095×, the same command again 1.009×, compiled 1.014×", run2, VS_NANO2,
+               ("1.009", "speedup_tokens_per_s"))
+    out += row(BR, "eager run gave 1.095×, the same command again 1.009×, compiled 1.014×", comp, VS_NANO_C,
+               ("1.014", "speedup_tokens_per_s"))
+    out += row(BR, "(0.844× eager, 0.824× compiled; target ≥ 2×)", eager, VS_NANO,
+               ("0.844", "vs_nanogpt.1.speedup_tokens_per_s"))
+    out += row(BR, "(0.844× eager, 0.824× compiled; target ≥ 2×)", comp, VS_NANO_C,
+               ("0.824", "vs_nanogpt.1.speedup_tokens_per_s"))
+    out += row(BR, "losses differ by 1.1–1.5 % in attnlab's favour", eager, VS_NANO,
+               ("1.1", "-100 * {vs_nanogpt.0.val_loss_rel_gap}"))
+    out += row(BR, "losses differ by 1.1–1.5 % in attnlab's favour", comp, VS_NANO_C,
+               ("1.5", "-100 * {vs_nanogpt.0.val_loss_rel_gap}"))
+    return out
 
 
 def _gen(doc: str, batch: int, cells: list[str]) -> list[Figure]:
@@ -164,6 +214,7 @@ FIGURES: list[Figure] = [
          ("4.886", "nanogpt_final_val_loss"), ("210", "budget_s"), ("71.9", "attnlab_time_to_nanogpt_final_s"),
          ("0.34", "ratio")),
     *row(BR, "The time-to-quality win (0.34×", "results/time_to_quality-cpu.json", TTQ, ("0.34", "ratio")),
+    *_nano_shape(),
     # long_context.py
     *row(BR, _LC_REF, _LC_F, LC,
          ("223", "reference.rows.0.ms_per_iter"), ("147", "{reference.rows.0.tokens_per_s} / 1000"),
@@ -336,7 +387,8 @@ NOT_MEASUREMENTS: dict[str, list[str]] = {
     BR: [
         "# gpt-tiny, 16 x 128,", "`gpt2-124m` at 16 × 1024", "Where `auto` is more than 5% off", "# CUDA: 16 x 1024",
         "# CPU: gpt-tiny sizes, 8 x 256", "# CPU: 210 s each", "target ≤ 0.5×", "(≥ 1.1× nanoGPT tokens/s at 16 × 1024",
-        "The ≥ 1.1× target", "batch 1 × T",
+        "The ≥ 1.1× target", "batch 1 × T", "not the ≥ 1.05× asked for",
+        "just outside the 1 % asked for",
     ],
     FH: ["for 600 steps of 16 × 128 tokens"],
     CV: ["5MB", "4 shards at 5 MB"],

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnlab.attention.score_mods import ScoreMod, alibi
@@ -51,7 +52,7 @@ class LearnedPositions(PositionEncoding):
         self.weight = nn.Parameter(torch.zeros(max_len, dim))
 
     def embed(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.weight[positions]  # (T, D)
+        return F.embedding(positions, self.weight)  # (T, D) or (B, T, D); a gather, cheaper than indexing
 
 
 def sinusoidal_table(max_len: int, dim: int, base: float = 10000.0) -> torch.Tensor:

@@ -176,8 +176,58 @@ AUTO_RULES: list[Rule] = [
 ]
 
 
+_BUILTIN_RULES = tuple(AUTO_RULES)
+
+
+class AutoState:
+    """``auto``'s answers for plain calls (see :func:`_plain_key`) under the built-in table,
+    by (decode step, no mask); ``reset()`` forgets them."""
+
+    def __init__(self) -> None:
+        self.plain: dict[tuple[bool, bool], tuple[str, str]] = {}
+
+    def reset(self) -> None:
+        self.plain.clear()
+
+
+STATE = AutoState()
+
+
+def _plain_key(call: AttentionCall) -> tuple[bool, bool] | None:
+    """A key under which ``auto``'s answer for ``call`` can be reused, or None (walk the table).
+
+    Under the built-in table a plain call (no mask or the built-in causal one, no score mod, no
+    weights, no top-k) reads no fact but "Tq == 1" and "no mask": the other facts (flex's compile
+    budget, sequence length, mask predicates, device) matter to rules a plain call never reaches.
+    A changed :data:`AUTO_RULES` (a rule added or removed) always walks the table.
+    """
+    mask = call.mask
+    if call.score_mod is not None or call.return_weights or call.topk is not None:
+        return None
+    if mask is not None and not (isinstance(mask, Mask) and mask.kind == "causal" and mask.key == ("causal",)):
+        return None
+    if tuple(AUTO_RULES) != _BUILTIN_RULES:
+        return None
+    return call.q.shape[-2] == 1, mask is None
+
+
 def auto(call: AttentionCall) -> tuple[str, str]:
-    """The first rule of :data:`AUTO_RULES` that names a backend: ``(name, reason)``."""
+    """The first rule of :data:`AUTO_RULES` that names a backend: ``(name, reason)``.
+
+    The answer for a plain call (:func:`_plain_key`) is worked out from the table once and reused:
+    walking the table costs more than the rest of a small forward's attention plumbing.
+    """
+    key = None if torch.compiler.is_compiling() else _plain_key(call)
+    if key is None:
+        return _walk(call)
+    hit = STATE.plain.get(key)
+    if hit is None:
+        hit = STATE.plain[key] = _walk(call)
+    return hit
+
+
+def _walk(call: AttentionCall) -> tuple[str, str]:
+    """Walk :data:`AUTO_RULES` for ``call``: the first rule that names a backend decides."""
     s = Situation(call)
     for rule in AUTO_RULES:
         name = rule.pick(s)
