@@ -99,3 +99,33 @@ def load_for_inference(path: str, device: str = "auto") -> tuple[torch.nn.Module
     if ckpt.tokenizer_file is None:
         raise CheckpointError(f"checkpoint '{ckpt.path}' has no tokenizer.json; it was not written by attnlab train")
     return model, Tokenizer.load(ckpt.tokenizer_file), ckpt, dev
+
+
+def add_weight_flags(p: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--quantize``, the inference weight flags of ``generate`` and ``serve``."""
+    from attnlab.generate.quantize import QUANTIZE
+    from attnlab.precision import DTYPES
+
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="weights and compute dtype; auto: bfloat16 where the device multiplies bf16 natively, "
+                   "else float32 (default: auto)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE,
+                   help="int8: int8 weight-only linears (per-output-channel scales, CPU, bf16 activations) "
+                   "(default: none)")
+
+
+def load_for_decoding(path: str, device: str = "auto", dtype: str = "auto",
+                      quantize: str = "none") -> tuple[torch.nn.Module, Tokenizer, Checkpoint, torch.device]:
+    """:func:`load_for_inference`, then the weights converted per ``dtype``/``quantize``; says which on stderr.
+
+    Raises:
+        AttnlabError: an unsupported ``dtype``/``quantize`` combination (one line).
+    """
+    import sys
+
+    from attnlab.generate.quantize import prepare_weights
+
+    model, tok, ckpt, dev = load_for_inference(path, device)
+    report = prepare_weights(model, dev, dtype, quantize)
+    print(report.line(), file=sys.stderr, flush=True)
+    return model, tok, ckpt, dev
