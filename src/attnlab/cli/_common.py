@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
     from attnlab.data import Tokenizer
+    from attnlab.generate.quantize import WeightsReport
     from attnlab.train.checkpoint import Checkpoint
 
 # reStructuredText that docstrings carry into help texts: :role:`~a.b.C` / :role:`text <target>`, ``literal``.
@@ -114,18 +115,24 @@ def add_weight_flags(p: argparse.ArgumentParser) -> None:
                    "(default: none)")
 
 
-def load_for_decoding(path: str, device: str = "auto", dtype: str = "auto",
-                      quantize: str = "none") -> tuple[torch.nn.Module, Tokenizer, Checkpoint, torch.device]:
-    """:func:`load_for_inference`, then the weights converted per ``dtype``/``quantize``; says which on stderr.
+def load_for_decoding(path: str, device: str = "auto", dtype: str = "auto", quantize: str = "none",
+                      ) -> tuple[torch.nn.Module, Tokenizer, Checkpoint, torch.device, WeightsReport]:
+    """:func:`load_for_inference`, then the weights converted per ``dtype``/``quantize`` (see
+    :func:`attnlab.generate.quantize.prepare_weights`); the caller prints the report's line on stderr
+    once its own checks passed, so that an error stays the only line.
 
     Raises:
         AttnlabError: an unsupported ``dtype``/``quantize`` combination (one line).
     """
-    import sys
+    from attnlab.generate.quantize import prepare_weights, resolve_inference_precision
 
-    from attnlab.generate.quantize import prepare_weights
-
+    resolve_inference_precision(dtype, quantize, torch_device(device))  # refuse before loading
     model, tok, ckpt, dev = load_for_inference(path, device)
-    report = prepare_weights(model, dev, dtype, quantize)
-    print(report.line(), file=sys.stderr, flush=True)
-    return model, tok, ckpt, dev
+    return model, tok, ckpt, dev, prepare_weights(model, dev, dtype, quantize)
+
+
+def torch_device(device: str) -> torch.device:
+    """``--device`` (auto/cpu/cuda) as a ``torch.device``."""
+    from attnlab.train.loop import resolve_device
+
+    return resolve_device(device)

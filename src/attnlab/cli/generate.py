@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                            "or --compile")
     if any(not t for t in args.stop):
         raise AttnlabError("--stop needs a non-empty text")
-    model, tok, ckpt, device = load_for_decoding(args.checkpoint, args.device, args.dtype, args.quantize)
+    model, tok, ckpt, device, weights = load_for_decoding(args.checkpoint, args.device, args.dtype, args.quantize)
     if ckpt.config.model.arch == "encoder":
         raise AttnlabError(f"'{ckpt.path}' holds an encoder (model.arch=encoder, masked LM), which does not "
                            "generate text; evaluate it with attnlab eval or fine-tune it with attnlab finetune")
@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, max_new_tokens=n)
     fast = _fast_decoder(model, len(ids) + n) if args.compile else None
     x = torch.tensor([ids], device=device)
+    print(weights.line(), file=sys.stderr, flush=True)  # stderr: stdout stays the text
     skip = 1 if encdec else len(ids)  # the decoder's start token, or the echoed prompt
     head = [] if encdec else list(ids)
     sep = "-" * 40 + "\n"

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise AttnlabError(f"{flag} must be >= {low}, got {value}")
     limits = BatchConfig(args.max_batch, args.gather_ms, args.max_concurrency, args.request_timeout or None,
                          join=not args.no_join)
-    model, tok, ckpt, device = load_for_decoding(args.checkpoint, args.device, args.dtype, args.quantize)
+    model, tok, ckpt, device, weights = load_for_decoding(args.checkpoint, args.device, args.dtype, args.quantize)
     if ckpt.config.model.arch != "decoder":
         raise AttnlabError(f"'{ckpt.path}' holds a model.arch={ckpt.config.model.arch} model; attnlab serve "
                            "serves decoder-only LMs (use attnlab generate for encoder-decoders)")
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     host, port = server.server_address[:2]
 
     def banner() -> None:
+        print(weights.line(), file=sys.stderr, flush=True)
         print(f"attnlab serve: {name} on http://{host}:{port} (context {engine.context}, "
               f"max_tokens cap {engine.max_tokens_cap}, max batch {args.max_batch}); Ctrl-C to stop",
               file=sys.stderr, flush=True)
