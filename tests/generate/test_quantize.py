@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from attnlab.errors import AttnlabError
 from attnlab.generate import generate
 from attnlab.generate.quantize import Int8Linear, prepare_weights, quantize_rows
 from attnlab.models import build
+from attnlab.serve.client import request as call
 
 CPU = torch.device("cpu")
 
@@ -132,3 +136,22 @@ def test_cli_generate_int8_with_compile_matches_int8_plain(capsys, trained_run, 
 def test_cli_refuses_int8_on_float32_with_one_line(capsys, trained_run, one_line_error, command):
     code = main([command, str(trained_run), "--dtype", "float32", "--quantize", "int8"])
     one_line_error(capsys, code, "--quantize int8 computes in bfloat16")
+
+
+def test_cli_serve_int8_says_so_and_answers(trained_run):
+    proc = subprocess.Popen([sys.executable, "-m", "attnlab", "serve", str(trained_run), "--port", "0",
+                             "--no-request-log", "--device", "cpu", "--quantize", "int8"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        banner, weights = proc.stderr.readline(), proc.stderr.readline()
+        assert "http://" in banner, banner
+        assert weights.startswith("attnlab serve: weights: int8 weight-only"), weights
+        base = banner.split(" on ")[1].split()[0]
+        status, body = call(base, "/v1/completions", {"prompt": "KING:", "max_tokens": 4, "temperature": 0})
+        assert status == 200 and body["choices"][0]["text"] is not None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

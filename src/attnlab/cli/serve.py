@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
     host, port = server.server_address[:2]
 
     def banner() -> None:
-        print(weights.line(), file=sys.stderr, flush=True)
         print(f"attnlab serve: {name} on http://{host}:{port} (context {engine.context}, "
               f"max_tokens cap {engine.max_tokens_cap}, max batch {args.max_batch}); Ctrl-C to stop",
               file=sys.stderr, flush=True)
+        print(f"attnlab serve: {weights.line()}", file=sys.stderr, flush=True)
 
     def drain() -> None:
         if not server.drain(args.shutdown_timeout):
