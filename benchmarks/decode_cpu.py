@@ -11,9 +11,9 @@ batch size, as five rows on the same weights:
 - transformers fp32 / bf16: ``GPT2LMHeadModel.generate`` on the same weights
   (:func:`attnlab.interop.export.to_hf`), cast with ``.to(dtype)``.
 
-Every row is warmed up, then all are timed end to end (prefill included) in ``--repeats``
-interleaved rounds, so a change of load on a shared machine hits every row alike; tokens/s =
-batch · new tokens / median seconds.
+Every row is warmed up by a short call (``--warmup-tokens``), then all are timed end to end
+(prefill included) in ``--repeats`` interleaved rounds, so a change of load on a shared machine
+hits every row alike; tokens/s = batch · new tokens / median seconds.
 
 Quality: on a small model trained on the embedded corpus (``--run``, e.g. ``attnlab train gpt-tiny
 train.max_steps=200``), held-out (val split) perplexity for fp32 / bf16 / int8 and the share of
@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -84,10 +85,10 @@ def speed(args: argparse.Namespace) -> tuple[list[dict], dict]:
     hf16 = copy.deepcopy(hf32).to(torch.bfloat16)
     n = args.new_tokens
 
-    def attn(model, ids):
+    def attn(model, ids, n):
         return lambda: generate(model, ids, n, temperature=0.0)
 
-    def hf(model, ids):
+    def hf(model, ids, n):
         def run():
             with torch.no_grad():
                 return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
@@ -98,17 +99,20 @@ def speed(args: argparse.Namespace) -> tuple[list[dict], dict]:
     for batch in args.batch_sizes:
         g = torch.Generator().manual_seed(batch)
         ids = torch.randint(0, cfg.vocab_size, (batch, args.prompt_len), generator=g)
-        plan = {name: attn(m, ids) for name, m in models.items()}
-        plan.update({"transformers fp32": hf(hf32, ids), "transformers bf16": hf(hf16, ids)})
-        outs, batch_rows = {}, []
-        for name, fn in plan.items():  # warm-up, and each row's tokens
-            first, outs[name] = timed(fn)
-            assert outs[name].shape == (batch, args.prompt_len + n), outs[name].shape
-            batch_rows.append({"row": name, "batch": batch, "new_tokens": n, "first_call_s": round(first, 3),
+        plans = {k: {**{name: attn(m, ids, k) for name, m in models.items()},
+                     "transformers fp32": hf(hf32, ids, k), "transformers bf16": hf(hf16, ids, k)}
+                 for k in (args.warmup_tokens, n)}
+        batch_rows = []
+        for name, fn in plans[args.warmup_tokens].items():  # warm-up: a short call of each row
+            batch_rows.append({"row": name, "batch": batch, "new_tokens": n, "warmup_s": round(timed(fn)[0], 3),
                                "times_s": [], "weights": lines.get(name, "transformers .to(dtype)")})
+        outs = {}
         for _ in range(args.repeats):
-            for row, fn in zip(batch_rows, plan.values(), strict=True):
-                row["times_s"].append(round(timed(fn)[0], 3))
+            for row, (name, fn) in zip(batch_rows, plans[n].items(), strict=True):
+                t, out = timed(fn)
+                assert out.shape == (batch, args.prompt_len + n), out.shape
+                row["times_s"].append(round(t, 3))
+                outs[name] = out
         ref = outs["attnlab fp32"][:, args.prompt_len:]
         for row in batch_rows:
             row["median_s"] = statistics.median(row["times_s"])
@@ -164,7 +168,8 @@ def write_md(path: Path, meta: dict, rows: list[dict], qual: dict | None) -> Non
              f"{meta['cpu']}, {meta['threads']} threads; torch {meta['torch']}, transformers {meta['transformers']}. "
              f"{meta['preset']} shape ({meta['params']:,} params, random weights), greedy, prompt "
              f"{meta['prompt_len']}, {meta['new_tokens']} new tokens, end to end; median of {meta['repeats']} "
-             f"interleaved rounds. {meta['note']}", "",
+             f"interleaved rounds. Load average (1/5/15 min) before {meta['load_average_1_5_15min']['before']}, "
+             f"after {meta['load_average_1_5_15min']['after']} on this shared machine. {meta['note']}", "",
              "| row | batch | tokens/s (median) | tokens/s (best) | vs transformers fp32 | tokens = attnlab fp32 |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -194,6 +199,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup-tokens", type=int, default=4, help="new tokens of each row's untimed warm-up call")
     ap.add_argument("--run", default=None, help="a trained run for the quality part (skipped without it)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--eval-batches", type=int, default=30)
@@ -204,14 +210,17 @@ def main() -> None:
     import transformers
 
     t0 = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     qual = quality(args) if args.run else None
     if qual:
         print(json.dumps(qual), flush=True)
     rows, info = speed(args)
     meta = {"benchmark": "decode_cpu", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_average": [round(x, 2) for x in __import__("os").getloadavg()], **info,
-            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats, "note": args.note,
+            "load_average_1_5_15min": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+            **info,
+            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
+            "warmup_tokens": args.warmup_tokens, "note": args.note,
             "weights": {r["row"]: r["weights"] for r in rows if r["batch"] == args.batch_sizes[0]},
             "timing": "end to end (prefill + decode), greedy, no EOS stop; warmed up, then interleaved rounds; "
                       "tokens/s = batch * new_tokens / median s",
