@@ -69,8 +69,8 @@ def timed(fn) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, out
 
 
-def speed(args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """Decode tokens/s of the five rows at each batch size (interleaved rounds)."""
+def speed(args: argparse.Namespace, save) -> None:
+    """Decode tokens/s of the five rows at each batch size (interleaved rounds); ``save(rows, info)`` after each."""
     cfg = load(args.preset).model
     torch.manual_seed(0)
     base = build(cfg).eval()
@@ -122,7 +122,7 @@ def speed(args: argparse.Namespace) -> tuple[list[dict], dict]:
                                                      .float().mean().item(), 3)
             print(json.dumps(row), flush=True)
         rows.extend(batch_rows)
-    return rows, {"preset": args.preset, "params": sum(p.numel() for p in hf32.parameters())}
+        save(rows, {"preset": args.preset, "params": sum(p.numel() for p in hf32.parameters())})
 
 
 @torch.no_grad()
@@ -166,7 +166,7 @@ def quality(args: argparse.Namespace) -> dict:
 def write_md(path: Path, meta: dict, rows: list[dict], qual: dict | None) -> None:
     lines = [f"# CPU decoding: bf16 and int8 weights ({meta['date']})", "",
              f"{meta['cpu']}, {meta['threads']} threads; torch {meta['torch']}, transformers {meta['transformers']}. "
-             f"{meta['preset']} shape ({meta['params']:,} params, random weights), greedy, prompt "
+             f"{meta['preset']} shape ({meta['params'] or '?':,} params, random weights), greedy, prompt "
              f"{meta['prompt_len']}, {meta['new_tokens']} new tokens, end to end; median of {meta['repeats']} "
              f"interleaved rounds. Load average (1/5/15 min) before {meta['load_average_1_5_15min']['before']}, "
              f"after {meta['load_average_1_5_15min']['after']} on this shared machine. {meta['note']}", "",
@@ -214,24 +214,30 @@ def main() -> None:
     qual = quality(args) if args.run else None
     if qual:
         print(json.dumps(qual), flush=True)
-    rows, info = speed(args)
-    meta = {"benchmark": "decode_cpu", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_average_1_5_15min": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
-            **info,
-            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
-            "warmup_tokens": args.warmup_tokens, "note": args.note,
-            "weights": {r["row"]: r["weights"] for r in rows if r["batch"] == args.batch_sizes[0]},
-            "timing": "end to end (prefill + decode), greedy, no EOS stop; warmed up, then interleaved rounds; "
-                      "tokens/s = batch * new_tokens / median s",
-            "command": " ".join(["python", "benchmarks/decode_cpu.py", *sys.argv[1:]]),
-            "wall_s": round(time.perf_counter() - t0, 1)}
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "decode-cpu.json").write_text(json.dumps({"meta": meta, "speed": rows, "quality": qual}, indent=1) + "\n")
-    write_md(out / "decode-cpu.md", meta, rows, qual)
-    print(f"wrote {out / 'decode-cpu.json'} and .md in {meta['wall_s']} s", flush=True)
 
+    def save(rows: list[dict], info: dict) -> None:
+        meta = {"benchmark": "decode_cpu", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "load_average_1_5_15min": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+                **info, "batch_sizes_done": sorted({r["batch"] for r in rows}),
+                "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                "warmup_tokens": args.warmup_tokens, "note": args.note,
+                "weights": {r["row"]: r["weights"] for r in rows if r["batch"] == args.batch_sizes[0]},
+                "timing": "end to end (prefill + decode), greedy, no EOS stop; warmed up, then interleaved rounds; "
+                          "tokens/s = batch * new_tokens / median s",
+                "command": " ".join(["python", "benchmarks/decode_cpu.py", *sys.argv[1:]]),
+                "wall_s": round(time.perf_counter() - t0, 1)}
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "decode-cpu.json").write_text(json.dumps({"meta": meta, "speed": rows, "quality": qual}, indent=1)
+                                             + "\n")
+        write_md(out / "decode-cpu.md", meta, rows, qual)
+        print(f"wrote {out / 'decode-cpu.json'} and .md after {meta['wall_s']} s", flush=True)
+
+    if qual:
+        save([], {"preset": args.preset, "params": 0})  # the quality part, in case the speed part is cut short
+    speed(args, save)
 
 if __name__ == "__main__":
     main()
