@@ -166,7 +166,7 @@ def quality(args: argparse.Namespace) -> dict:
 def write_md(path: Path, meta: dict, rows: list[dict], qual: dict | None) -> None:
     lines = [f"# CPU decoding: bf16 and int8 weights ({meta['date']})", "",
              f"{meta['cpu']}, {meta['threads']} threads; torch {meta['torch']}, transformers {meta['transformers']}. "
-             f"{meta['preset']} shape ({meta['params'] or '?':,} params, random weights), greedy, prompt "
+             f"{meta['preset']} shape ({meta['params'] or 0:,} params, random weights), greedy, prompt "
              f"{meta['prompt_len']}, {meta['new_tokens']} new tokens, end to end; median of {meta['repeats']} "
              f"interleaved rounds. Load average (1/5/15 min) before {meta['load_average_1_5_15min']['before']}, "
              f"after {meta['load_average_1_5_15min']['after']} on this shared machine. {meta['note']}", "",
@@ -236,7 +236,7 @@ def main() -> None:
         print(f"wrote {out / 'decode-cpu.json'} and .md after {meta['wall_s']} s", flush=True)
 
     if qual:
-        save([], {"preset": args.preset, "params": 0})  # the quality part, in case the speed part is cut short
+        save([], {"preset": args.preset, "params": None})  # the quality part, in case the speed part is cut short
     speed(args, save)
 
 if __name__ == "__main__":
