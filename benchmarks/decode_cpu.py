@@ -21,7 +21,7 @@ positions whose argmax next token equals fp32's (teacher-forced greedy agreement
 
     python benchmarks/decode_cpu.py --run /tmp/gpt-tiny-200
 
-Writes ``benchmarks/results/decode-cpu.{json,md}``. llama.cpp is not run here.
+Writes ``benchmarks/results/decode-cpu.{json,md}`` (``--name`` to change the file name). llama.cpp is not run here.
 """
 
 from __future__ import annotations
@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--eval-batches", type=int, default=30)
     ap.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
+    ap.add_argument("--name", default="decode-cpu", help="results file name, without .json/.md")
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -230,10 +231,10 @@ def main() -> None:
                 "wall_s": round(time.perf_counter() - t0, 1)}
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "decode-cpu.json").write_text(json.dumps({"meta": meta, "speed": rows, "quality": qual}, indent=1)
+        (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "speed": rows, "quality": qual}, indent=1)
                                              + "\n")
-        write_md(out / "decode-cpu.md", meta, rows, qual)
-        print(f"wrote {out / 'decode-cpu.json'} and .md after {meta['wall_s']} s", flush=True)
+        write_md(out / f"{args.name}.md", meta, rows, qual)
+        print(f"wrote {out / args.name}.json and .md after {meta['wall_s']} s", flush=True)
 
     if qual:
         save([], {"preset": args.preset, "params": None})  # the quality part, in case the speed part is cut short
