@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
     from attnlab.data import Tokenizer
+    from attnlab.generate.quantize import WeightsReport
     from attnlab.train.checkpoint import Checkpoint
 
 # reStructuredText that docstrings carry into help texts: :role:`~a.b.C` / :role:`text <target>`, ``literal``.
@@ -99,3 +100,39 @@ def load_for_inference(path: str, device: str = "auto") -> tuple[torch.nn.Module
     if ckpt.tokenizer_file is None:
         raise CheckpointError(f"checkpoint '{ckpt.path}' has no tokenizer.json; it was not written by attnlab train")
     return model, Tokenizer.load(ckpt.tokenizer_file), ckpt, dev
+
+
+def add_weight_flags(p: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--quantize``, the inference weight flags of ``generate`` and ``serve``."""
+    from attnlab.generate.quantize import QUANTIZE
+    from attnlab.precision import DTYPES
+
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="weights and compute dtype; auto: bfloat16 where the device multiplies bf16 natively, "
+                   "else float32 (default: auto)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE,
+                   help="int8: int8 weight-only linears (per-output-channel scales, CPU, bf16 activations) "
+                   "(default: none)")
+
+
+def load_for_decoding(path: str, device: str = "auto", dtype: str = "auto", quantize: str = "none",
+                      ) -> tuple[torch.nn.Module, Tokenizer, Checkpoint, torch.device, WeightsReport]:
+    """:func:`load_for_inference`, then the weights converted per ``dtype``/``quantize`` (see
+    :func:`attnlab.generate.quantize.prepare_weights`); the caller prints the report's line on stderr
+    once its own checks passed, so that an error stays the only line.
+
+    Raises:
+        AttnlabError: an unsupported ``dtype``/``quantize`` combination (one line).
+    """
+    from attnlab.generate.quantize import prepare_weights, resolve_inference_precision
+
+    resolve_inference_precision(dtype, quantize, torch_device(device))  # refuse before loading
+    model, tok, ckpt, dev = load_for_inference(path, device)
+    return model, tok, ckpt, dev, prepare_weights(model, dev, dtype, quantize)
+
+
+def torch_device(device: str) -> torch.device:
+    """``--device`` (auto/cpu/cuda) as a ``torch.device``."""
+    from attnlab.train.loop import resolve_device
+
+    return resolve_device(device)

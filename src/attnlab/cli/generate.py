@@ -21,6 +21,8 @@ DEFAULT_MAX_NEW_TOKENS = 200
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from attnlab.cli._common import add_weight_flags
+
     p = sub.add_parser(
         "generate",
         help="generate text from a checkpoint",
@@ -50,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="decoder-only: static KV cache + torch.compile'd decode step (CUDA graphs on GPU); "
                    "same tokens, faster for long outputs once compiled")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_weight_flags(p)
     p.set_defaults(func=run)
 
 
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from attnlab.cli._common import load_for_inference
+    from attnlab.cli._common import load_for_decoding
     from attnlab.errors import AttnlabError
     from attnlab.generate import generate, is_encoder_decoder, stream
 
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                            "or --compile")
     if any(not t for t in args.stop):
         raise AttnlabError("--stop needs a non-empty text")
-    model, tok, ckpt, device = load_for_inference(args.checkpoint, args.device)
+    model, tok, ckpt, device, weights = load_for_decoding(args.checkpoint, args.device, args.dtype, args.quantize)
     if ckpt.config.model.arch == "encoder":
         raise AttnlabError(f"'{ckpt.path}' holds an encoder (model.arch=encoder, masked LM), which does not "
                            "generate text; evaluate it with attnlab eval or fine-tune it with attnlab finetune")
@@ -188,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, max_new_tokens=n)
     fast = _fast_decoder(model, len(ids) + n) if args.compile else None
     x = torch.tensor([ids], device=device)
+    print(weights.line(), file=sys.stderr, flush=True)  # stderr: stdout stays the text
     skip = 1 if encdec else len(ids)  # the decoder's start token, or the echoed prompt
     head = [] if encdec else list(ids)
     sep = "-" * 40 + "\n"

@@ -14,6 +14,8 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from attnlab.cli._common import add_weight_flags
+
     p = sub.add_parser(
         "serve",
         help="serve a checkpoint over an OpenAI-compatible HTTP API",
@@ -43,13 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--no-request-log", action="store_true", help="do not log each request")
     p.add_argument("--quiet", dest="no_request_log", action="store_true", help=argparse.SUPPRESS)  # old name
+    add_weight_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from attnlab.cli._common import load_for_inference
+    from attnlab.cli._common import load_for_decoding
     from attnlab.errors import AttnlabError
     from attnlab.serve import BatchConfig, Engine, ServeConfig, make_server, serve_until_stopped
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise AttnlabError(f"{flag} must be >= {low}, got {value}")
     limits = BatchConfig(args.max_batch, args.gather_ms, args.max_concurrency, args.request_timeout or None,
                          join=not args.no_join)
-    model, tok, ckpt, device = load_for_inference(args.checkpoint, args.device)
+    model, tok, ckpt, device, weights = load_for_decoding(args.checkpoint, args.device, args.dtype, args.quantize)
     if ckpt.config.model.arch != "decoder":
         raise AttnlabError(f"'{ckpt.path}' holds a model.arch={ckpt.config.model.arch} model; attnlab serve "
                            "serves decoder-only LMs (use attnlab generate for encoder-decoders)")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"attnlab serve: {name} on http://{host}:{port} (context {engine.context}, "
               f"max_tokens cap {engine.max_tokens_cap}, max batch {args.max_batch}); Ctrl-C to stop",
               file=sys.stderr, flush=True)
+        print(f"attnlab serve: {weights.line()}", file=sys.stderr, flush=True)
 
     def drain() -> None:
         if not server.drain(args.shutdown_timeout):
