@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -57,9 +58,11 @@ def run_variant(name: str, overrides: str, workdir: Path) -> dict[str, Any]:
     out = workdir / name
     cmd = _cli("train", "gpt-tiny", f"train.out_dir={out}", "--no-progress", *shlex.split(overrides))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    t0 = time.perf_counter()
+    t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)  # the run's CPU seconds, all threads
     if proc.returncode != 0:
         raise SystemExit(f"variant {name} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -72,7 +75,8 @@ def run_variant(name: str, overrides: str, workdir: Path) -> dict[str, Any]:
     fp32 = json.loads(ev.stdout)
     precision_line = next((line for line in proc.stdout.splitlines() if line.startswith("precision:")), "")
     row = {"variant": name, "overrides": overrides, "command": "attnlab train gpt-tiny " + overrides,
-           "wall_s": round(wall, 1), "steps": val["step"], "val_loss": round(val["val_loss"], 4),
+           "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "steps": val["step"],
+           "val_loss": round(val["val_loss"], 4),
            "val_bpb": round(val["val_bpb"], 4), "val_loss_fp32": round(fp32["loss"], 4),
            "val_bpb_fp32": round(fp32["bpb"], 4), "precision": val.get("precision", "?"),
            "precision_line": precision_line,
@@ -86,13 +90,16 @@ def _table(session: dict[str, Any]) -> list[str]:
     base = next((r for r in rows if r["variant"] == "before"), None)
     lines = [f"## {session['date']} — {session['device']}, torch {session['torch']}, "
              f"native bf16: {session['native_bf16']}, load average at the end {session['load_end']}", "",
-             "| variant | overrides | precision | steps | wall s | × before | val loss | val bpb | "
+             "| variant | overrides | precision | steps | wall s | × before | CPU s | × before | val loss | val bpb | "
              "val loss (fp32 eval) | val bpb (fp32 eval) | tokens/s (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['wall_s'] / base['wall_s']:.2f}" if base else "–"
+        cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else "–"
+        cpu_ratio = f"{r['cpu_s'] / base['cpu_s']:.2f}" if base and "cpu_s" in r and "cpu_s" in base else "–"
         lines.append(f"| {r['variant']} | `{r['overrides'] or '(preset as shipped)'}` | {r['precision']} "
-                     f"| {r['steps']} | {r['wall_s']:.1f} | {ratio} | {r['val_loss']:.4f} | {r['val_bpb']:.4f} | "
+                     f"| {r['steps']} | {r['wall_s']:.1f} | {ratio} | {cpu} | {cpu_ratio} "
+                     f"| {r['val_loss']:.4f} | {r['val_bpb']:.4f} | "
                      f"{r['val_loss_fp32']:.4f} | {r['val_bpb_fp32']:.4f} | {r['tokens_per_s_median']} |")
     if session.get("note"):
         lines += ["", session["note"]]
@@ -104,7 +111,9 @@ def write_md(sessions: list[dict[str, Any]], path: Path) -> None:
     head = ["# `make demo` training: wall time and validation bits/byte", "",
             "Written by `python benchmarks/demo_time.py` (see its docstring). Each row: `attnlab train gpt-tiny` "
             "with the overrides, a subprocess timed start to exit with the data already prepared (tokenizer and "
-            "token cache), torch's default threads; `val` is the run's own final validation (in the run's precision), "
+            "token cache), torch's default threads; `CPU s` is the subprocess' user + system CPU time (all threads; "
+            "steadier than wall time on a shared machine); `val` is the run's own final validation (in the run's "
+            "precision), "
             "`fp32 eval` the same 40 × 16 × 128 validation windows re-evaluated in fp32 "
             "(`attnlab eval RUN --dtype float32 --batch-size 16 --batches 40`). `before` is gpt-tiny's `train:` "
             f"section before issue 15 in fp32: `{BEFORE}`. Rows of one session ran back to back (interleaved "
