@@ -53,8 +53,8 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "attnlab", *args]
 
 
-def run_variant(name: str, overrides: str, workdir: Path) -> dict[str, Any]:
-    """Train ``gpt-tiny`` with ``overrides``, then re-evaluate its checkpoint in fp32."""
+def run_variant(name: str, overrides: str, workdir: Path, fp32_eval: bool = True) -> dict[str, Any]:
+    """Train ``gpt-tiny`` with ``overrides``, then (``fp32_eval``) re-evaluate its checkpoint in fp32."""
     out = workdir / name
     cmd = _cli("train", "gpt-tiny", f"train.out_dir={out}", "--no-progress", *shlex.split(overrides))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -68,11 +68,13 @@ def run_variant(name: str, overrides: str, workdir: Path) -> dict[str, Any]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     val = [r for r in records if "val_loss" in r][-1]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    ev = subprocess.run(_cli("eval", str(out), "--dtype", "float32", "--batch-size", "16", "--batches", "40", "--json"),
-                        capture_output=True, text=True, env=env, cwd=ROOT)
-    if ev.returncode != 0:
-        raise SystemExit(f"eval of {name} failed: {ev.stderr.strip()[-500:]}")
-    fp32 = json.loads(ev.stdout)
+    fp32 = {"loss": float("nan"), "bpb": float("nan")}
+    if fp32_eval:
+        ev = subprocess.run(_cli("eval", str(out), "--dtype", "float32", "--batch-size", "16", "--batches", "40",
+                                 "--json"), capture_output=True, text=True, env=env, cwd=ROOT)
+        if ev.returncode != 0:
+            raise SystemExit(f"eval of {name} failed: {ev.stderr.strip()[-500:]}")
+        fp32 = json.loads(ev.stdout)
     precision_line = next((line for line in proc.stdout.splitlines() if line.startswith("precision:")), "")
     row = {"variant": name, "overrides": overrides, "command": "attnlab train gpt-tiny " + overrides,
            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "steps": val["step"],
@@ -87,7 +89,7 @@ def run_variant(name: str, overrides: str, workdir: Path) -> dict[str, Any]:
 
 def _table(session: dict[str, Any]) -> list[str]:
     rows = session["runs"]
-    base = next((r for r in rows if r["variant"] == "before"), None)
+    base = next((r for r in rows if r["variant"].startswith("before")), rows[0] if rows else None)
     lines = [f"## {session['date']} — {session['device']}, torch {session['torch']}, "
              f"native bf16: {session['native_bf16']}, load average at the end {session['load_end']}", "",
              "| variant | overrides | precision | steps | wall s | × before | CPU s | × before | val loss | val bpb | "
@@ -128,6 +130,7 @@ def main() -> int:
                    help="an extra variant (space-separated train.* overrides on the preset)")
     p.add_argument("--only", nargs="*", default=None, help="run only these variants, in this order")
     p.add_argument("--repeats", type=int, default=1, help="rounds (variants interleaved)")
+    p.add_argument("--no-fp32-eval", action="store_true", help="skip the fp32 re-evaluation (timing-only sessions)")
     p.add_argument("--note", default="", help="a sentence recorded with this session")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to results/")
     args = p.parse_args()
@@ -144,7 +147,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="demo_time_") as tmp:
         for rnd in range(args.repeats):
             for name in order:
-                runs.append(run_variant(name, variants[name], Path(tmp) / f"r{rnd}"))
+                runs.append(run_variant(name, variants[name], Path(tmp) / f"r{rnd}", not args.no_fp32_eval))
     session = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "device": f"cpu ({torch.get_num_threads()} threads, {platform.machine()})",
                "torch": torch.__version__, "native_bf16": cpu_has_native_bf16(),
