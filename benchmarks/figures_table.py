@@ -331,14 +331,15 @@ COVERED_DOCS = (RM, BR, FH, FT, CV, MG, TY, "docs/howto/serve.md", RES, POE)
 NOT_MEASUREMENTS: dict[str, list[str]] = {
     RM: [
         "dynamic 15 % with 80/10/10", 'max_shard_size="200MB"', "[--max-shard-size 200MB]", "scikit-learn's 8×8 digits",
-        "for 600 steps of 16 × 128 tokens", "`gpt2-124m` at 16 × 1024",
+        "for 360 Muon steps of 16 × 128 tokens", "trained 600 AdamW steps in fp32", "`gpt2-124m` at 16 × 1024",
     ],
     BR: [
         "# gpt-tiny, 16 x 128,", "`gpt2-124m` at 16 × 1024", "Where `auto` is more than 5% off", "# CUDA: 16 x 1024",
         "# CPU: gpt-tiny sizes, 8 x 256", "# CPU: 210 s each", "target ≤ 0.5×", "(≥ 1.1× nanoGPT tokens/s at 16 × 1024",
         "The ≥ 1.1× target", "batch 1 × T",
     ],
-    FH: ["for 600 steps of 16 × 128 tokens"],
+    FH: ["for 360 steps of 16 × 128 tokens", "(600 AdamW steps, the recipe before issue 15)",
+         "Before issue 15 (600 AdamW steps in fp32)"],
     CV: ["5MB", "4 shards at 5 MB"],
     TY: ["package (2 MB of `.py` files", "(5 %) of the", "wide, 16 × 128 tokens per step",
          "# 4x the 128 trained tokens"],
