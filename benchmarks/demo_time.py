@@ -49,6 +49,14 @@ VARIANTS = {"before": BEFORE, "preset": ""}
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def _r4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def _f4(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{x:.4f}"
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "attnlab", *args]
 
@@ -68,7 +76,7 @@ def run_variant(name: str, overrides: str, workdir: Path, fp32_eval: bool = True
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     val = [r for r in records if "val_loss" in r][-1]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    fp32 = {"loss": float("nan"), "bpb": float("nan")}
+    fp32: dict[str, Any] = {"loss": None, "bpb": None}
     if fp32_eval:
         ev = subprocess.run(_cli("eval", str(out), "--dtype", "float32", "--batch-size", "16", "--batches", "40",
                                  "--json"), capture_output=True, text=True, env=env, cwd=ROOT)
@@ -79,8 +87,8 @@ def run_variant(name: str, overrides: str, workdir: Path, fp32_eval: bool = True
     row = {"variant": name, "overrides": overrides, "command": "attnlab train gpt-tiny " + overrides,
            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "steps": val["step"],
            "val_loss": round(val["val_loss"], 4),
-           "val_bpb": round(val["val_bpb"], 4), "val_loss_fp32": round(fp32["loss"], 4),
-           "val_bpb_fp32": round(fp32["bpb"], 4), "precision": val.get("precision", "?"),
+           "val_bpb": round(val["val_bpb"], 4), "val_loss_fp32": _r4(fp32["loss"]),
+           "val_bpb_fp32": _r4(fp32["bpb"]), "precision": val.get("precision", "?"),
            "precision_line": precision_line,
            "tokens_per_s_median": round(sorted(speeds)[len(speeds) // 2]) if speeds else None}
     print(json.dumps(row), flush=True)
@@ -102,7 +110,7 @@ def _table(session: dict[str, Any]) -> list[str]:
         lines.append(f"| {r['variant']} | `{r['overrides'] or '(preset as shipped)'}` | {r['precision']} "
                      f"| {r['steps']} | {r['wall_s']:.1f} | {ratio} | {cpu} | {cpu_ratio} "
                      f"| {r['val_loss']:.4f} | {r['val_bpb']:.4f} | "
-                     f"{r['val_loss_fp32']:.4f} | {r['val_bpb_fp32']:.4f} | {r['tokens_per_s_median']} |")
+                     f"{_f4(r['val_loss_fp32'])} | {_f4(r['val_bpb_fp32'])} | {r['tokens_per_s_median']} |")
     if session.get("note"):
         lines += ["", session["note"]]
     return lines + [""]
