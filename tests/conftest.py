@@ -93,6 +93,8 @@ def _tiny_overrides(out_dir: Path, corpus: Path, cache: Path, **extra) -> list[s
         "train.seq_len": 32, "train.max_steps": 8, "train.warmup_steps": 2, "train.lr": 3e-3,
         "train.eval_every": 0, "train.eval_batches": 2, "train.ckpt_every": 0, "train.log_every": 1,
         "train.device": "cpu", "train.threads": 1,
+        # gpt-tiny's own recipe is Muon since issue 15; the tiny runs keep the AdamW one they were written for
+        "train.optimizer": "adamw", "train.min_lr": 1e-4, "train.muon_lr": 0.02,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

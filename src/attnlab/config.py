@@ -251,7 +251,11 @@ class TrainConfig:
         ckpt_every: steps between checkpoints (``0``: only at the end and on Ctrl-C).
         log_every: steps between metric records.
         device: ``"auto"`` (cuda if available), ``"cpu"`` or ``"cuda"``.
-        dtype: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"float32"`` or ``"bfloat16"``.
+        dtype: ``"auto"``: bf16 autocast where the device multiplies bf16 natively (CUDA, and a
+            CPU whose oneDNN reports native bf16: AVX512-BF16 or AMX), fp32 elsewhere
+            (:func:`attnlab.precision.resolve_precision`; the run logs which ran and why, and
+            records it as ``precision`` in its summary and validation records); ``"float32"``
+            or ``"bfloat16"`` (autocast) to choose.
         compile: wrap the model in ``torch.compile``.
         threads: CPU threads for torch (``0``: torch's default).
         objective: pretraining objective: ``"auto"`` (by ``model.arch``: next-token ``"clm"`` for

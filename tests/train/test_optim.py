@@ -42,7 +42,7 @@ def test_muon_takes_hidden_matrices_adamw_the_rest():
 
 
 def test_adamw_stays_a_plain_optimizer():
-    cfg = config.load("gpt-tiny", ["model.vocab_size=300"])
+    cfg = config.load("gpt-tiny", ["model.vocab_size=300", "train.optimizer=adamw"])
     opt = build_optimizer(build(cfg), cfg.train, "cpu")
     assert isinstance(opt, torch.optim.AdamW) and [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
 

@@ -34,7 +34,7 @@ def tiny_gpt_config(run_dir: Path, corpus: Path, cache: Path) -> config.Config:
         f"data.source={corpus}", "data.tokenizer=bpe:1024", f"data.cache_dir={cache}",
         "model.vocab_size=0", "model.block_size=64", "model.n_layer=2", "model.n_head=4", "model.d_model=128",
         f"train.out_dir={run_dir}", "train.batch_size=16", "train.seq_len=64", f"train.max_steps={STEPS}",
-        "train.warmup_steps=20", "train.lr=3e-3", "train.min_lr=3e-4", "train.eval_every=50",
+        "train.optimizer=adamw", "train.warmup_steps=20", "train.lr=3e-3", "train.min_lr=3e-4", "train.eval_every=50",
         "train.eval_batches=8", "train.ckpt_every=0", "train.log_every=5", "train.device=cpu", "train.seed=0",
     ])
 

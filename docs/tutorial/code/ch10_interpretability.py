@@ -36,7 +36,8 @@ def train_small_gpt(tmp: Path) -> tuple[torch.nn.Module, Tokenizer, str]:
         f"data.source={corpus}", "data.tokenizer=bpe:1024", f"data.cache_dir={tmp / 'cache'}",
         "model.vocab_size=0", "model.block_size=64", "model.n_layer=2", "model.n_head=4", "model.d_model=128",
         f"train.out_dir={tmp / 'run'}", "train.batch_size=16", "train.seq_len=64", "train.max_steps=150",
-        "train.warmup_steps=20", "train.lr=3e-3", "train.min_lr=3e-4", "train.eval_every=0", "train.eval_batches=4",
+        "train.optimizer=adamw", "train.warmup_steps=20", "train.lr=3e-3", "train.min_lr=3e-4", "train.eval_every=0",
+        "train.eval_batches=4",
         "train.ckpt_every=0", "train.log_every=50", "train.device=cpu", "train.seed=0",
     ])
     summary = train(cfg, progress=False, log=lambda s: None)

@@ -1,6 +1,7 @@
 """``attnlab eval RUN``: a pretrained checkpoint's loss and perplexity, or a fine-tuned model's task metrics.
 
     attnlab eval runs/gpt-tiny                                  # validation loss, perplexity, bits per byte
+    attnlab eval runs/gpt-tiny --dtype float32                  # ... in fp32 (default auto: bf16 where native)
     attnlab eval runs/sentiment-minilm                          # the task's metrics on the recipe's test file
     attnlab eval runs/sentiment-minilm --data reviews.jsonl     # ... on another file
     attnlab eval runs/llama-tiny --seq-len 512 --rope-scaling ntk --rope-factor 4   # beyond the training length
@@ -10,9 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attnlab.eval.context import SCALINGS
+from attnlab.precision import DTYPES, Precision, resolve_precision
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --rope-scaling linear or ntk (required there): how many times longer than the "
                    "trained context RoPE should reach, e.g. --seq-len / the training seq_len")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--dtype", default="auto", choices=list(DTYPES),
+                   help="precision: auto (bf16 autocast on CUDA and on a CPU with native bf16, else float32), "
+                   "float32 or bfloat16; the choice and its reason go to stderr")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
 
@@ -50,6 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _is_finetuned(path: str) -> bool:
     p = Path(path)
     return (p / "task.json").is_file() or (p / "model" / "task.json").is_file()
+
+
+def _precision(args: argparse.Namespace, device: torch.device) -> Precision:
+    """``--dtype`` resolved on ``device``, said on one stderr line (stdout stays the result)."""
+    precision = resolve_precision(args.dtype, device)
+    print(f"precision: {precision.reason}", file=sys.stderr)
+    return precision
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +78,7 @@ def _run_finetuned(args: argparse.Namespace) -> int:
 
     from attnlab.errors import AttnlabError
     from attnlab.finetune import load_finetuned
-    from attnlab.train.loop import autocast_for, resolve_device
+    from attnlab.train.loop import resolve_device
 
     if args.rope_scaling is not None or args.rope_factor is not None:
         raise AttnlabError(f"--rope-scaling and --rope-factor apply to pretraining runs; '{args.checkpoint}' "
@@ -74,10 +91,12 @@ def _run_finetuned(args: argparse.Namespace) -> int:
     if not source:
         raise AttnlabError(f"the recipe of '{args.checkpoint}' names no {split} file; pass --data FILE")
     examples = task.read(source)
-    with torch.no_grad(), autocast_for(device, "auto"):
+    precision = _precision(args, device)
+    with torch.no_grad(), precision.autocast(device):
         res = task.evaluate(model, examples, tok)
     if args.json:
-        print(json.dumps({"task": task.name, "data": str(source), "examples": len(examples), **res}))
+        print(json.dumps({"task": task.name, "data": str(source), "examples": len(examples), **res,
+                          "precision": precision.name}))
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in res.items())
         print(f"{args.checkpoint} ({task.name}) on {source} ({len(examples):,} examples): {metrics}")
@@ -89,7 +108,6 @@ def _run_lm(args: argparse.Namespace) -> int:
     from attnlab.data import prepare
     from attnlab.errors import AttnlabError
     from attnlab.eval.context import extend_model, rope_label
-    from attnlab.train.loop import autocast_for
     from attnlab.train.objectives import build_objective
 
     split = args.split or "val"
@@ -106,10 +124,11 @@ def _run_lm(args: argparse.Namespace) -> int:
         raise AttnlabError("--rope-factor needs --rope-scaling linear or ntk")
     if args.rope_scaling is not None or seq_len > getattr(model, "max_context", model.config.block_size):
         model = extend_model(model, seq_len, args.rope_scaling, args.rope_factor)
+    precision = _precision(args, device)
     res = objective.evaluate(model, data, split=split, batch_size=args.batch_size, seq_len=seq_len,
-                             max_batches=args.batches, device=device, autocast=autocast_for(device, "auto"),
+                             max_batches=args.batches, device=device, autocast=precision.autocast(device),
                              seed=ckpt.config.train.seed)
-    res.update(step=ckpt.step, objective=objective.name, seq_len=seq_len)
+    res.update(step=ckpt.step, objective=objective.name, seq_len=seq_len, precision=precision.name)
     rope = rope_label(model.config)
     if rope is not None:
         res.update(rope_scaling=model.config.rope_scaling, rope_factor=model.config.rope_scaling_factor)

@@ -35,7 +35,7 @@ from attnlab.finetune.saved import MODEL_DIR, _memory_report, load_finetuned, sa
 from attnlab.train.checkpoint import has_checkpoint, load_checkpoint
 from attnlab.train.distributed import DistEnv, rank_seed, setup
 from attnlab.train.engine import Engine, Recipe, quiet
-from attnlab.train.run_state import autocast_for, resolve_device
+from attnlab.train.run_state import resolve_device, run_precision
 
 BUCKET_POOL = 50
 """Batches per pool sorted by length when a task defines :meth:`Task.length`."""
@@ -200,7 +200,8 @@ def _run(cfg: FinetuneConfig, env: DistEnv, *, resume: bool, progress: bool,
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     env.barrier()
-    amp = autocast_for(device, tc.dtype)
+    precision = run_precision(device, tc.dtype, log)
+    amp = precision.autocast(device)
     stream = BatchStream(task, feats, tc.batch_size, tc.seed)
     kept: dict[str, Any] = {"best": None, "best_step": -1, "val_start": None}
 
@@ -223,7 +224,7 @@ def _run(cfg: FinetuneConfig, env: DistEnv, *, resume: bool, progress: bool,
                 save_finetuned(out / MODEL_DIR, model, tok, cfg, task.state, {"step": step, "val": res})
         if step == tc.max_steps:
             log(f"step {step}: {_fmt(res)}")
-        return res, {"step": step, **{f"val_{k}": v for k, v in res.items()}}
+        return res, {"step": step, **{f"val_{k}": v for k, v in res.items()}, "precision": precision.name}
 
     recipe = Recipe(cfg=cfg, model=model, loss=task.loss, micro_batch=micro_batch, validate=validate,
                     describe=_fmt, amp=amp, state=lambda: dict(kept))
@@ -238,7 +239,8 @@ def _run(cfg: FinetuneConfig, env: DistEnv, *, resume: bool, progress: bool,
     result = engine.run()
     seconds = time.time() - t0
     summary: dict[str, Any] = {"task": cfg.task, "init": cfg.init, "lora": cfg.lora is not None,
-                               "best_step": kept["best_step"], "val": kept["best"], "step": result.step,
+                               "precision": precision.name, "best_step": kept["best_step"], "val": kept["best"],
+                               "step": result.step,
                                "interrupted": result.interrupted}
     if result.interrupted:
         return summary

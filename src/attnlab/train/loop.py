@@ -37,7 +37,7 @@ from attnlab.train.engine import Engine, Recipe, quiet
 from attnlab.train.metrics import flops_per_token, peak_flops, plot_losses
 from attnlab.train.objectives import Objective, ObjectiveBatch, build_objective, objective_name
 from attnlab.train.run_state import StopFlag as _StopFlag  # noqa: F401 - kept importable from here
-from attnlab.train.run_state import autocast_for, resolve_device
+from attnlab.train.run_state import autocast_for, resolve_device, run_precision
 
 __all__ = ["autocast_for", "resolve_device", "train"]
 
@@ -107,7 +107,8 @@ def train(
         log: where one-line messages go.
 
     Returns:
-        Summary with ``objective``, final ``val_loss`` (the objective's NLL per predicted token,
+        Summary with ``objective``, ``precision`` (``"bfloat16"`` or ``"float32"``, see
+        :func:`attnlab.precision.resolve_precision`), final ``val_loss`` (the objective's NLL per predicted token,
         without label smoothing; plus ``val_ppl`` and ``val_bpb`` for clm only), ``unigram_entropy``,
         ``step``, ``checkpoint`` path, ``tokens_per_s`` (the last logging window), ``mfu`` (model
         FLOPs utilisation, None where the device's peak is unknown, e.g. CPUs), ``nonfinite_steps``,
@@ -167,7 +168,8 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
     if resume:
         ckpt = load_checkpoint(run_dir, log=log)
         _check_same_model(ckpt.config, cfg, run_dir)
-    amp = autocast_for(device, tc.dtype)
+    precision = run_precision(device, tc.dtype, log)
+    amp = precision.autocast(device)
     rows = env.shard(tc.batch_size)
 
     def micro_batch(step: int, micro: int) -> ObjectiveBatch:
@@ -179,7 +181,7 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
     def validate(eval_model: torch.nn.Module, step: int) -> tuple[dict[str, float], dict[str, Any]]:
         res = objective.evaluate(eval_model, data, split="val", batch_size=tc.batch_size, seq_len=seq_len,
                                  max_batches=tc.eval_batches, device=device, autocast=amp, seed=tc.seed)
-        record = {"step": step, "val_loss": res["loss"], "objective": objective.name}
+        record = {"step": step, "val_loss": res["loss"], "objective": objective.name, "precision": precision.name}
         if "ppl" in res:  # perplexity and bits/byte are defined for next-token loss only
             record.update(val_ppl=res["ppl"], val_bpb=res["bpb"])
         return res, record
@@ -213,6 +215,7 @@ def _train(cfg: Config, env: DistEnv, *, resume: bool, progress: bool, data: Tok
                     ylabel=f"{objective.name} loss (nats / predicted token)")
     summary = {
         "objective": objective.name,
+        "precision": precision.name,
         "step": result.step,
         "interrupted": result.interrupted,
         "checkpoint": str(result.checkpoint),

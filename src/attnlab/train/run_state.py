@@ -1,4 +1,4 @@
-"""What a training run needs around its steps: device, autocast, signals, RNG states, resume checks.
+"""What a training run needs around its steps: device, precision, signals, RNG states, resume checks.
 
 Shared by every recipe on :mod:`attnlab.train.engine` (pretraining, fine-tuning).
 """
@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from attnlab.config import TrainConfig
 from attnlab.errors import AttnlabError, CheckpointError
+from attnlab.precision import Precision, resolve_precision
 
 RESUMABLE_CHANGES = ("batch_size", "lr", "seq_len")
 """``train.*`` settings a run may change when it resumes (said on one line of the log)."""
@@ -30,11 +32,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def run_precision(device: torch.device, dtype: str, log: Callable[[str], None]) -> Precision:
+    """Resolve ``train.dtype`` (:func:`attnlab.precision.resolve_precision`) and log the one line saying which ran.
+
+    The line reads e.g. ``precision: bfloat16 autocast (auto: this CPU multiplies bf16 natively)``.
+    """
+    precision = resolve_precision(dtype, device)
+    log(f"precision: {precision.reason}")
+    return precision
+
+
 def autocast_for(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for ``"auto"``; explicit ``"bfloat16"`` anywhere; else nothing."""
-    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The autocast context of ``dtype`` on ``device`` (:meth:`attnlab.precision.Precision.autocast`):
+    bf16 autocast where :func:`attnlab.precision.resolve_precision` picks bf16, else nothing."""
+    return resolve_precision(dtype, device).autocast(device)
 
 
 class StopFlag:
