@@ -40,8 +40,8 @@ from attnlab.config import load  # noqa: E402
 from attnlab.data import prepare  # noqa: E402
 from attnlab.precision import cpu_has_native_bf16  # noqa: E402
 
-BEFORE = ("model.mlp=gelu train.optimizer=adamw train.max_steps=600 train.lr=2.0e-3 train.min_lr=1.0e-4 train.warmup_steps=50 "
-          "train.batch_size=16 train.seq_len=128 train.eval_every=200 train.eval_batches=40 train.ckpt_every=100 "
+BEFORE = ("model.mlp=gelu train.optimizer=adamw train.max_steps=600 train.lr=2.0e-3 train.min_lr=1.0e-4 "
+          "train.warmup_steps=50 train.batch_size=16 train.seq_len=128 train.eval_every=200 train.eval_batches=40 train.ckpt_every=100 "
           "train.dtype=float32")
 """``gpt-tiny`` before issue 15: its ``train:`` section in fp32 (the CPU default then) and tanh GELU."""
 
@@ -126,8 +126,8 @@ def write_md(sessions: list[dict[str, Any]], path: Path) -> None:
             "precision), "
             "`fp32 eval` the same 40 × 16 × 128 validation windows re-evaluated in fp32 "
             "(`attnlab eval RUN --dtype float32 --batch-size 16 --batches 40`). `before` is gpt-tiny before issue 15 "
-            f"(tanh GELU, its old `train:` section, fp32): `{BEFORE}`. Rows of one session ran back to back (interleaved "
-            "when repeated) on a 2-core machine shared with other jobs.", ""]
+            f"(tanh GELU, its old `train:` section, fp32): `{BEFORE}`. Rows of one session ran back to back "
+            "(interleaved when repeated) on a 2-core machine shared with other jobs.", ""]
     body = [line for s in sessions for line in _table(s)]
     path.write_text("\n".join(head + body))
 
