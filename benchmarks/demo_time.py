@@ -41,8 +41,8 @@ from attnlab.data import prepare  # noqa: E402
 from attnlab.precision import cpu_has_native_bf16  # noqa: E402
 
 BEFORE = ("model.mlp=gelu train.optimizer=adamw train.max_steps=600 train.lr=2.0e-3 train.min_lr=1.0e-4 "
-          "train.warmup_steps=50 train.batch_size=16 train.seq_len=128 train.eval_every=200 train.eval_batches=40 train.ckpt_every=100 "
-          "train.dtype=float32")
+          "train.warmup_steps=50 train.batch_size=16 train.seq_len=128 train.eval_every=200 train.eval_batches=40 "
+          "train.ckpt_every=100 train.dtype=float32")
 """``gpt-tiny`` before issue 15: its ``train:`` section in fp32 (the CPU default then) and tanh GELU."""
 
 VARIANTS = {"before": BEFORE, "preset": ""}
