@@ -123,7 +123,8 @@ def build_pair(args: argparse.Namespace, data: Any, cfg: Any, steps: dict[str, i
     """The two recipes, freshly initialised, with schedules spanning ``steps[name]`` steps."""
     nano = load_nanogpt(args.nanogpt)
     device = torch.device(args.device)
-    amp = functools.partial(autocast_for, device, "auto")  # bf16 on CUDA, nothing on CPU
+    # bf16 on CUDA; fp32 on CPU, as its recorded CPU results were measured (auto would pick bf16 on an AMX CPU)
+    amp = functools.partial(autocast_for, device, "auto" if device.type == "cuda" else "float32")
     tc = cfg.train
     tc.max_steps = steps["attnlab"]
     torch.manual_seed(tc.seed)

@@ -27,7 +27,7 @@ from bench_common import device_label  # noqa: E402
 
 from attnlab.config import load  # noqa: E402
 from attnlab.models import build  # noqa: E402
-from attnlab.train.loop import autocast_for  # noqa: E402
+from attnlab.precision import resolve_precision  # noqa: E402
 from attnlab.train.metrics import flops_per_token, peak_flops  # noqa: E402
 from attnlab.train.optim import build_optimizer  # noqa: E402
 
@@ -59,7 +59,8 @@ def main() -> None:
     model = build(cfg).to(device)
     opt = build_optimizer(model, cfg.train, device.type)
     step_model = torch.compile(model) if args.compile else model
-    amp = autocast_for(device, "auto")
+    precision = resolve_precision(cfg.train.dtype, device)  # the preset's dtype (auto: bf16 where native)
+    amp = precision.autocast(device)
     V = cfg.model.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(0)
     batches = [torch.randint(0, V, (args.batch_size, seq_len + 1), generator=gen).to(device) for _ in range(4)]
@@ -106,7 +107,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "seq_len": seq_len,
         "vocab_size": V,
-        "dtype": "bf16 autocast" if on_cuda else "fp32",
+        "dtype": precision.reason,
         "compile": args.compile,
         "ms_per_iter_median": round(ms, 2),
         "ms_per_iter_min": round(min(times) * 1000, 2),
