@@ -4,7 +4,6 @@ BERT directory (full and LoRA), from an attnlab encoder run, and the bag-of-word
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -17,32 +16,12 @@ from attnlab.finetune import load_finetune_config, load_finetuned, run
 from attnlab.finetune.baselines import NgramVocab, collate_bags, ngrams
 from attnlab.finetune.init import SPECIAL_TOKENS
 from attnlab.finetune.tasks.classify import encode_texts
-
-FILLER = ["the", "movie", "plot", "was", "really", "actors", "scenes", "story", "film", "and", "quite", "music"]
-TINY = {"model.n_layer": 1, "model.d_model": 32, "model.n_head": 2, "model.d_ff": 64, "model.block_size": 32,
-        "model.dropout": 0.0, "tokenizer": "bpe:300", "options.max_length": 16}
-
-
-def sentiment_rows(n: int, seed: int) -> list[dict[str, str]]:
-    """Filler words plus one 'good'/'great' (positive) or 'bad'/'awful' (negative)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(["positive", "negative"])
-        words = rng.sample(FILLER, 5)
-        words.insert(rng.randrange(6), rng.choice(["good", "great"] if label == "positive" else ["bad", "awful"]))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
+from tests.finetune._sentiment import FILLER, TINY, write_splits
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("sentiment")
-    out = {}
-    for split, n, seed in (("train", 240, 0), ("val", 60, 1), ("test", 60, 2)):
-        out[split] = d / f"{split}.jsonl"
-        out[split].write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(n, seed)))
-    return out
+    return write_splits(tmp_path_factory.mktemp("sentiment"), (240, 60, 60))
 
 
 def recipe(files, out: Path, init: str, **extra):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,32 +20,14 @@ from attnlab.errors import AttnlabError
 from attnlab.finetune import load_finetune_config, run
 from attnlab.finetune.trainer import BatchStream, epoch_batches
 from attnlab.train.schedule import lr_at
+from tests.finetune._sentiment import TINY, write_splits
 
-FILLER = ["the", "movie", "plot", "was", "really", "actors", "scenes", "story", "film", "and", "quite", "music"]
-TINY = {"model.n_layer": 1, "model.d_model": 32, "model.n_head": 2, "model.d_ff": 64, "model.block_size": 32,
-        "model.dropout": 0.0, "tokenizer": "bpe:300", "options.max_length": 16}
 RTOL = 1e-4
-
-
-def sentiment_rows(n: int, seed: int) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(["positive", "negative"])
-        words = rng.sample(FILLER, 5)
-        words.insert(rng.randrange(6), rng.choice(["good", "great"] if label == "positive" else ["bad", "awful"]))
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("sentiment")
-    out = {}
-    for split, n, seed in (("train", 96, 0), ("val", 32, 1), ("test", 32, 2)):
-        out[split] = d / f"{split}.jsonl"
-        out[split].write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(n, seed)))
-    return out
+    return write_splits(tmp_path_factory.mktemp("sentiment"), (96, 32, 32))
 
 
 def overrides(files: dict[str, Path], out: Path, **extra) -> dict[str, object]:
