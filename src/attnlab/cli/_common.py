@@ -93,7 +93,7 @@ def load_for_inference(path: str, device: str = "auto") -> tuple[torch.nn.Module
     from attnlab.data import Tokenizer
     from attnlab.errors import CheckpointError
     from attnlab.train.checkpoint import load_model
-    from attnlab.train.loop import resolve_device
+    from attnlab.train.run_state import resolve_device
 
     dev = resolve_device(device)
     model, ckpt = load_model(path, dev)
@@ -133,6 +133,6 @@ def load_for_decoding(path: str, device: str = "auto", dtype: str = "auto", quan
 
 def torch_device(device: str) -> torch.device:
     """``--device`` (auto/cpu/cuda) as a ``torch.device``."""
-    from attnlab.train.loop import resolve_device
+    from attnlab.train.run_state import resolve_device
 
     return resolve_device(device)

@@ -78,7 +78,7 @@ def _run_finetuned(args: argparse.Namespace) -> int:
 
     from attnlab.errors import AttnlabError
     from attnlab.finetune import load_finetuned
-    from attnlab.train.loop import resolve_device
+    from attnlab.train.run_state import resolve_device
 
     if args.rope_scaling is not None or args.rope_factor is not None:
         raise AttnlabError(f"--rope-scaling and --rope-factor apply to pretraining runs; '{args.checkpoint}' "

@@ -36,7 +36,6 @@ from attnlab.train.distributed import DistEnv, rank_seed, setup
 from attnlab.train.engine import Engine, Recipe, quiet
 from attnlab.train.metrics import flops_per_token, peak_flops, plot_losses
 from attnlab.train.objectives import Objective, ObjectiveBatch, build_objective, objective_name
-from attnlab.train.run_state import StopFlag as _StopFlag  # noqa: F401 - kept importable from here
 from attnlab.train.run_state import autocast_for, resolve_device, run_precision
 
 __all__ = ["autocast_for", "resolve_device", "train"]
