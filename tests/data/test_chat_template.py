@@ -183,3 +183,19 @@ def test_preferences(tmp_path):
     bad = _write(tmp_path / "b.jsonl", [{"prompt": "x", "chosen": "same", "rejected": "same"}])
     with pytest.raises(AttnlabError, match=r"b.jsonl line 1: 'chosen' equals 'rejected'"):
         read_preferences(bad)
+
+
+def test_plain_template_and_template_for(tmp_path, base_tok):
+    plain = ChatTemplate.plain()
+    msgs = [{"role": "user", "content": "hi"}]
+    assert plain.render(msgs, add_generation_prompt=True) == "User: hi\nAssistant:"
+    assert plain.cut_reply(" hello\nUser: more") == " hello"
+    ids, mask = encode_conversation(base_tok, plain, msgs + [{"role": "assistant", "content": "yo"}])
+    assert base_tok.decode([i for i, m in zip(ids, mask, strict=True) if m]).strip() == "yo"
+    from attnlab.data.chat import template_for
+
+    assert template_for(None, base_tok) == plain
+    assert template_for(tmp_path, add_chat_tokens(base_tok, ChatTemplate.default())) == ChatTemplate.default()
+    llama = _templates()["llama"]
+    llama.save(tmp_path)
+    assert template_for(tmp_path, base_tok) == llama

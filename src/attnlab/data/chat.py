@@ -48,6 +48,15 @@ DEFAULT_TEMPLATE = (
 )
 """ChatML, the default template of models trained here (``<|im_start|>`` / ``<|im_end|>`` are special tokens)."""
 
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize + ': ' + message['content'] + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+"""Plain text (``User: ...`` / ``Assistant: ...``, a line each) for a model that has no chat tokens:
+a pretrained-only model is prompted with it; a reply ends at the first newline."""
+
 Message = dict[str, str]
 
 
@@ -104,6 +113,11 @@ class ChatTemplate:
     def default(cls) -> ChatTemplate:
         """The ChatML template models trained here get (``<|im_end|>`` ends a turn and a reply)."""
         return cls(DEFAULT_TEMPLATE, bos_token=None, eos_token=IM_END)
+
+    @classmethod
+    def plain(cls) -> ChatTemplate:
+        """:data:`PLAIN_TEMPLATE`: needs no special token (a reply ends at a newline)."""
+        return cls(PLAIN_TEMPLATE, end_of_turn=("\n",))
 
     # ------------------------------------------------------------------ files
 
@@ -166,6 +180,11 @@ class ChatTemplate:
             raise AttnlabError(f"chat template failed to render ({type(e).__name__}: {e}); "
                                "check the messages or fix the template") from None
 
+    def cut_reply(self, text: str) -> str:
+        """``text`` up to its first end-of-turn string (a generated reply without its end marker)."""
+        cut = min((i for i in (text.find(t) for t in self.end_of_turn) if i >= 0), default=len(text))
+        return text[:cut]
+
     def stop_ids(self, tokenizer: Tokenizer) -> list[int]:
         """Token ids that end an assistant reply (end-of-turn markers found in the vocabulary)."""
         ids = [tokenizer.token_id(t) for t in self.end_of_turn]
@@ -177,6 +196,30 @@ def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) and value else None
+
+
+def template_for(folder: str | Path | None, tokenizer: Tokenizer) -> ChatTemplate:
+    """The template a model folder chats with.
+
+    ``folder/tokenizer_config.json``'s ``chat_template`` when there is one (a model fine-tuned
+    here, or imported from Hugging Face); else ChatML when the tokenizer has its tokens; else
+    :meth:`ChatTemplate.plain` (a pretrained-only model). Callers say which one they use.
+    """
+    tpl = ChatTemplate.load(folder) if folder is not None and Path(folder).is_dir() else None
+    if tpl is not None:
+        return tpl
+    if tokenizer.token_id(IM_START) is not None and tokenizer.token_id(IM_END) is not None:
+        return ChatTemplate.default()
+    return ChatTemplate.plain()
+
+
+def template_name(template: ChatTemplate) -> str:
+    """A short description for log lines: ``ChatML (default)``, ``plain text`` or ``the model's own``."""
+    if template.source == DEFAULT_TEMPLATE:
+        return "ChatML (default)"
+    if template.source == PLAIN_TEMPLATE:
+        return "plain text (User:/Assistant:, no chat tokens)"
+    return "the model's own (tokenizer_config.json)"
 
 
 def add_chat_tokens(tokenizer: Tokenizer, template: ChatTemplate) -> Tokenizer:
