@@ -4,7 +4,9 @@
 
 - ``hf:DIR`` — a Hugging Face checkpoint directory (``config.json`` + weights +
   ``tokenizer.json``), imported with :func:`attnlab.interop.hf.from_hf`;
-- a folder written by ``attnlab train`` / ``attnlab finetune`` (run or checkpoint folder);
+- a folder written by ``attnlab train`` (run or checkpoint folder);
+- a causal-LM run of ``attnlab finetune`` (``lm``, ``sft``, ``dpo``: ``RUN`` or ``RUN/model``), with any
+  LoRA adapters merged into its weights, so SFT can start from an adapted model and DPO from SFT;
 - ``preset:NAME`` — random initialisation from a model preset (``configs/NAME.yaml``),
   i.e. training from scratch (the vocabulary size comes from the tokenizer; the recipe's
   ``model`` section overrides the preset's architecture, e.g. ``model.n_layer=2``).
@@ -43,12 +45,15 @@ class Backbone:
         config: its architecture.
         tokenizer: the tokenizer that came with it (``None`` for a preset).
         source: the ``init`` string, for messages.
+        folder: the folder its tokenizer came from (where ``tokenizer_config.json`` and its
+            chat template would be), or ``None``.
     """
 
     model: nn.Module | None
     config: ModelConfig
     tokenizer: Tokenizer | None
     source: str
+    folder: Path | None = None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -88,16 +93,71 @@ def load_backbone(init: str, model: dict[str, Any] | None = None) -> Backbone:
             raise AttnlabError(f"init '{init}': '{path}' is not a directory; give a Hugging Face checkpoint folder")
         net = from_hf(path)
         tok = Tokenizer.load(path) if (path / "tokenizer.json").is_file() else None
-        return Backbone(net, net.config, tok, init)
+        return Backbone(net, net.config, tok, init, path)
     from attnlab.train.checkpoint import load_model
 
     if not Path(init).exists():
         raise AttnlabError(
             f"init '{init}' not found; use hf:DIR, an attnlab run or checkpoint folder, or preset:NAME"
         )
+    if finetuned_folder(init) is not None:
+        return _finetuned_backbone(init)
     net, ckpt = load_model(init)
     tok = Tokenizer.load(ckpt.tokenizer_file) if ckpt.tokenizer_file is not None else None
-    return Backbone(net, ckpt.config.model, tok, init)
+    return Backbone(net, ckpt.config.model, tok, init, None if ckpt.tokenizer_file is None
+                    else Path(ckpt.tokenizer_file).parent)
+
+
+def finetuned_folder(path: str | Path) -> Path | None:
+    """``path``'s fine-tuned model folder (``RUN/model`` or the folder itself, holding ``task.json``), or ``None``."""
+    p = Path(path)
+    for folder in (p / "model", p):
+        if (folder / "task.json").is_file():
+            return folder
+    return None
+
+
+def _finetuned_backbone(init: str) -> Backbone:
+    """A causal LM fine-tuned here (``lm`` / ``sft`` / ``dpo``), LoRA merged, as the next run's start."""
+    from attnlab.finetune.lora import remove_lora
+    from attnlab.finetune.saved import load_finetuned
+    from attnlab.models import DecoderLM
+
+    folder = finetuned_folder(init)
+    task, net, tok = load_finetuned(folder)
+    if not isinstance(net, DecoderLM):
+        raise AttnlabError(f"init '{init}' is a fine-tuned {task.name} model ({type(net).__name__}); only causal "
+                           "language models (tasks lm, sft, dpo) can start another fine-tuning")
+    remove_lora(net, merge=True)
+    return Backbone(net.train(), net.config, tok, init, folder)
+
+
+def grow_vocab(model: nn.Module, vocab_size: int) -> int:
+    """Give a decoder embeddings (and LM-head rows) for new token ids; returns how many were added.
+
+    New rows start at the mean of the existing ones (a neutral token the model already
+    "understands"), so adding chat markers does not shift a pretrained model's outputs on old
+    tokens. A tied head stays tied.
+    """
+    old = model.config.vocab_size
+    if vocab_size <= old:
+        return 0
+    emb = model.tok_emb.weight.data  # (V, D)
+    grown = nn.Embedding(vocab_size, emb.shape[1], device=emb.device, dtype=emb.dtype)
+    grown.weight.data[:old] = emb
+    grown.weight.data[old:] = emb.mean(0, keepdim=True)
+    tied = model.lm_head.weight is model.tok_emb.weight
+    model.tok_emb = grown
+    head = nn.Linear(emb.shape[1], vocab_size, bias=False, device=emb.device, dtype=emb.dtype)
+    if tied:
+        head.weight = grown.weight
+    else:
+        w = model.lm_head.weight.data  # (V, D)
+        head.weight.data[:old] = w
+        head.weight.data[old:] = w.mean(0, keepdim=True)
+    model.lm_head = head
+    model.config = dataclasses.replace(model.config, vocab_size=vocab_size)
+    return vocab_size - old
 
 
 def make_tokenizer(spec: str, backbone: Backbone, texts: list[str]) -> Tokenizer:

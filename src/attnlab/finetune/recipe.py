@@ -274,6 +274,14 @@ class Task(ABC):
         """The same architecture as :meth:`build` made, from a saved ``state`` (weights loaded after)."""
 
     # -- training -----------------------------------------------------------
+    def prepare(self, model: nn.Module, features: list[Any], out_dir: Path, resumed: bool) -> None:
+        """Called once the model is on its device, before the first step (and again on ``--resume``).
+
+        A task that needs the starting model's outputs (DPO's reference log-probabilities) computes
+        and caches them here, in ``out_dir`` so a resumed run reads them back. Default: nothing.
+        """
+        return None
+
     @abstractmethod
     def features(self, examples: list[dict[str, Any]], tokenizer: Any) -> list[Any]:
         """Training features (one or more per example), ready for :meth:`collate`."""

@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from attnlab.data.chat import ChatTemplate
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import CheckpointError
 from attnlab.finetune.lora import count_parameters, inject_lora
@@ -37,7 +38,8 @@ def save_finetuned(
     """Write a fine-tuned model folder atomically (temp folder, fsync, rename).
 
     Holds ``model.safetensors``, ``recipe.yaml``, ``task.json``, ``metrics.json``, the
-    tokenizer and ``checksums.json`` (sha256 of every file).
+    tokenizer and ``checksums.json`` (sha256 of every file); and ``tokenizer_config.json`` with the
+    chat template when ``task_state["chat_template"]`` holds one (``{"source", "bos_token", "eos_token"}``).
     """
     from safetensors.torch import save as safetensors_bytes
 
@@ -48,6 +50,8 @@ def save_finetuned(
         durable.write_file(tmp / "metrics.json", json.dumps(metrics, indent=1).encode())
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer.json")
+        if task_state.get("chat_template"):  # chat models: tokenizer_config.json as Hugging Face keeps it
+            ChatTemplate(**task_state["chat_template"]).save(tmp)
 
     return durable.write_folder(folder, fill)
 

@@ -200,6 +200,7 @@ def _run(cfg: FinetuneConfig, env: DistEnv, *, resume: bool, progress: bool,
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     env.barrier()
+    task.prepare(model, feats, out, resumed=ckpt is not None)
     precision = run_precision(device, tc.dtype, log)
     amp = precision.autocast(device)
     stream = BatchStream(task, feats, tc.batch_size, tc.seed)
