@@ -9,7 +9,9 @@ sdist, a Debian package) — nothing is downloaded at run time — and writes
 :data:`SOURCES` maps a name to ``module:function``; the function has the signature
 ``prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0) -> dict[str, Path]``
 (``path`` points at the raw file when it is not where the package puts it; ``limit``
-caps the number of examples).
+caps the number of examples). The two chat sets, ``instruct`` and ``preferences``, combine
+several tasks: their ``prepare`` also takes ``tasks`` (the task names to build), ``path`` is
+``TASK=PATH`` pairs and ``limit`` counts per task (:data:`TASK_SOURCES`).
 """
 
 from __future__ import annotations
@@ -31,20 +33,34 @@ SOURCES: dict[str, str] = {
     "squad-shakespeare": "attnlab.data.sources.squad_cloze:prepare",
     "digits": "attnlab.data.sources.digits:prepare",
     "chinese-poetry": "attnlab.data.sources.poetry:prepare",
+    "instruct": "attnlab.data.sources.instruct:prepare",
+    "preferences": "attnlab.data.sources.preferences:prepare",
 }
+TASK_SOURCES = frozenset({"instruct", "preferences"})
+"""Sources made of several tasks: they take ``tasks``, and ``limit`` counts per task."""
 
 
 def prepare_source(name: str, out: str | Path, *, path: str | None = None, seed: int = 0,
-                   limit: int = 0) -> dict[str, Path]:
+                   limit: int = 0, tasks: Sequence[str] | None = None) -> dict[str, Path]:
     """Write the task files of source ``name`` under ``out``; returns split → file.
 
+    Args:
+        tasks: for :data:`TASK_SOURCES` only, the task names to build (``None``: all).
+
     Raises:
-        AttnlabError: unknown source, or its raw data is not installed (the message says how to install it).
+        AttnlabError: unknown source, ``tasks`` given to a single-task source, or its raw data is
+            not installed (the message says how to install it).
     """
     if name not in SOURCES:
         raise AttnlabError(f"unknown data source '{name}'{did_you_mean(name, SOURCES)}; sources: {', '.join(SOURCES)}")
     module, fn = SOURCES[name].split(":")
-    return getattr(importlib.import_module(module), fn)(Path(out), path=path, seed=seed, limit=limit)
+    prepare = getattr(importlib.import_module(module), fn)
+    if name in TASK_SOURCES:
+        return prepare(Path(out), path=path, seed=seed, limit=limit, tasks=tasks)
+    if tasks is not None:
+        raise AttnlabError(f"--tasks applies to {' and '.join(sorted(TASK_SOURCES))} only; '{name}' is one task, "
+                           "drop --tasks")
+    return prepare(Path(out), path=path, seed=seed, limit=limit)
 
 
 def write_splits(examples: list[dict[str, Any]], out: str | Path, *, seed: int = 0, limit: int = 0,

@@ -143,6 +143,15 @@ def play_questions(title: str, play: str, seed: int = 0) -> dict[str, Any]:
     return {"title": title, "paragraphs": paragraphs}
 
 
+def read_plays(path: str | None = None) -> list[tuple[str, str]]:
+    """``(title, text)`` of every play: the embedded Shakespeare corpus, or the ``*.txt`` files of folder ``path``.
+
+    Raises:
+        AttnlabError: ``path`` is missing or holds no text.
+    """
+    return [(name.rsplit("/", 1)[-1], text) for name, text in read_documents(path or SOURCE)]
+
+
 def _cap(articles: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The first paragraphs of ``articles`` holding at most ``n`` questions (at least one paragraph)."""
     out, total = [], 0
@@ -181,10 +190,10 @@ def prepare(out: Path, *, path: str | None = None, seed: int = 0, limit: int = 0
     Raises:
         AttnlabError: fewer than three plays, or a split without questions.
     """
-    plays = read_documents(path or SOURCE)
+    plays = read_plays(path)
     if len(plays) < 3:
         raise AttnlabError(f"'{path or SOURCE}' holds {len(plays)} play(s); the split by play needs at least 3")
-    articles = [play_questions(name.rsplit("/", 1)[-1], text, seed) for name, text in plays]
+    articles = [play_questions(title, text, seed) for title, text in plays]
     articles = [a for a in articles if a["paragraphs"]]
     articles = split_records(articles, [1.0], seed=seed)[0]  # shuffled
     n_eval = max(1, round(FRACTIONS[1] * len(articles)))  # at least one play each for val and test
