@@ -3,7 +3,8 @@
 - SRC is a Hugging Face folder (``config.json`` + safetensors): OUT becomes an attnlab run
   folder (a step-0 checkpoint with config and tokenizer) that ``attnlab generate``,
   ``attnlab eval`` and ``attnlab finetune init=OUT`` read.
-- SRC is an attnlab run or checkpoint folder: OUT becomes a Hugging Face folder that
+- SRC is an attnlab run or checkpoint folder, or a causal-LM fine-tuning run (``lm``, ``sft``,
+  ``dpo``; LoRA adapters merged, the chat template kept): OUT becomes a Hugging Face folder that
   ``transformers.AutoModel*.from_pretrained(OUT)`` loads, with the tokenizer
   (``tokenizer.json`` + ``tokenizer_config.json``) that ``AutoTokenizer.from_pretrained(OUT)`` loads;
   ``--max-shard-size 200MB`` splits the weights into shards.
@@ -67,11 +68,29 @@ def _hf_to_attnlab(src: Path, out: Path) -> None:
 
 
 def _attnlab_to_hf(src: Path, out: Path, max_shard_size: int | str | None) -> None:
+    from attnlab.finetune.init import finetuned_folder
     from attnlab.interop.export import to_hf
     from attnlab.train.checkpoint import load_model
 
+    if finetuned_folder(src) is not None:
+        _finetuned_to_hf(src, out, max_shard_size)
+        return
     model, ckpt = load_model(src)
     hf = to_hf(model, out, tokenizer=ckpt.tokenizer_file, max_shard_size=max_shard_size)
     if ckpt.tokenizer_file is None:
         print(f"note: '{src}' has no tokenizer; '{out}' has none either")
     print(f"{ckpt.path} → {type(hf).__name__} in '{out}'")
+
+
+def _finetuned_to_hf(src: Path, out: Path, max_shard_size: int | str | None) -> None:
+    """A fine-tuned causal LM (adapters merged) with its tokenizer and chat template."""
+    from attnlab.data.chat import ChatTemplate, template_name
+    from attnlab.finetune.init import load_backbone
+    from attnlab.interop.export import to_hf
+
+    backbone = load_backbone(str(src))  # a fine-tuned decoder, LoRA merged; anything else is refused
+    template = ChatTemplate.load(backbone.folder) if backbone.folder is not None else None
+    hf = to_hf(backbone.model.eval(), out, tokenizer=backbone.tokenizer, max_shard_size=max_shard_size,
+               chat_template=template)
+    chat = f", chat template: {template_name(template)}" if template is not None else ""
+    print(f"{backbone.folder} → {type(hf).__name__} in '{out}'{chat}")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from attnlab.config import ModelConfig
+from attnlab.data.chat import ChatTemplate
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, CheckpointError
 from attnlab.interop import files, hf
@@ -216,7 +217,7 @@ def _transformers() -> Any:
 
 
 def to_hf(model: nn.Module, path: str | Path | None = None, *, tokenizer: Tokenizer | str | Path | None = None,
-          max_shard_size: int | str | None = None) -> nn.Module:
+          max_shard_size: int | str | None = None, chat_template: ChatTemplate | None = None) -> nn.Module:
     """Export an attnlab model as the matching Hugging Face ``transformers`` model.
 
     Args:
@@ -238,6 +239,10 @@ def to_hf(model: nn.Module, path: str | Path | None = None, *, tokenizer: Tokeni
         max_shard_size: split the weights into ``model-0000i-of-0000n.safetensors`` shards of at
             most this size (bytes, or a string such as ``"200MB"``) with a
             ``model.safetensors.index.json``; needs ``path``.
+        chat_template: a chat model's template: with ``path`` it goes into ``tokenizer_config.json``
+            (``chat_template``, ``bos_token``, ``eos_token``) so ``apply_chat_template`` renders as
+            attnlab does, and its end-of-turn tokens become the generation config's ``eos_token_id``
+            so ``generate`` stops where ``attnlab chat`` does. Needs ``tokenizer``.
 
     Returns:
         The ``transformers`` model, float32, in eval mode, with the same outputs as ``model``
@@ -250,6 +255,8 @@ def to_hf(model: nn.Module, path: str | Path | None = None, *, tokenizer: Tokeni
         CheckpointError: one of the model's weights has no place in the Hugging Face model
             (e.g. LoRA adapters that were not merged).
     """
+    if chat_template is not None and tokenizer is None:
+        raise AttnlabError("a chat template needs the model's tokenizer; pass tokenizer= too")
     family = _family(model)
     exporter = EXPORTERS[family]
     cfg: ModelConfig = model.config
@@ -298,6 +305,12 @@ def to_hf(model: nn.Module, path: str | Path | None = None, *, tokenizer: Tokeni
         out.save_pretrained(str(path), **kwargs)
         if tok is not None:
             files.save_tokenizer(tok, Path(path), roles, cfg.block_size)
+        if chat_template is not None:
+            chat_template.save(Path(path))
+            stops = chat_template.stop_ids(tok)
+            if stops:
+                out.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+                out.generation_config.save_pretrained(str(path))
     return out
 
 
