@@ -14,6 +14,7 @@ from attnlab.eval import (
     METRICS,
     accuracy,
     bleu,
+    chrf,
     compute,
     confusion_matrix,
     exact_match,
@@ -174,6 +175,21 @@ def test_bleu_matches_sacrebleu():
     assert low["bleu"] == pytest.approx(100.0) and "case:lc" in low["signature"]
 
 
+def test_chrf_matches_sacrebleu():
+    import sacrebleu
+
+    got = chrf(HYPS, REFS)
+    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score) and 0 < got["chrf"] < 100
+    assert got["signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
+    refs2 = ["a cat sat on a mat", "a quick brown fox jumps over the lazy dog", "hello there"]
+    multi = chrf(HYPS, [[a, b] for a, b in zip(REFS, refs2, strict=True)])
+    assert multi["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS, refs2]).score)
+    assert multi["chrf"] > got["chrf"]
+    plus = chrf(HYPS, REFS, word_order=2)  # chrF++
+    assert plus["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS], word_order=2).score)
+    assert chrf(["Das Haus"], ["Das Haus"])["chrf"] == pytest.approx(100.0) and chrf(["xyz"], ["Haus"])["chrf"] == 0
+
+
 def test_bleu_hand_cases():
     assert bleu(["the cat sat on the mat"], [["the cat sat on the mat"]])["bleu"] == pytest.approx(100.0)
     assert bleu(["one two three four"], ["five six seven eight"])["bleu"] == pytest.approx(0.0)
@@ -212,7 +228,7 @@ def test_generation_input_errors():
         rouge("a b", "a b")
 
 
-@pytest.mark.parametrize("module, fn", [("sacrebleu", bleu), ("rouge_score.rouge_scorer", rouge)])
+@pytest.mark.parametrize("module, fn", [("sacrebleu", bleu), ("sacrebleu", chrf), ("rouge_score.rouge_scorer", rouge)])
 def test_missing_optional_package(monkeypatch, module, fn):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     with pytest.raises(AttnlabError, match=r"pip install 'attnlab\[eval\]'"):
@@ -234,7 +250,7 @@ def test_perplexity():
 
 
 def test_registry_and_compute():
-    assert set(METRICS) == {"accuracy", "f1", "squad", "bleu", "rouge", "perplexity"}
+    assert set(METRICS) == {"accuracy", "f1", "squad", "bleu", "chrf", "rouge", "perplexity"}
     assert compute("accuracy", PREDS, LABELS) == pytest.approx({"accuracy": 4 / 6})
     assert compute("f1", PREDS, LABELS, average="micro")["f1"] == pytest.approx(4 / 6)
     assert compute("squad", {"q": "The Paris"}, {"q": ["paris"]})["exact_match"] == 100.0

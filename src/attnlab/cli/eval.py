@@ -1,10 +1,13 @@
-"""``attnlab eval RUN``: a pretrained checkpoint's loss and perplexity, or a fine-tuned model's task metrics.
+"""``attnlab eval RUN``: a pretrained checkpoint's loss and perplexity, a fine-tuned model's task metrics,
+or a chat model's instruction following (``--suite instruct``).
 
     attnlab eval runs/gpt-tiny                                  # validation loss, perplexity, bits per byte
     attnlab eval runs/gpt-tiny --dtype float32                  # ... in fp32 (default auto: bf16 where native)
     attnlab eval runs/sentiment-minilm                          # the task's metrics on the recipe's test file
     attnlab eval runs/sentiment-minilm --data reviews.jsonl     # ... on another file
     attnlab eval runs/llama-tiny --seq-len 512 --rope-scaling ntk --rope-factor 4   # beyond the training length
+    attnlab eval runs/chat-sft --suite instruct --data data/instruct/test.jsonl \
+        --preferences data/prefs/test.jsonl --limit 100 --out results/instruct.json
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from attnlab.cli._eval_instruct import add_instruct_flags, check_no_instruct_flags, run_instruct
 from attnlab.eval.context import SCALINGS
 from attnlab.precision import DTYPES, Precision, resolve_precision
 
@@ -29,15 +33,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint. A pretraining run (attnlab train): next-token loss on the "
         "validation split of its data, or on --data (text file, folder or builtin:NAME). A fine-tuned model "
         "(attnlab finetune; detected from its folder): the task's metrics (accuracy/F1, EM/F1, BLEU, loss...) "
-        "on the recipe's --split file, or on --data (a task file such as test.jsonl).",
+        "on the recipe's --split file, or on --data (a task file such as test.jsonl). With --suite instruct, a "
+        "chat model (fine-tuned or pretrained): greedy replies to the prompts of --data (the test.jsonl of `attnlab "
+        "data prepare instruct`) scored per task (sentiment accuracy, translation chrF/BLEU, reading EM/F1, "
+        "headline chrF/ROUGE-L, poem form), and with --preferences how often it gives the chosen reply a higher "
+        "log-probability than the rejected one.",
     )
     p.add_argument("checkpoint", help="run folder or checkpoint folder (pretrained or fine-tuned)")
-    p.add_argument("--data", default=None, help="data to evaluate on (default: the model's own data)")
+    p.add_argument("--data", default=None,
+                   help="data to evaluate on (default: the model's own data); with --suite instruct the instruct "
+                   "test.jsonl")
     p.add_argument("--split", choices=["train", "val", "test"], default=None,
                    help="split of the model's own data (default: val for pretraining runs, test for fine-tuned)")
     p.add_argument("--batches", type=int, default=50,
                    help="pretraining runs: number of batches (spread over the split)")
-    p.add_argument("--batch-size", type=int, default=8, help="pretraining runs: windows per batch")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="pretraining runs: windows per batch; --preferences: pairs per forward pass")
     p.add_argument("--seq-len", type=int, default=0,
                    help="pretraining runs: tokens per window (default: the training seq_len). Longer than the "
                    "model's block_size works for every position scheme but learned positions (the RoPE, ALiBi, "
@@ -52,8 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES),
                    help="precision: auto (bf16 autocast on CUDA and on a CPU with native bf16, else float32), "
-                   "float32 or bfloat16; the choice and its reason go to stderr")
+                   "float32 or bfloat16; the choice and its reason go to stderr. With --suite instruct: the weights' "
+                   "dtype, as in attnlab generate")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    add_instruct_flags(p)
     p.set_defaults(func=run)
 
 
@@ -70,6 +83,9 @@ def _precision(args: argparse.Namespace, device: torch.device) -> Precision:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "instruct":
+        return run_instruct(args)
+    check_no_instruct_flags(args)
     return (_run_finetuned if _is_finetuned(args.checkpoint) else _run_lm)(args)
 
 

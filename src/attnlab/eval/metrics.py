@@ -7,7 +7,7 @@ named scores, so callers (the CLI, fine-tuning recipes) can treat them alike::
     compute("bleu", ["the cat sat on the mat"], [["the cat sat on the mat"]])
 
 Scales follow each metric's convention: accuracy/precision/recall/F1 in [0, 1];
-SQuAD, BLEU and ROUGE in [0, 100].
+SQuAD, BLEU, chrF and ROUGE in [0, 100].
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from attnlab.errors import did_you_mean
 from attnlab.eval.classification import accuracy, confusion_matrix, precision_recall_f1
-from attnlab.eval.generation import bleu, rouge
+from attnlab.eval.generation import bleu, chrf, rouge
 from attnlab.eval.squad import exact_match, f1, normalize_answer, squad_scores
 
 _MAX_LOG = math.log(1.7976931348623157e308)  # largest finite exp() argument for a float64
@@ -62,6 +62,7 @@ METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "f1": precision_recall_f1,
     "squad": squad_scores,
     "bleu": bleu,
+    "chrf": chrf,
     "rouge": rouge,
     "perplexity": _perplexity,
 }
@@ -82,6 +83,6 @@ def compute(name: str, predictions: Any, references: Any = None, **kw: Any) -> d
 
 
 __all__ = [
-    "METRICS", "accuracy", "bleu", "compute", "confusion_matrix", "exact_match", "f1",
+    "METRICS", "accuracy", "bleu", "chrf", "compute", "confusion_matrix", "exact_match", "f1",
     "normalize_answer", "perplexity", "precision_recall_f1", "rouge", "squad_scores",
 ]
