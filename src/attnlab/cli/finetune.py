@@ -11,7 +11,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a model on a task (classify, qa, translate, summarize, lm, image-classify)",
+        help=f"fine-tune a model on a task ({', '.join(TASKS)})",
         description="Fine-tune from a Hugging Face directory (init=hf:DIR), an attnlab run, or from scratch "
         "(init=preset:NAME), then report the task's metrics. RECIPE is a YAML file or a name under "
         "configs/finetune/; any field can be overridden: train.max_steps=100 options.max_length=64 lora.rank=8.",

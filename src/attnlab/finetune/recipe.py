@@ -28,7 +28,7 @@ import importlib
 import random
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +58,7 @@ TASKS: dict[str, str] = {
     "summarize": "attnlab.finetune.tasks.seq2seq:SummarizeTask",
     "lm": "attnlab.finetune.tasks.lm:LMTask",
     "image-classify": "attnlab.finetune.tasks.image:ImageClassifyTask",
+    "sft": "attnlab.finetune.tasks.sft:SFTTask",
 }
 """Task name → ``module:Class`` (imported on use, so one task's dependencies never slow another)."""
 
@@ -235,6 +236,8 @@ class Task(ABC):
         self.cfg = cfg
         self.opt = cfg.options
         self.state: dict[str, Any] = {}
+        self.log: Callable[[str], None] = print
+        """Where the task's one-line messages go (the trainer sets its own: rank 0 only, or quiet)."""
 
     # -- data ---------------------------------------------------------------
     def read(self, path: str) -> list[dict[str, Any]]:

@@ -178,6 +178,7 @@ def _run(cfg: FinetuneConfig, env: DistEnv, *, resume: bool, progress: bool,
     device = env.device
     torch.manual_seed(tc.seed)
     task = task_class(cfg.task)(cfg)
+    task.log = log
     splits = task.splits()
     model, tok = task.build(splits["train"])
     if cfg.lora is not None:
