@@ -106,7 +106,7 @@ def test_command_extraction_finds_the_guides_commands():
     assert _attnlab_argvs("curl -s localhost:8000/health") == []
     assert _attnlab_argvs("attnlab generate run --stop x > out.txt 2>&1 | head") == [["generate", "run", "--stop", "x"]]
     commands = {tuple(argv[:1]) for _, _, argv in _commands()}
-    for sub in ("train", "finetune", "data", "eval", "generate", "convert", "tokenizer", "viz", "serve"):
+    for sub in ("train", "finetune", "data", "eval", "generate", "chat", "convert", "tokenizer", "viz", "serve"):
         assert (sub,) in commands, f"no documented `attnlab {sub}` command found in docs/"
 
 

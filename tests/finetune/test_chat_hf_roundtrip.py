@@ -58,7 +58,8 @@ def test_llama_checkpoint_to_chat_and_back(tmp_path):
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows * 8))
     run = tmp_path / "sft"
-    assert cli(["finetune", "sft", "sft-chat", "--no-progress", f"init=hf:{hf_dir}", f"data.train={data}", f"data.val={data}", f"data.test={data}",
+    assert cli(["finetune", "sft", "sft-chat", "--no-progress", f"init=hf:{hf_dir}", f"data.train={data}",
+                f"data.val={data}", f"data.test={data}",
                 "train.max_steps=120", "train.lr=3e-3", "train.batch_size=8", "train.warmup_steps=5",
                 "train.eval_every=60", "train.device=cpu", "train.dtype=float32", f"train.out_dir={run}"]) == 0
 
@@ -69,7 +70,7 @@ def test_llama_checkpoint_to_chat_and_back(tmp_path):
     assert tok.vocab_size == Tokenizer.load(hf_dir).vocab_size
 
     question = [{"role": "user", "content": "What colour is the sky?"}]
-    session = ChatSession(model, tok, saved, SamplingConfig(temperature=0.0), max_new_tokens=12)
+    session = ChatSession(model, tok, saved, SamplingConfig(max_new_tokens=12, temperature=0.0))
     reply = session.reply(question[0]["content"])
     assert reply.strip() == "The sky is blue."  # it learned the answer (and to stop)
 

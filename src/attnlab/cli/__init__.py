@@ -25,7 +25,7 @@ _WRITE_ERRORS = {
     errno.EACCES: "you may not write there; fix its permissions or write to another folder",
 }
 
-SUBCOMMANDS = ["train", "finetune", "data", "eval", "generate", "convert", "tokenizer", "viz", "bench", "serve"]
+SUBCOMMANDS = ["train", "finetune", "data", "eval", "generate", "chat", "convert", "tokenizer", "viz", "bench", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,8 @@ For an encoder–decoder checkpoint the prompt is the source and the output is w
 decoder writes; ``--num-beams N`` runs beam search (printed when finished) instead of sampling.
 ``--compile`` (decoder-only transformers, no beams) decodes on the fast path of
 :mod:`attnlab.generate.fast`: a static KV cache and a decode step compiled once.
+``--chat TEXT`` (with ``--system TEXT``) runs one turn of ``attnlab chat`` for scripts: the
+message is rendered through the model's chat template and only the reply is printed.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     # Numbers are read as text and checked by SamplingConfig, so a bad one is a one-line error (exit 2).
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    p.add_argument("--chat", default=None, metavar="TEXT",
+                   help="one chat turn: TEXT is the user's message, rendered through the model's chat template "
+                   "(see attnlab chat); prints only the reply. Not with --prompt")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt of the --chat turn")
     p.add_argument("--max-new-tokens", default=None, metavar="N",
                    help=f"tokens to generate at most (default: as many as the model's context holds after the "
                    f"prompt, at most {DEFAULT_MAX_NEW_TOKENS}); more than the context holds is an error")
-    p.add_argument("--temperature", default="0.8", metavar="T", help="sampling temperature, >= 0; 0 is greedy "
-                   "(default: 0.8)")
-    p.add_argument("--top-k", default=None, metavar="K", help="sample among the K most likely tokens (0: off)")
-    p.add_argument("--top-p", default=None, metavar="P", help="sample from the nucleus of mass P, in (0, 1]")
-    p.add_argument("--seed", default=None, metavar="S", help="seed for reproducible sampling (0..2**63-1)")
+    add_sampling_flags(p)
     p.add_argument("--num-samples", default="1", metavar="N",
                    help="samples to draw (with beams: best beams to print; default: 1)")
     p.add_argument("--num-beams", default="1", metavar="N", help="beam search width (1: sample or greedy; default: 1)")
@@ -56,9 +58,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """``--temperature``, ``--top-k``, ``--top-p`` and ``--seed`` (``generate`` and ``chat``), read as text and
+    checked by :func:`sampling_config`."""
+    p.add_argument("--temperature", default="0.8", metavar="T", help="sampling temperature, >= 0; 0 is greedy "
+                   "(default: 0.8)")
+    p.add_argument("--top-k", default=None, metavar="K", help="sample among the K most likely tokens (0: off)")
+    p.add_argument("--top-p", default=None, metavar="P", help="sample from the nucleus of mass P, in (0, 1]")
+    p.add_argument("--seed", default=None, metavar="S", help="seed for reproducible sampling (0..2**63-1)")
+
+
 _FIELDS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int,
            "num_beams": int, "length_penalty": float}
-"""SamplingConfig fields set from the flag of the same name, with the type its text must parse as."""
+"""SamplingConfig fields set from the flag of the same name, with the type its text must parse as (a parser
+without a flag leaves the field at its default)."""
 
 
 def _flag(field: str) -> str:
@@ -98,8 +111,9 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     Raises:
         AttnlabError: a value that is not a number or out of range, naming the flag.
     """
-    values = {field: _number(getattr(args, field), field, kind) for field, kind in _FIELDS.items()}
-    beams = values.pop("num_beams")
+    values = {field: _number(getattr(args, field), field, kind) for field, kind in _FIELDS.items()
+              if hasattr(args, field)}
+    beams = values.pop("num_beams", 1)
     cfg = _checked(None, **values)
     return cfg if beams == 1 else _checked(cfg, num_beams=beams, temperature=0.0, top_k=None, top_p=None)
 
@@ -153,6 +167,37 @@ def _budget(cfg: SamplingConfig, n_prompt: int, limit: int, encdec: bool) -> int
                        f"context is {limit} tokens; shorten the prompt or lower --max-new-tokens to {max(room, 0)}")
 
 
+def _chat_turn(args: argparse.Namespace, cfg: SamplingConfig, num_samples: int) -> int:
+    """``--chat TEXT``: one turn rendered through the model's chat template; only the reply goes to stdout."""
+    from attnlab.cli._chat import chat_lines, load_chat_model
+    from attnlab.errors import AttnlabError
+    from attnlab.generate.chat import ChatSession
+
+    if args.chat is None:
+        raise AttnlabError("--system is the system prompt of a --chat turn; add --chat TEXT or drop --system")
+    if args.prompt is not None:
+        raise AttnlabError("--chat and --prompt both give the input; use --chat for a chat turn or --prompt to "
+                           "continue raw text, not both")
+    extra = [flag for flag, given in (("--num-beams", cfg.num_beams > 1), ("--num-samples", num_samples != 1),
+                                      ("--stop", bool(args.stop)), ("--compile", args.compile),
+                                      ("--no-cache", args.no_cache)) if given]
+    if extra:
+        raise AttnlabError(f"{extra[0]} does not apply to --chat (one streamed reply, ended by the chat template); "
+                           "drop it")
+    model, tok, template, _, weights = load_chat_model(args.checkpoint, args.device, args.dtype, args.quantize)
+    chat = ChatSession(model, tok, template, cfg, system=args.system,
+                       on_notice=lambda line: print(line, file=sys.stderr, flush=True))
+    print(chat_lines(template, weights), file=sys.stderr, flush=True)  # stderr: stdout stays the reply
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    chat.reply(args.chat, on_text=show)
+    sys.stdout.write("\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -171,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
                            "beam search returns at most one sequence per beam")
     if cfg.num_beams == 1 and cfg.seed is not None:  # sample i is seeded with seed + i: check the last one
         _checked(cfg, seed=cfg.seed + num_samples - 1)
+    if args.chat is not None or args.system is not None:
+        return _chat_turn(args, cfg, num_samples)
     if args.compile and (cfg.num_beams > 1 or args.no_cache):
         raise AttnlabError("--compile runs greedy/sampled decoding on a static KV cache; drop --num-beams/--no-cache "
                            "or --compile")
@@ -180,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if ckpt.config.model.arch == "encoder":
         raise AttnlabError(f"'{ckpt.path}' holds an encoder (model.arch=encoder, masked LM), which does not "
                            "generate text; evaluate it with attnlab eval or fine-tune it with attnlab finetune")
-    ids = tok.encode(args.prompt)
+    ids = tok.encode("\n" if args.prompt is None else args.prompt)
     if not ids:
         raise AttnlabError("the prompt encodes to no tokens; pass a non-empty --prompt")
     encdec = is_encoder_decoder(model)
