@@ -3,7 +3,6 @@ chat session and loader replaced by fakes, one-line errors, and the real ChatSes
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import types
@@ -11,7 +10,7 @@ import types
 import pytest
 import torch
 
-from attnlab.cli import _common, main
+from attnlab.cli import _chat, main
 from attnlab.config import ModelConfig
 from attnlab.data.chat import ChatTemplate, add_chat_tokens
 from attnlab.data.tokenizer import Tokenizer
@@ -77,10 +76,10 @@ def fake_chat(monkeypatch):
         return model, tok, tpl, torch.device("cpu"), Weights()
 
     class ChatSession:
-        def __init__(self, model_, tokenizer, template, sampling, system=None, max_new_tokens=None):
+        def __init__(self, model_, tokenizer, template, sampling, system=None):
             assert model_ is model and tokenizer is tok and template is tpl
             calls["sessions"].append({"system": system, "temperature": sampling.temperature,
-                                      "max_new_tokens": max_new_tokens})
+                                      "max_new_tokens": sampling.max_new_tokens})
             self.history = []
 
         def reset(self):
@@ -92,7 +91,7 @@ def fake_chat(monkeypatch):
             self.history.append(text)
             return ANSWERS[text]
 
-    monkeypatch.setattr(_common, "load_chat_model", load_chat_model, raising=False)
+    monkeypatch.setattr(_chat, "load_chat_model", load_chat_model)
     monkeypatch.setitem(sys.modules, "attnlab.generate.chat", types.SimpleNamespace(ChatSession=ChatSession))
     return calls
 
@@ -151,14 +150,8 @@ def test_multi_turn_prompt_is_refused_with_its_line(capsys, one_line_error, tmp_
 
 
 def test_with_the_real_chat_session(capsys, tmp_path, request):
-    """Once `attnlab chat` (generate/chat.py, _common.load_chat_model) is on the branch: the replies the suite
-    scores are ChatSession's greedy replies."""
-    try:
-        chat = importlib.import_module("attnlab.generate.chat")
-    except ModuleNotFoundError:
-        pytest.skip("attnlab.generate.chat (ChatSession) is not on this branch yet")
-    if not hasattr(_common, "load_chat_model"):
-        pytest.skip("cli._common.load_chat_model is not on this branch yet")
+    """The replies the suite scores are ChatSession's greedy replies."""
+    from attnlab.generate import chat
     from attnlab.generate.config import SamplingConfig
 
     trained_run = request.getfixturevalue("trained_run")  # trained only when the test runs
@@ -171,8 +164,8 @@ def test_with_the_real_chat_session(capsys, tmp_path, request):
                  "--device", "cpu", "--dtype", "float32", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     got = json.loads(out.read_text(encoding="utf-8"))["replies"]
-    model, tok, tpl, _, _ = _common.load_chat_model(str(trained_run), "cpu", "float32", "none")
-    session = chat.ChatSession(model, tok, tpl, SamplingConfig(temperature=0.0), max_new_tokens=6)
+    model, tok, tpl, _, _ = _chat.load_chat_model(str(trained_run), "cpu", "float32", "none")
+    session = chat.ChatSession(model, tok, tpl, SamplingConfig(max_new_tokens=6, temperature=0.0))
     for row in rows:
         session.reset()
         want = session.reply(row["messages"][0]["content"]).strip()

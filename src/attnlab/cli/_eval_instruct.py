@@ -4,7 +4,7 @@
     attnlab eval runs/chat-sft --suite instruct --data data/instruct/test.jsonl --limit 50 --max-new-tokens 96
     attnlab eval runs/chat-dpo --suite instruct --preferences data/prefs/test.jsonl --out results/dpo.json
 
-The model is loaded as ``attnlab chat`` loads it (:func:`attnlab.cli._common.load_chat_model`: a
+The model is loaded as ``attnlab chat`` loads it (:func:`attnlab.cli._chat.load_chat_model`: a
 fine-tuned run or an ``attnlab train`` run, with its chat template) and answers each prompt in a
 fresh :class:`attnlab.generate.chat.ChatSession`, greedily, so a run is reproducible.
 Scoring is :mod:`attnlab.eval.instruct`.
@@ -88,15 +88,14 @@ def _reply_fn(model: Any, tokenizer: Any, template: Any, max_new_tokens: int):
     from attnlab.generate.chat import ChatSession
     from attnlab.generate.config import SamplingConfig
 
-    sampling = SamplingConfig(temperature=0.0)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     sessions: dict[str | None, Any] = {}
 
     def reply(messages: list[dict[str, str]]) -> str:
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         session = sessions.get(system)
         if session is None:
-            session = sessions[system] = ChatSession(model, tokenizer, template, sampling, system=system,
-                                                     max_new_tokens=max_new_tokens)
+            session = sessions[system] = ChatSession(model, tokenizer, template, sampling, system=system)
         session.reset()
         return session.reply(messages[-1]["content"])
 
@@ -123,7 +122,7 @@ def _preferences_lines(pref: dict[str, Any]) -> str:
 
 def run_instruct(args: argparse.Namespace) -> int:
     """Load the chat model, run the suite and/or the preference pairs, print (and write) the results."""
-    from attnlab.cli import _common
+    from attnlab.cli import _chat
     from attnlab.data.chat import template_name
     from attnlab.data.chat_data import read_conversations, read_preferences
     from attnlab.eval.instruct import group_by_task, preference_accuracy, run_suite
@@ -136,7 +135,7 @@ def run_instruct(args: argparse.Namespace) -> int:
     _single_turn(records)
     pairs = read_preferences(args.preferences) if args.preferences else []
     max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    model, tok, template, _device, weights = _common.load_chat_model(args.checkpoint, args.device, args.dtype,
+    model, tok, template, _device, weights = _chat.load_chat_model(args.checkpoint, args.device, args.dtype,
                                                                       args.quantize or "none")
     print(weights.line(), file=sys.stderr)
     out: dict[str, Any] = {"model": str(args.checkpoint), "template": template_name(template),
