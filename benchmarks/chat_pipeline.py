@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=1200)
     ap.add_argument("--sft-steps", type=int, default=600)
     ap.add_argument("--dpo-steps", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=0, help="train.threads of the pretraining run (0: all)")
     ap.add_argument("--limit", type=int, default=1500, help="examples per task for the instruct data")
     ap.add_argument("--eval-limit", type=int, default=100, help="held-out examples per task to score")
     args = ap.parse_args()
@@ -127,7 +128,7 @@ def main() -> None:
             run_stage(stage, attnlab("train", "gpt-tiny", f"data.source={data / 'chat-base'}",
                                      "data.tokenizer=bpe:8000", "model.block_size=256", "train.seq_len=256",
                                      f"train.max_steps={args.pretrain_steps}", "train.eval_every=300",
-                                     "train.ckpt_every=300", f"train.out_dir={base}"), log, rows)
+                                     "train.ckpt_every=300", f"train.threads={args.threads}", f"train.out_dir={base}"), log, rows)
         elif stage == "data":
             for kind in ("instruct", "preferences"):
                 run_stage(kind, attnlab("data", "prepare", kind, "--out", str(data / kind), "--limit", str(args.limit),
