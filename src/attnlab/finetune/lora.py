@@ -11,6 +11,7 @@ freshly injected model computes exactly what the base model did::
     save_adapter(model, "runs/ft/adapter", cfg)
     load_adapter(fresh_base_model, "runs/ft/adapter")
     remove_lora(model, merge=True)             # plain nn.Linear again, deltas folded in
+    with adapters_disabled(model): ...         # the base model, no copy (e.g. a DPO reference)
 
 The wrapper keeps the base layer's ``weight``/``bias`` parameters under their original
 names (``blocks.0.attn.q_proj.weight``), so base checkpoints still load into an injected
@@ -41,6 +42,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,6 +153,8 @@ class LoRALinear(nn.Module):
         self.rank, self.alpha, self.scale = rank, float(alpha), alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.enabled = True
+        """Whether the update applies (:func:`adapters_disabled` turns it off: the base layer alone)."""
 
     def delta_weight(self) -> torch.Tensor:
         """B·A·scale, (out, in), computed in float32 and cast to the weight's dtype."""
@@ -172,7 +176,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)  # (..., out)
-        if self.merged:
+        if self.merged or not self.enabled:
             return y
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (..., r) → (..., out)
         return y + update * self.scale
@@ -200,6 +204,32 @@ def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     for _, m in lora_modules(model):
         yield m.lora_A
         yield m.lora_B
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as its base model inside the block: every LoRA update is bypassed, not copied.
+
+    The base weights are shared, so this costs no memory; the adapters are switched back on when
+    the block ends, even on an error. A model without LoRA layers is itself the base model.
+
+    Raises:
+        ConfigError: a LoRA layer is merged (its update is inside the weight); call
+            :func:`unmerge_lora` first.
+    """
+    mods = list(lora_modules(model))
+    merged = [name for name, m in mods if m.merged]
+    if merged:
+        raise ConfigError(f"cannot switch off merged LoRA layer '{merged[0]}' (its update is in the weight); "
+                          "call unmerge_lora(model) first")
+    before = [m.enabled for _, m in mods]
+    for _, m in mods:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for (_, m), was in zip(mods, before, strict=True):
+            m.enabled = was
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -59,6 +59,7 @@ TASKS: dict[str, str] = {
     "lm": "attnlab.finetune.tasks.lm:LMTask",
     "image-classify": "attnlab.finetune.tasks.image:ImageClassifyTask",
     "sft": "attnlab.finetune.tasks.sft:SFTTask",
+    "dpo": "attnlab.finetune.tasks.dpo:DPOTask",
 }
 """Task name → ``module:Class`` (imported on use, so one task's dependencies never slow another)."""
 
@@ -277,13 +278,26 @@ class Task(ABC):
         """The same architecture as :meth:`build` made, from a saved ``state`` (weights loaded after)."""
 
     # -- training -----------------------------------------------------------
-    def prepare(self, model: nn.Module, features: list[Any], out_dir: Path, resumed: bool) -> None:
+    def prepare(self, model: nn.Module, features: list[Any], out_dir: Path, resumed: bool,
+                splits: dict[str, list[Any]] | None = None) -> None:
         """Called once the model is on its device, before the first step (and again on ``--resume``).
 
-        A task that needs the starting model's outputs (DPO's reference log-probabilities) computes
-        and caches them here, in ``out_dir`` so a resumed run reads them back. Default: nothing.
+        It runs under the run's autocast, before a resumed run's weights are loaded. A task that needs
+        the starting model's outputs (DPO's reference log-probabilities) computes and caches them here,
+        in ``out_dir`` so a resumed run reads them back; ``splits`` (the ``train`` / ``val`` / ``test``
+        examples) lets it cover the examples :meth:`evaluate` will see. Default: nothing.
         """
         return None
+
+    def train_metrics(self) -> dict[str, torch.Tensor]:
+        """Extra scalars of the training step just taken, beside its loss (DPO: reward accuracy, margin).
+
+        The engine calls it after every step: the task returns what :meth:`loss` recorded since the
+        last call (0-dim tensors, each a mean over the step's micro-batches) and forgets it. They are
+        averaged over the logging window and the processes into ``metrics.jsonl`` and the progress
+        bar, as the loss is. Default: none.
+        """
+        return {}
 
     @abstractmethod
     def features(self, examples: list[dict[str, Any]], tokenizer: Any) -> list[Any]:

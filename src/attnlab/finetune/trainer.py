@@ -201,9 +201,10 @@ def _run(cfg: FinetuneConfig, env: DistEnv, *, resume: bool, progress: bool,
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     env.barrier()
-    task.prepare(model, feats, out, resumed=ckpt is not None)
     precision = run_precision(device, tc.dtype, log)
     amp = precision.autocast(device)
+    with amp:  # what the task computes for later steps, at the steps' precision
+        task.prepare(model, feats, out, resumed=ckpt is not None, splits=splits)
     stream = BatchStream(task, feats, tc.batch_size, tc.seed)
     kept: dict[str, Any] = {"best": None, "best_step": -1, "val_start": None}
 
@@ -229,7 +230,7 @@ def _run(cfg: FinetuneConfig, env: DistEnv, *, resume: bool, progress: bool,
         return res, {"step": step, **{f"val_{k}": v for k, v in res.items()}, "precision": precision.name}
 
     recipe = Recipe(cfg=cfg, model=model, loss=task.loss, micro_batch=micro_batch, validate=validate,
-                    describe=_fmt, amp=amp, state=lambda: dict(kept))
+                    describe=_fmt, amp=amp, state=lambda: dict(kept), step_metrics=task.train_metrics)
     engine = Engine(recipe, env, ckpt=ckpt, log=log, progress=progress)
     kept.update(engine.resumed)
     if task.eval_at_start and ckpt is None:

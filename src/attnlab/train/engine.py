@@ -75,6 +75,9 @@ class Recipe:
         flops_per_step: model FLOPs per step, for MFU.
         peak_flops: the device's peak FLOP/s (``None``: unknown, no MFU).
         state: the recipe's own resume state (JSON-like), saved in checkpoints.
+        step_metrics: extra scalars of the step just taken (``{name: 0-dim tensor}``, e.g. DPO's reward
+            accuracy), called after every step; logged like the loss: averaged over the logging window
+            and the processes into ``metrics.jsonl`` and the progress bar.
     """
 
     cfg: Any
@@ -90,6 +93,7 @@ class Recipe:
     flops_per_step: float = 0.0
     peak_flops: float | None = None
     state: Callable[[], dict[str, Any]] | None = None
+    step_metrics: Callable[[], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -111,9 +115,19 @@ class _Window:
     def __init__(self) -> None:
         self.t_last, self.tokens, self.loss_sum, self.loss_n = time.perf_counter(), 0, 0.0, 0
         self.tokens_per_s = 0.0
+        self.extra: dict[str, torch.Tensor] = {}  # sums of the recipe's step metrics
+
+    def add(self, loss: float, extra: dict[str, torch.Tensor]) -> None:
+        """Count one applied step."""
+        self.loss_sum += loss
+        self.loss_n += 1
+        for k, v in extra.items():
+            v = v.detach().float()
+            self.extra[k] = self.extra[k] + v if k in self.extra else v
 
     def close(self, now: float) -> None:
         self.t_last, self.tokens, self.loss_sum, self.loss_n = now, 0, 0.0, 0
+        self.extra = {}
 
 
 class Engine:
@@ -229,6 +243,8 @@ class Engine:
         interrupted = stop_now = False
         if tc.compile:
             prepare_compiled(self.model, r.loss, r.micro_batch(start_step, 0), r.amp, self.log)
+        if r.step_metrics is not None:
+            r.step_metrics()  # forget what warm-up calls of the loss recorded
         good_step, good_rng = start_step, rng_state(env.device)
         bar = tqdm(total=tc.max_steps, initial=start_step, disable=not self.progress, dynamic_ncols=True, unit="step")
         window = _Window()
@@ -240,9 +256,9 @@ class Engine:
                 log_step = (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps
                 out = self.train_step(step, stop.requested, measure=log_step)
                 stop_now = out.stop_requested
+                extra = r.step_metrics() if r.step_metrics is not None else {}
                 if out.verdict.action == "step":
-                    window.loss_sum += out.loss
-                    window.loss_n += 1
+                    window.add(out.loss, extra)
                 step += 1
                 window.tokens += r.tokens_per_step
                 bar.update(1)
@@ -290,6 +306,10 @@ class Engine:
             record["grad_norm"] = out.grad_norm
         if window.loss_n:
             record["loss"] = window.loss_sum / window.loss_n
+        names = sorted(window.extra)
+        if names:  # the same names on every process: each applied the same steps
+            sums = self.env.sum(torch.stack([window.extra[k] for k in names])).tolist()
+            record.update({k: v / (window.loss_n * self.env.world_size) for k, v in zip(names, sums, strict=True)})
         if out.update_ratio is not None:
             record["update_ratio"] = out.update_ratio
         mfu = self._mfu(window.tokens_per_s)
@@ -303,6 +323,7 @@ class Engine:
                 shown["tok_s"] = f"{window.tokens_per_s:,.0f}"
             if "mfu" in record:  # a GPU whose peak is known
                 shown["mfu"] = f"{record['mfu']:.1%}"
+            shown.update({k: f"{record[k]:.3g}" for k in names})
             bar.set_postfix(shown, refresh=False)
         window.close(now)
 
