@@ -23,6 +23,11 @@ from attnlab.finetune.init import check_vocab, grow_vocab, load_backbone, make_t
 from attnlab.finetune.recipe import FinetuneConfig
 from attnlab.models import DecoderLM
 
+EMBEDDINGS = ("tok_emb", "lm_head")
+"""Modules that train beside LoRA adapters when the chat markers are new tokens: the new rows start
+equal (the mean embedding), and frozen they would leave ``<|im_start|>`` and ``<|im_end|>``
+indistinguishable, in and out."""
+
 
 @dataclasses.dataclass
 class ChatModel:
@@ -77,13 +82,27 @@ def build_chat_model(cfg: FinetuneConfig, texts: list[str], log=print) -> ChatMo
         + (f"; {added} new token embedding(s) for its markers" if added else ""))
     state = {"model": dataclasses.asdict(model.config),
              "chat_template": {"source": template.source, "bos_token": template.bos_token,
-                               "eos_token": template.eos_token}}
+                               "eos_token": template.eos_token},
+             "new_tokens": added}
     return ChatModel(model, tok, template, added, state)
 
 
 def restore_chat_model(state: dict[str, Any]) -> nn.Module:
     """The decoder a saved chat task state describes (weights are loaded after)."""
     return DecoderLM(from_dict(ModelConfig, state["model"], "model"))
+
+
+def lora_extra_modules(state: dict[str, Any]) -> tuple[str, ...]:
+    """What trains beside LoRA adapters for a chat task state: the embeddings when chat tokens are new."""
+    return EMBEDDINGS if state.get("new_tokens") else ()
+
+
+def lora_notice(cfg: FinetuneConfig, added: int) -> str | None:
+    """The log line saying that the embeddings train under LoRA, or ``None`` when they do not."""
+    if cfg.lora is None or not added:
+        return None
+    return (f"LoRA: the token embeddings train too ({added} new chat token(s) start equal and must learn to "
+            "differ; an sft run as init has them already)")
 
 
 def template_of(state: dict[str, Any]) -> ChatTemplate:

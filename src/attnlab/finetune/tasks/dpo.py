@@ -68,7 +68,13 @@ from attnlab.errors import AttnlabError, CheckpointError, ConfigError
 from attnlab.eval.logprobs import pad_sequences, sequence_logprobs
 from attnlab.finetune.lora import adapters_disabled
 from attnlab.finetune.recipe import Task
-from attnlab.finetune.tasks.chat_base import build_chat_model, restore_chat_model, template_of
+from attnlab.finetune.tasks.chat_base import (
+    build_chat_model,
+    lora_extra_modules,
+    lora_notice,
+    restore_chat_model,
+    template_of,
+)
 from attnlab.io import durable
 from attnlab.io.weights import read_weights_file
 from attnlab.validation import NON_NEGATIVE, POSITIVE, Range, check_ranges
@@ -78,8 +84,6 @@ REFERENCE_FILE = "reference_logps.safetensors"
 ID_FIELDS = {"prompt_input_ids": "prompt", "chosen_input_ids": "chosen", "rejected_input_ids": "rejected"}
 """Token-id fields a record may carry (checked against this tokenizer, never used)."""
 TRAIN_METRICS = ("reward_accuracy", "reward_chosen", "reward_rejected", "reward_margin")
-EMBEDDINGS = ("tok_emb", "lm_head")
-"""Modules that train beside LoRA adapters when the chat markers are new tokens (as in ``sft``)."""
 
 
 @dataclass
@@ -223,17 +227,16 @@ class DPOTask(Task):
             raise ConfigError(f"options.max_length={self.opt.max_length} exceeds the model's context of "
                               f"{chat.model.max_context} tokens; lower options.max_length")
         self.template, self.tokenizer, self.context = chat.template, chat.tokenizer, chat.model.max_context
-        self.state = {**chat.state, "new_tokens": chat.added_tokens}
-        self.head_modules = EMBEDDINGS if chat.added_tokens else ()
-        if self.cfg.lora is not None and chat.added_tokens:
-            self.log(f"LoRA: the token embeddings train too ({chat.added_tokens} new chat token(s) start equal "
-                     "and must learn to differ; an sft run as init has them already)")
+        self.state = chat.state
+        self.head_modules = lora_extra_modules(self.state)
+        if notice := lora_notice(self.cfg, chat.added_tokens):
+            self.log(notice)
         return chat.model, chat.tokenizer
 
     def restore(self, state: dict[str, Any], tokenizer: Tokenizer | None) -> nn.Module:
         model = restore_chat_model(state)
         self.template, self.tokenizer, self.context = template_of(state), tokenizer, model.max_context
-        self.head_modules = EMBEDDINGS if state.get("new_tokens") else ()
+        self.head_modules = lora_extra_modules(state)
         return model
 
     def _max_length(self) -> int:

@@ -57,7 +57,13 @@ from attnlab.data.tasks import pad_batch
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, ConfigError
 from attnlab.finetune.recipe import Task
-from attnlab.finetune.tasks.chat_base import build_chat_model, restore_chat_model, template_of
+from attnlab.finetune.tasks.chat_base import (
+    build_chat_model,
+    lora_extra_modules,
+    lora_notice,
+    restore_chat_model,
+    template_of,
+)
 from attnlab.validation import NON_NEGATIVE, Range, check_ranges
 
 PACK_OPEN = 32
@@ -66,8 +72,6 @@ PACK_OPEN = 32
 CACHED_SPLITS = 4
 """Example lists whose windows are kept (train, val, test and one more), so evaluation encodes each once."""
 
-EMBEDDINGS = ("tok_emb", "lm_head")
-"""Modules that train beside LoRA adapters when the chat markers are new tokens."""
 
 
 @dataclass
@@ -167,21 +171,16 @@ class SFTTask(Task):
         if self.opt.pack and model.config.mixer == "linear":
             raise ConfigError("options.pack needs softmax attention to keep packed conversations apart "
                               "(this model has mixer=linear); set options.pack=false")
-        self.state = {**chat.state, "new_tokens": chat.added_tokens}
-        self._set_trainable_extra(self.state)
-        if self.cfg.lora is not None and chat.added_tokens:
-            self.log(f"LoRA: the token embeddings train too ({chat.added_tokens} new chat token(s) start equal "
-                     "and must learn to differ)")
+        self.state = chat.state
+        self.head_modules = lora_extra_modules(self.state)
+        if notice := lora_notice(self.cfg, chat.added_tokens):
+            self.log(notice)
         self._template = chat.template
         return model, chat.tokenizer
 
     def restore(self, state: dict[str, Any], tokenizer: Tokenizer | None) -> nn.Module:
-        self._set_trainable_extra(state)
+        self.head_modules = lora_extra_modules(state)
         return restore_chat_model(state)
-
-    def _set_trainable_extra(self, state: dict[str, Any]) -> None:
-        """Under LoRA, new chat tokens need trainable embeddings (see the module docstring)."""
-        self.head_modules = EMBEDDINGS if state.get("new_tokens") else ()
 
     @property
     def template(self) -> ChatTemplate:
