@@ -108,7 +108,8 @@ def main() -> None:
     ap.add_argument("--dpo-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=0, help="train.threads of the pretraining run (0: all)")
     ap.add_argument("--limit", type=int, default=1500, help="examples per task for the instruct data")
-    ap.add_argument("--eval-limit", type=int, default=100, help="held-out examples per task to score")
+    ap.add_argument("--eval-limit", type=int, default=60, help="held-out examples per task to score")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="longest reply scored (a 7-character lüshi is 64)")
     args = ap.parse_args()
     work = Path(args.work)
     runs, data = work / "runs", work / "data"
@@ -128,7 +129,8 @@ def main() -> None:
             run_stage(stage, attnlab("train", "gpt-tiny", f"data.source={data / 'chat-base'}",
                                      "data.tokenizer=bpe:8000", "model.block_size=256", "train.seq_len=256",
                                      f"train.max_steps={args.pretrain_steps}", "train.eval_every=300",
-                                     "train.ckpt_every=300", f"train.threads={args.threads}", f"train.out_dir={base}"), log, rows)
+                                     "train.ckpt_every=300", f"train.threads={args.threads}",
+                                     f"train.out_dir={base}"), log, rows)
         elif stage == "data":
             for kind in ("instruct", "preferences"):
                 run_stage(kind, attnlab("data", "prepare", kind, "--out", str(data / kind), "--limit", str(args.limit),
@@ -154,7 +156,8 @@ def main() -> None:
                 run_stage(f"eval {name}", attnlab("eval", str(run), "--suite", "instruct",
                                                   "--data", str(data / "instruct/test.jsonl"),
                                                   "--preferences", str(data / "preferences/test.jsonl"),
-                                                  "--limit", str(args.eval_limit), "--out", str(out)), log, rows)
+                                                  "--limit", str(args.eval_limit), "--max-new-tokens",
+                                                  str(args.max_new_tokens), "--out", str(out)), log, rows)
                 state["scores"][name] = json.loads(out.read_text())
     done = {r["stage"] for r in rows}
     state["stages"] = [r for r in state["stages"] if r["stage"] not in done] + rows

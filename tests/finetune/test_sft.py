@@ -325,3 +325,28 @@ def test_sigkill_then_resume_gives_identical_losses(files, tmp_path):
     assert losses(cut_dir) == reference  # bit-identical, every step
     want, have = (json.loads((d / "results.json").read_text()) for d in (ref_dir, cut_dir))
     assert (have["best_step"], have["val"], have["test"]) == (want["best_step"], want["val"], want["test"])
+
+
+def test_template_that_fails_to_render_names_file_and_line(trained_run, files, tmp_path, capsys, one_line_error):
+    """An init whose own template refuses a conversation (Llama-2 style: roles must alternate)."""
+    import shutil
+
+    from attnlab.cli import main
+    from attnlab.data.chat import ChatTemplate
+    from attnlab.train.checkpoint import load_checkpoint
+
+    init = tmp_path / "init"
+    shutil.copytree(trained_run, init)
+    strict = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+              "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+              "{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    ChatTemplate(strict, eos_token="<|endoftext|>").save(load_checkpoint(init).tokenizer_file.parent)
+    two_users = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                              {"role": "assistant", "content": "c"}]}
+    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    bad = write(tmp_path / "bad.jsonl", [good, two_users])
+    code = main(["finetune", "sft", "sft-chat", f"init={init}", f"data.train={bad}", f"data.val={bad}",
+                 f"train.out_dir={tmp_path / 'run'}", "train.device=cpu", "train.max_steps=1", "--no-progress"])
+    line = one_line_error(capsys, code, "line 2: chat template failed to render: Conversation roles must alternate")
+    assert str(bad) in line

@@ -280,17 +280,26 @@ def assistant_spans(template: ChatTemplate, messages: list[Message]) -> tuple[st
     return text, spans
 
 
-def encode_conversation(tokenizer: Tokenizer, template: ChatTemplate,
-                        messages: list[Message]) -> tuple[list[int], list[bool]]:
+def encode_conversation(tokenizer: Tokenizer, template: ChatTemplate, messages: list[Message],
+                        where: str = "") -> tuple[list[int], list[bool]]:
     """Token ids of a rendered conversation and, per token, whether it is the assistant's.
 
     Assistant tokens are each assistant message's content and its end-of-turn marker: the
     tokens a supervised fine-tuning loss trains on.
 
+    Args:
+        tokenizer: the model's tokenizer (chat tokens included).
+        template: the chat template.
+        messages: the conversation.
+        where: ``"FILE line N"``: prefixed to an error, so a bad record is named.
+
     Raises:
         AttnlabError: the template fails, or does not render turn by turn.
     """
-    text, spans = assistant_spans(template, messages)
+    try:
+        text, spans = assistant_spans(template, messages)
+    except AttnlabError as e:
+        raise AttnlabError(f"{where}: {e}" if where else str(e)) from None
     enc = tokenizer.backend.encode(text, add_special_tokens=False)
     mask = []
     for start, _ in enc.offsets:

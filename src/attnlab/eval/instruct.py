@@ -285,7 +285,8 @@ def run_suite(records: Sequence[Conversation], reply_fn: Callable[[list[Message]
 def _encode_reply(tokenizer: Tokenizer, template: ChatTemplate, pair: PreferencePair, reply: str,
                   max_len: int | None) -> tuple[list[int], list[bool], bool]:
     """Ids and assistant mask of ``prompt + reply``, the prompt's oldest tokens cut to fit ``max_len``."""
-    ids, mask = encode_conversation(tokenizer, template, [*pair.prompt, {"role": "assistant", "content": reply}])
+    ids, mask = encode_conversation(tokenizer, template, [*pair.prompt, {"role": "assistant", "content": reply}],
+                                    pair.where)
     if not any(mask):
         raise AttnlabError(f"{pair.where}: the reply encodes to no assistant tokens under this chat template")
     cut = len(ids) - max_len if max_len is not None and len(ids) > max_len else 0

@@ -251,7 +251,8 @@ class DPOTask(Task):
             check_token_ids(p, tokenizer, fingerprint)
             sides = []
             for reply in (p.chosen, p.rejected):
-                ids, mask = encode_conversation(tokenizer, tpl, [*p.prompt, {"role": "assistant", "content": reply}])
+                ids, mask = encode_conversation(tokenizer, tpl, [*p.prompt, {"role": "assistant", "content": reply}],
+                                                p.where)
                 mask = _last_reply(mask)
                 if not any(mask):
                     raise AttnlabError(f"{p.where}: the chat template leaves no token of the reply to score; "

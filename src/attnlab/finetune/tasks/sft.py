@@ -211,7 +211,7 @@ class SFTTask(Task):
         kept: list[tuple[list[int], list[bool]]] = []
         skipped: list[Conversation] = []
         for conv in examples:
-            ids, assistant = encode_conversation(tokenizer, self.template, conv.messages)
+            ids, assistant = encode_conversation(tokenizer, self.template, conv.messages, conv.where)
             trained = [False] + assistant[1:]  # the first token is never predicted from its own conversation
             if not any(trained):
                 raise AttnlabError(f"{conv.where}: the template gives the assistant's turns no token to learn; "
