@@ -60,13 +60,19 @@ def bleu(
         ``{"bleu": score in [0, 100], "signature": sacrebleu signature string}``.
     """
     sacrebleu = _require("sacrebleu", "sacrebleu", "bleu")
-    refs = _per_example_refs(hypotheses, references, "bleu")
+    metric = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
+    return _corpus_score(metric, "bleu", hypotheses, references)
+
+
+def _corpus_score(metric: Any, name: str, hypotheses: Sequence[str],
+                  references: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``{name: score, "signature"}`` of a sacrebleu corpus metric over per-segment references."""
+    refs = _per_example_refs(hypotheses, references, name)
     n_streams = max(len(r) for r in refs)
     # sacrebleu wants reference *streams*: stream j holds the j-th reference of every segment.
     streams = [[r[j] if j < len(r) else None for r in refs] for j in range(n_streams)]
-    metric = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
     score = metric.corpus_score(list(hypotheses), streams)
-    return {"bleu": float(score.score), "signature": str(metric.get_signature())}
+    return {name: float(score.score), "signature": str(metric.get_signature())}
 
 
 def chrf(
@@ -89,12 +95,7 @@ def chrf(
         ``{"chrf": score in [0, 100], "signature": sacrebleu signature string}``.
     """
     sacrebleu = _require("sacrebleu", "sacrebleu", "chrf")
-    refs = _per_example_refs(hypotheses, references, "chrf")
-    n_streams = max(len(r) for r in refs)
-    streams = [[r[j] if j < len(r) else None for r in refs] for j in range(n_streams)]
-    metric = sacrebleu.CHRF(word_order=word_order)
-    score = metric.corpus_score(list(hypotheses), streams)
-    return {"chrf": float(score.score), "signature": str(metric.get_signature())}
+    return _corpus_score(sacrebleu.CHRF(word_order=word_order), "chrf", hypotheses, references)
 
 
 def rouge(
