@@ -328,7 +328,7 @@ class DPOTask(Task):
         model.eval()
         try:
             with adapters_disabled(model):
-                return self._pair_logps(model, feats)
+                return self._pair_logps(model, feats, desc=f"dpo reference ({len(feats):,} pairs)")
         finally:
             model.train(training)
 
@@ -370,12 +370,16 @@ class DPOTask(Task):
         chosen, rejected = sequence_logprobs(model, ids, mask).split(len(batch["chosen_ids"]))  # (B,) each
         return chosen, rejected
 
-    def _pair_logps(self, model: nn.Module, feats: list[PairFeature]) -> torch.Tensor:
-        """(N, 2) log-probabilities of the pairs' replies, in batches of ``train.batch_size`` pairs."""
+    def _pair_logps(self, model: nn.Module, feats: list[PairFeature], desc: str | None = None) -> torch.Tensor:
+        """(N, 2) log-probabilities of the pairs' replies, in batches of ``train.batch_size`` pairs
+        (with a progress bar named ``desc`` when given)."""
+        from tqdm import tqdm
+
         device = next(model.parameters()).device
         bs, out = self.cfg.train.batch_size, []
+        starts = range(0, len(feats), bs)
         with torch.no_grad():
-            for start in range(0, len(feats), bs):
+            for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
                 batch = {k: v.to(device) for k, v in self._tensors(feats[start:start + bs]).items()}
                 out.append(torch.stack(self._policy(model, batch), 1).float().cpu())  # (b, 2)
         return torch.cat(out)
