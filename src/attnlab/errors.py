@@ -24,6 +24,10 @@ class CheckpointError(AttnlabError):
     """A checkpoint is missing, corrupt, or does not match the model."""
 
 
+class ContextOverflowError(AttnlabError):
+    """A prompt does not fit the model's context (with the room asked for the reply)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

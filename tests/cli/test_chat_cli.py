@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -96,6 +97,9 @@ def test_two_turns_reset_and_exit_in_a_terminal(chat_run):
 def test_ctrl_d_and_ctrl_c_exit_cleanly(chat_run, key):
     child = _spawn(chat_run)
     child.expect_exact("> ")
+    # input() prints "> " before it blocks reading; a signal in between is seen only after the next line
+    # (as in any Python REPL). A person presses Ctrl-C at a waiting prompt: give the child time to wait.
+    time.sleep(1.0)
     child.sendeof() if key == "eof" else child.sendintr()
     child.expect(_pexpect().EOF)
     child.close()

@@ -158,7 +158,7 @@ def test_run_suite_groups_asks_and_scores():
     res = run_suite(_suite_records(), reply_fn, progress=False)
     assert len(asked) == 5 and all(len(m) == 1 for m in asked)
     assert list(res["tasks"]) == ["poem", "sentiment-en", "translate-en-de"]
-    assert res["tasks"]["sentiment-en"] == {"accuracy": pytest.approx(2 / 3), "valid": 1.0, "n": 3}
+    assert res["tasks"]["sentiment-en"] == {"accuracy": pytest.approx(2 / 3), "valid": 1.0, "n": 3, "too_long": 0}
     assert res["headline"] == {"poem": 1.0, "sentiment-en": pytest.approx(2 / 3),
                                "translate-en-de": pytest.approx(100.0)}
     assert res["headline_metric"] == {"poem": "form_ok", "sentiment-en": "accuracy", "translate-en-de": "chrf"}
@@ -166,6 +166,20 @@ def test_run_suite_groups_asks_and_scores():
 
     limited = run_suite(_suite_records(), reply_fn, progress=False, limit=1)
     assert {t: s["n"] for t, s in limited["tasks"].items()} == {"poem": 1, "sentiment-en": 1, "translate-en-de": 1}
+
+
+def test_a_prompt_too_long_for_the_context_is_a_wrong_answer_and_counted():
+    from attnlab.errors import ContextOverflowError
+
+    def reply_fn(messages):
+        if messages[-1]["content"] == "Review: dull film":
+            raise ContextOverflowError("your message is 300 tokens ...")
+        return {"Review: lovely film": "positive", "Review: fine film": "positive"}.get(messages[-1]["content"], "")
+
+    res = run_suite([r for r in _suite_records() if r.meta["task"] == "sentiment-en"], reply_fn, progress=False)
+    assert res["tasks"]["sentiment-en"] == {"accuracy": pytest.approx(2 / 3), "valid": pytest.approx(2 / 3), "n": 3,
+                                            "too_long": 1}
+    assert res["replies"]["sentiment-en"][1]["reply"] == ""
 
 
 def test_run_suite_refuses_records_it_cannot_score():

@@ -347,6 +347,7 @@ def test_template_that_fails_to_render_names_file_and_line(trained_run, files, t
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     bad = write(tmp_path / "bad.jsonl", [good, two_users])
     code = main(["finetune", "sft", "sft-chat", f"init={init}", f"data.train={bad}", f"data.val={bad}",
+                 f"data.test={bad}",
                  f"train.out_dir={tmp_path / 'run'}", "train.device=cpu", "train.max_steps=1", "--no-progress"])
     line = one_line_error(capsys, code, "line 2: chat template failed to render: Conversation roles must alternate")
     assert str(bad) in line

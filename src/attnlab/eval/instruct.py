@@ -42,7 +42,7 @@ from attnlab.data.chat import ChatTemplate, Message, encode_conversation
 from attnlab.data.chat_data import Conversation, PreferencePair
 from attnlab.data.sources.poetry import regular_body
 from attnlab.data.tokenizer import Tokenizer
-from attnlab.errors import AttnlabError
+from attnlab.errors import AttnlabError, ContextOverflowError
 from attnlab.eval.generation import bleu, chrf, rouge
 from attnlab.eval.logprobs import pad_sequences, sequence_logprobs
 from attnlab.eval.squad import squad_scores
@@ -238,7 +238,10 @@ def run_suite(records: Sequence[Conversation], reply_fn: Callable[[list[Message]
     Args:
         records: conversations with a ``task`` each (see the module docstring).
         reply_fn: ``messages → reply text``; gets the messages without the final assistant turn.
-            Replies are compared after stripping surrounding whitespace.
+            Replies are compared after stripping surrounding whitespace. A prompt that does not fit
+            the model's context (``reply_fn`` raises :class:`~attnlab.errors.ContextOverflowError`)
+            is scored as an empty reply, a wrong answer, and counted in the task's ``too_long``, so
+            every model is scored on the same records.
         progress: show a progress bar (stderr).
         limit: score at most this many records per task (the first ones in file order).
 
@@ -258,16 +261,19 @@ def run_suite(records: Sequence[Conversation], reply_fn: Callable[[list[Message]
     try:
         for task, recs in groups.items():
             bar.set_description(task)
-            preds, refs = [], []
+            preds, refs, too_long = [], [], 0
             for rec in recs:
                 prompt, ref = split_record(rec)
-                reply = reply_fn(prompt)
+                try:
+                    reply = reply_fn(prompt)
+                except ContextOverflowError:
+                    reply, too_long = "", too_long + 1
                 if not isinstance(reply, str):
                     raise AttnlabError(f"{rec.where}: the reply function returned {type(reply).__name__}, not text")
                 preds.append(reply.strip())
                 refs.append(ref)
                 bar.update(1)
-            scores = score_task(task, preds, refs, recs)
+            scores = {**score_task(task, preds, refs, recs), "too_long": too_long}
             metric = HEADLINE[task_family(task)]
             out["tasks"][task] = scores
             out["headline"][task] = scores[metric]

@@ -32,7 +32,7 @@ from torch import nn
 
 from attnlab.data.chat import ChatTemplate, Message
 from attnlab.data.tokenizer import Tokenizer
-from attnlab.errors import AttnlabError
+from attnlab.errors import AttnlabError, ContextOverflowError
 from attnlab.generate.config import SamplingConfig
 from attnlab.generate.sampling import stream
 from attnlab.generate.session import context_limit
@@ -153,9 +153,9 @@ class ChatSession:
                                  "for the reply)")
                 return ids
         what = "the system prompt and your message are" if self.system else "your message is"
-        raise AttnlabError(f"{what} {len(ids)} tokens with the template, but the model's context of {self.context} "
-                           f"leaves {budget} after {self.max_new_tokens} for the reply; shorten it or lower "
-                           "max_new_tokens")
+        raise ContextOverflowError(f"{what} {len(ids)} tokens with the template, but the model's context of "
+                                   f"{self.context} leaves {budget} after {self.max_new_tokens} for the reply; "
+                                   "shorten it or lower max_new_tokens")
 
     def reply(self, user_text: str, on_text: Callable[[str], None] | None = None) -> str:
         """The assistant's answer to ``user_text``, after the turns so far; both are added to the history.
