@@ -134,7 +134,8 @@ def report(state: dict) -> str:
     lines += ["", "| stage | command | CPU min | wall min |", "| --- | --- | ---: | ---: |"]
     for r in state["stages"]:
         cpu = "–" if r.get("cpu_min") is None else f"{r['cpu_min']:.1f}"
-        lines.append(f"| {r['stage']} | `{r['command']}` | {cpu} | {r['wall_min']:.1f} |")
+        command = r["command"].replace(str(ROOT) + "/", "")  # repository-relative
+        lines.append(f"| {r['stage']} | `{command}` | {cpu} | {r['wall_min']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
