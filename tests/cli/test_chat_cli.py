@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 
@@ -52,7 +53,17 @@ def _spawn(run):
     pexpect = _pexpect()
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     return pexpect.spawn(sys.executable, ["-m", "attnlab", "chat", str(run), *FLAGS], env=env, encoding="utf-8",
-                         timeout=120)
+                         timeout=120, preexec_fn=_terminal_sigint)
+
+
+def _terminal_sigint() -> None:
+    """Give the chat the SIGINT a terminal user's shell gives it: default disposition, not blocked.
+
+    Both are inherited through exec: a test process started in the background by a non-interactive
+    shell (a CI runner) has SIGINT ignored, and Ctrl-C would then never reach the chat.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _pexpect():
