@@ -86,9 +86,15 @@ def write_file(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never half
+    (a temp file beside it, fsynced, renamed into place)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write_file(tmp, text.encode())
+        write_file(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -49,7 +49,6 @@ pairs.
 from __future__ import annotations
 
 import hashlib
-import os
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +57,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from attnlab.data.chat import ChatTemplate, encode_conversation
@@ -75,14 +73,15 @@ from attnlab.finetune.tasks.chat_base import (
     restore_chat_model,
     template_of,
 )
-from attnlab.io import durable
-from attnlab.io.weights import read_weights_file
+from attnlab.finetune.tasks.dpo_data import (
+    REFERENCE_FILE,
+    check_token_ids,
+    read_reference,
+    tokenizer_fingerprint,
+    write_reference,
+)
 from attnlab.validation import NON_NEGATIVE, POSITIVE, Range, check_ranges
 
-REFERENCE_FILE = "reference_logps.safetensors"
-"""The run folder's cache of the reference model's log-probabilities."""
-ID_FIELDS = {"prompt_input_ids": "prompt", "chosen_input_ids": "chosen", "rejected_input_ids": "rejected"}
-"""Token-id fields a record may carry (checked against this tokenizer, never used)."""
 TRAIN_METRICS = ("reward_accuracy", "reward_chosen", "reward_rejected", "reward_margin")
 
 
@@ -142,36 +141,6 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     chosen = beta * (policy_chosen.float() - ref_chosen.float())  # (B,)
     rejected = beta * (policy_rejected.float() - ref_rejected.float())  # (B,)
     return DPOTerms(-F.logsigmoid(chosen - rejected).mean(), chosen, rejected)
-
-
-def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
-    """sha256 (hex) of the tokenizer's ``tokenizer.json`` text: the ``tokenizer`` field data may carry."""
-    return hashlib.sha256(tokenizer.to_json().encode()).hexdigest()
-
-
-def check_token_ids(pair: PreferencePair, tokenizer: Tokenizer, fingerprint: str) -> None:
-    """Refuse a pair whose token ids or tokenizer fingerprint come from another tokenizer (see the module docstring).
-
-    Raises:
-        AttnlabError: ``FILE line N: input ids were made by another tokenizer (...)``.
-    """
-    fix = "give text, or re-tokenize"
-    seen = pair.meta.get("tokenizer")
-    if seen is not None and seen != fingerprint:
-        raise AttnlabError(f"{pair.where}: input ids were made by another tokenizer (its 'tokenizer' fingerprint "
-                           f"{str(seen)[:12]}... is not this model's {fingerprint[:12]}...); {fix}")
-    texts = {"prompt": pair.prompt[-1]["content"], "chosen": pair.chosen, "rejected": pair.rejected}
-    for name, ids in pair.meta.items():
-        if not name.endswith("input_ids"):
-            continue
-        if name not in ID_FIELDS:
-            raise AttnlabError(f"{pair.where}: cannot check token-id field '{name}'; drop it (DPO tokenizes the "
-                               f"text) or name it one of {', '.join(ID_FIELDS)}")
-        valid = isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
-                                              and 0 <= i < tokenizer.vocab_size for i in ids)
-        if not valid or texts[ID_FIELDS[name]].strip() not in tokenizer.decode(ids):
-            raise AttnlabError(f"{pair.where}: input ids were made by another tokenizer ({name} do not decode to the "
-                               f"{ID_FIELDS[name]} text with this model's tokenizer); {fix}")
 
 
 def _last_reply(mask: list[bool]) -> list[bool]:
@@ -413,35 +382,3 @@ class DPOTask(Task):
                 "reward_margin": margin.mean().item(), "reward_chosen": terms.chosen_rewards.mean().item(),
                 "reward_rejected": terms.rejected_rewards.mean().item(),
                 "preference_accuracy": (policy[:, 0] > policy[:, 1]).float().mean().item(), "pairs": float(len(feats))}
-
-
-def write_reference(path: Path, keys: list[bytes], logps: torch.Tensor) -> None:
-    """Write the reference cache atomically (temp file, fsync, rename): ``keys`` (N, 16) uint8, ``logps`` (N, 2)."""
-    table = torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), -1)
-    data = safetensors_bytes({"keys": table, "logps": logps.float().contiguous()}, metadata={"format": "attnlab-dpo"})
-    tmp = durable.temp_path(path)
-    try:
-        durable.write_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    durable.fsync_file(path.parent)
-
-
-def read_reference(path: Path) -> tuple[dict[bytes, int], torch.Tensor]:
-    """``({pair key: row}, logps (N, 2))`` from a file :func:`write_reference` wrote.
-
-    Raises:
-        CheckpointError: the file is missing or is not a reference cache.
-    """
-    if not path.is_file():
-        raise CheckpointError(f"'{path}' is missing: the run's reference log-probabilities cannot be recomputed from "
-                              "trained weights; start a new run (another train.out_dir)")
-    tensors = read_weights_file(path)
-    keys, logps = tensors.get("keys"), tensors.get("logps")
-    if (keys is None or logps is None or keys.dim() != 2 or keys.dtype != torch.uint8 or logps.dim() != 2
-            or logps.shape != (keys.shape[0], 2)):
-        raise CheckpointError(f"'{path}' is not a DPO reference cache (keys, logps); start a new run")
-    rows = {bytes(k.tolist()): i for i, k in enumerate(keys)}
-    return rows, logps.float()
