@@ -6,9 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
-import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from attnlab.errors import AttnlabError, ConfigError
 from attnlab.finetune import adapters_disabled, count_parameters, inject_lora, load_finetune_config, load_finetuned, run
 from attnlab.finetune.lora import merge_lora
 from attnlab.finetune.tasks.dpo import REFERENCE_FILE, DPOTask, dpo_loss, tokenizer_fingerprint
-from tests.finetune.test_engine_finetune import _finish, _launch, _wait_for_step
+from tests.finetune.test_engine_finetune import kill_and_resume
 
 WORDS = ["tell", "me", "about", "the", "weather", "today", "please", "a", "story", "of", "cats", "and", "dogs"]
 LOG2 = math.log(2.0)
@@ -254,39 +252,20 @@ def test_sigkill_then_resume_gives_identical_losses(files, tmp_path):
     opts = {"model.d_model": 128, "model.d_ff": 256, "train.max_steps": 60, "train.ckpt_every": 5,
             "train.eval_every": 20}
 
-    def cli(out: Path) -> list[str]:
+    def cli(out: Path, *more: str) -> list[str]:
         recipe_file = tmp_path / "recipe.yaml"
         recipe_file.write_text(yaml.safe_dump({"task": "dpo"}))
         over = overrides(files, out, **opts)
         return [sys.executable, "-m", "attnlab", "finetune", "dpo", str(recipe_file),
-                *[f"{k}={v}" for k, v in over.items()], "--no-progress"]
+                *[f"{k}={v}" for k, v in over.items()], "--no-progress", *more]
 
     def losses(out: Path) -> dict[int, tuple[float, float]]:
         return {r["step"]: (r["loss"], r["reward_margin"]) for r in records(out) if "loss" in r}
 
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    ref = _launch(cli(ref_dir))
-    _, err = _finish(ref, timeout=300)
-    assert ref.returncode == 0, err[-3000:]
-    reference = losses(ref_dir)
-    assert sorted(reference) == list(range(1, 61))
-
-    cut = _launch(cli(cut_dir))
-    _wait_for_step(cut_dir, cut, 23)
-    os.killpg(cut.pid, signal.SIGKILL)
-    assert cut.wait(timeout=60) == -signal.SIGKILL
-    saved = int((cut_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
-    assert 20 <= saved < 60, saved
-    reference_file = (cut_dir / REFERENCE_FILE).read_bytes()
-
-    again = _launch([*cli(cut_dir), "--resume"])
-    out, err = _finish(again, timeout=300)
-    assert again.returncode == 0, err[-3000:]
-    assert "pairs read from" in out + err
-    assert (cut_dir / REFERENCE_FILE).read_bytes() == reference_file == (ref_dir / REFERENCE_FILE).read_bytes()
-    assert losses(cut_dir) == reference  # bit-identical, every step
-    want, have = (json.loads((d / "results.json").read_text()) for d in (ref_dir, cut_dir))
-    assert (have["best_step"], have["val"], have["test"]) == (want["best_step"], want["val"], want["test"])
+    log = kill_and_resume(cli, ref_dir, cut_dir, losses)
+    assert "pairs read from" in log  # the resumed run read the reference back, it did not recompute it
+    assert (cut_dir / REFERENCE_FILE).read_bytes() == (ref_dir / REFERENCE_FILE).read_bytes()
 
 
 def test_shipped_recipe_loads():

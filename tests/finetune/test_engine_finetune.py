@@ -240,3 +240,28 @@ def test_ctrl_c_saves_and_resume_finishes(files, tmp_path):
     _, stderr = _finish(again, timeout=300)
     assert again.returncode == 0, stderr[-3000:]
     assert max(losses(out)) == step + 2 and json.loads((out / "results.json").read_text())["step"] == step + 2
+
+
+def kill_and_resume(cli, ref_dir: Path, cut_dir: Path, losses_of, steps: int = 60, kill_at: int = 23) -> str:
+    """Run ``cli(ref_dir)`` to the end; run ``cli(cut_dir)``, SIGKILL it past step ``kill_at``, resume it
+    (``cli(cut_dir, "--resume")``) to the end. Checks the kill left a checkpoint and every step's losses
+    (``losses_of(folder)``) are bit-identical; returns the resumed run's output for the caller's own checks."""
+    ref = _launch(cli(ref_dir))
+    _, err = _finish(ref, timeout=300)
+    assert ref.returncode == 0, err[-3000:]
+    reference = losses_of(ref_dir)
+    assert sorted(reference) == list(range(1, steps + 1))
+    cut = _launch(cli(cut_dir))
+    _wait_for_step(cut_dir, cut, kill_at)
+    os.killpg(cut.pid, signal.SIGKILL)
+    assert cut.wait(timeout=60) == -signal.SIGKILL
+    saved = int((cut_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 20 <= saved < steps, saved
+    again = _launch(cli(cut_dir, "--resume"))
+    out, err = _finish(again, timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert losses_of(cut_dir) == reference  # bit-identical, every step
+    want, have = (json.loads((d / "results.json").read_text()) for d in (ref_dir, cut_dir))
+    assert (have["best_step"], have["val"], have["test"]) == (want["best_step"], want["val"], want["test"])
+    return out + err
+

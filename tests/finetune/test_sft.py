@@ -4,9 +4,7 @@ counted, an end-to-end run whose model carries its chat template, exact resume, 
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import sys
 from pathlib import Path
 
@@ -293,7 +291,7 @@ def test_lora_sft_trains_new_chat_token_embeddings(trained_run, files, tmp_path)
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_losses(files, tmp_path):
-    from tests.finetune.test_engine_finetune import _finish, _launch, _wait_for_step, losses
+    from tests.finetune.test_engine_finetune import kill_and_resume, losses
 
     opts = {**TINY, "model.dropout": 0.1, "model.d_model": 128, "model.d_ff": 256, "data.train": files["train"],
             "data.val": files["val"], "data.test": files["test"], "train.max_steps": 60, "train.ckpt_every": 5,
@@ -305,26 +303,8 @@ def test_sigkill_then_resume_gives_identical_losses(files, tmp_path):
         return [sys.executable, "-m", "attnlab", "finetune", "sft", "sft-chat", *over, "--no-progress", *more]
 
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    ref = _launch(cli(ref_dir))
-    _, err = _finish(ref, timeout=300)
-    assert ref.returncode == 0, err[-3000:]
-    reference = losses(ref_dir)
-    assert sorted(reference) == list(range(1, 61))
-
-    cut = _launch(cli(cut_dir))
-    _wait_for_step(cut_dir, cut, 23)
-    os.killpg(cut.pid, signal.SIGKILL)
-    assert cut.wait(timeout=60) == -signal.SIGKILL
-    saved = int((cut_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
-    assert 20 <= saved < 60, saved
-
-    again = _launch(cli(cut_dir, "--resume"))
-    out, err = _finish(again, timeout=300)
-    assert again.returncode == 0, err[-3000:]
-    assert f"resumed from {cut_dir / 'checkpoints'}" in out + err
-    assert losses(cut_dir) == reference  # bit-identical, every step
-    want, have = (json.loads((d / "results.json").read_text()) for d in (ref_dir, cut_dir))
-    assert (have["best_step"], have["val"], have["test"]) == (want["best_step"], want["val"], want["test"])
+    log = kill_and_resume(cli, ref_dir, cut_dir, losses)
+    assert f"resumed from {cut_dir / 'checkpoints'}" in log
 
 
 def test_template_that_fails_to_render_names_file_and_line(trained_run, files, tmp_path, capsys, one_line_error):
