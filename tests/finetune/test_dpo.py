@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from attnlab.data.chat_data import read_preferences
+from attnlab.data.tasks import write_jsonl
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, ConfigError
 from attnlab.finetune import adapters_disabled, count_parameters, inject_lora, load_finetune_config, load_finetuned, run
@@ -38,8 +39,7 @@ def pairs(n: int, seed: int) -> list[dict]:
 
 
 def write(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+    return write_jsonl(records, path)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 from attnlab.data.chat import IM_END, IM_START, encode_conversation
 from attnlab.data.chat_data import read_conversations
 from attnlab.data.mlm import IGNORE_INDEX
+from attnlab.data.tasks import write_jsonl
 from attnlab.errors import AttnlabError
 from attnlab.finetune import load_finetune_config, load_finetuned, run
 from attnlab.finetune.tasks.sft import SFTTask, Window, pack_windows
@@ -38,8 +39,7 @@ def conversations(n: int, seed: int) -> list[dict]:
 
 
 def write(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+    return write_jsonl(records, path)
 
 
 @pytest.fixture(scope="module")

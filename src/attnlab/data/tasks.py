@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from attnlab.errors import AttnlabError
+from attnlab.io.durable import atomic_write_text
 
 FORMATS = (".jsonl", ".json", ".csv", ".tsv")
 
@@ -146,11 +147,7 @@ def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write records as JSON Lines (atomically: a temp file renamed into place)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(p)
+    atomic_write_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return p
 
 
