@@ -40,7 +40,7 @@ def make_client():
 
     def make(model, tok, device, name: str = "tiny", cap: int = 32, template=None, **limits):
         engine = Engine(model, tok, device, name, max_tokens_cap=cap, batch=BatchConfig(**limits), template=template)
-        client = TestClient(create_app(engine))
+        client = TestClient(create_app(engine), base_url="http://localhost")  # a loopback Host
         client.__enter__()  # one event loop for every request of the test, concurrent ones included
         made.append((client, engine))
         return client, engine

@@ -11,8 +11,6 @@ token(s) (:attr:`Engine.completion_stop_ids`, :attr:`Engine.chat_stop_ids`).
 
 from __future__ import annotations
 
-import inspect
-import threading
 from collections.abc import Callable
 
 import torch
@@ -24,7 +22,7 @@ from attnlab.data.tokenizer import byte_to_char
 from attnlab.errors import AttnlabError
 from attnlab.generate import is_encoder_decoder
 from attnlab.serve.batcher import BatchConfig, Batcher
-from attnlab.serve.job import Delta, Event, Job, RequestError, Sampling
+from attnlab.serve.job import Event, Job, RequestError, Sampling
 
 
 class Engine:
@@ -66,12 +64,11 @@ class Engine:
             self.batcher = Batcher(model, tokenizer, device, self.batch)
         except ValueError as e:
             raise AttnlabError(f"bad serving limit: {e}") from None
-        self._sink_aware = "sink" in inspect.signature(self.batcher.submit).parameters
 
     @property
     def healthy(self) -> bool:
         """Whether requests can be served: the worker runs and :meth:`close` was not called."""
-        return getattr(self.batcher, "alive", True) and not self._closing
+        return self.batcher.alive and not self._closing
 
     # --- prompts --------------------------------------------------------------------------
     def completion_ids(self, prompt: str) -> list[int]:
@@ -144,31 +141,7 @@ class Engine:
         if self._closing:
             raise RequestError(503, "the server is shutting down; retry on another replica or later",
                                code="shutting_down")
-        if self._sink_aware:
-            return self.batcher.submit(ids, max_tokens, opts, sink=sink)
-        return self._relay(self.batcher.submit(ids, max_tokens, opts), ids, max_tokens, opts, sink)
-
-    def _relay(self, old, ids: list[int], max_tokens: int, opts: Sampling,
-               sink: Callable[[Event], None] | None) -> Job:
-        """TEMPORARY, until the scheduler sends :class:`~attnlab.serve.job.Job` events itself: a thread
-        turning the old batcher's text events into :class:`Delta` events of a new job."""
-        job = Job(ids, max_tokens, opts, None, sink)
-        job.cancel = old.cancel  # type: ignore[method-assign]
-
-        def relay() -> None:
-            while True:
-                ev = old.events.get()
-                if isinstance(ev, str):
-                    job.emit(Delta(ev))
-                    continue
-                job.prompt_tokens, job.completion_tokens = old.prompt_tokens, old.completion_tokens
-                job.finish_reason = old.finish_reason
-                job.emit(ev)
-                if ev is None:
-                    return
-
-        threading.Thread(target=relay, daemon=True, name="attnlab-relay").start()
-        return job
+        return self.batcher.submit(ids, max_tokens, opts, sink=sink)
 
     def stats(self) -> dict[str, int]:
         """The scheduler's counters (see :meth:`Batcher.stats`)."""
