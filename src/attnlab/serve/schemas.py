@@ -356,6 +356,9 @@ def validation_error(errors: list[dict[str, Any]]) -> RequestError:
                             "send a JSON object", code="invalid_json")
     path = _path(loc)
     param = _param(path)
+    if param is None and kind == "string_unicode":  # a key (field name) that is not valid Unicode
+        return RequestError(400, "a field name in the request body holds a lone surrogate (an unpaired "
+                            "\\ud800-\\udfff escape); send valid Unicode", code="invalid_value")
     if param is None:
         what = "missing" if kind == "missing" else f"a {type(e.get('input')).__name__}"
         return RequestError(400, f"the request body must be a JSON object (it is {what}); see /docs for the fields",
