@@ -211,6 +211,21 @@ def test_chat_stops_at_end_of_turn(chat):
     assert body["usage"]["prompt_tokens"] == len(engine.chat_ids(ANN))
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_plain_template_reply_ends_at_the_newline(chat_parts, make_client, stream):
+    from attnlab.data.chat import ChatTemplate
+
+    client, engine = make_client(*chat_parts, template=ChatTemplate.plain())
+    assert engine.chat_stop_strings == ["\n"]
+    status, body = post(client, "/v1/chat/completions", {"messages": ANN, "temperature": 0, "stream": stream})
+    if stream:
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in body)
+        finish = body[-1]["choices"][0]["finish_reason"]
+    else:
+        text, finish = body["choices"][0]["message"]["content"], body["choices"][0]["finish_reason"]
+    assert status == 200 and (text, finish) == ("Nice to meet you, Ann.", "stop")  # no leading space, no newline
+
+
 def test_chat_second_turn_uses_the_template(chat):
     client, _ = chat
     messages = ANN + [{"role": "assistant", "content": "Nice to meet you, Ann."},

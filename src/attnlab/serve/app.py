@@ -242,16 +242,17 @@ async def _serve(engine: Engine, metrics: metrics_lib.Metrics, request: Request,
                            code="unavailable")
     if chat:
         ids = engine.chat_ids([m.as_template_message() for m in body.messages])
-        param, stop_ids = "messages", engine.chat_stop_ids
+        param, stop_ids, stop_strings = "messages", engine.chat_stop_ids, engine.chat_stop_strings
     else:
         ids = engine.completion_ids(body.text())
-        param, stop_ids = "prompt", engine.completion_stop_ids
-    opts = [body.sampling(stop_ids, i) for i in range(body.n)]
+        param, stop_ids, stop_strings = "prompt", engine.completion_stop_ids, []
+    opts = [body.sampling(stop_ids, i, stop_strings) for i in range(body.n)]
     max_tokens = engine.prepare(ids, opts[0], param)
     answer = _Answer(engine, body, chat, len(ids))
     log.info("%s %s n=%d prompt_tokens=%d max_tokens=%d user=%s", answer.id, request.url.path, body.n, len(ids),
              max_tokens, ascii(body.user) if body.user is not None else "-")
-    run = Run(engine, ids, max_tokens, opts, request, on_text=lambda: metrics.observe_ttft(time.monotonic() - start))
+    run = Run(engine, ids, max_tokens, opts, request, on_text=lambda: metrics.observe_ttft(time.monotonic() - start),
+              lstrip=chat)
     if not body.stream:
         try:
             texts, tokens, finish = await run.collect()

@@ -29,19 +29,22 @@ class Run:
         opts: each choice's options.
         request: the HTTP request, watched for the client hanging up.
         on_text: called once, when the first generated text arrives (time to first token).
+        lstrip: drop each choice's leading whitespace (a chat reply: the template puts its own separator
+            before it, as ``attnlab chat`` does).
 
     Raises:
         RequestError: a job was refused (429, 503); the ones already submitted are cancelled.
     """
 
     def __init__(self, engine: Engine, ids: list[int], max_tokens: int, opts: list[Sampling], request: Request,
-                 on_text: Callable[[], None] = lambda: None):
+                 on_text: Callable[[], None] = lambda: None, lstrip: bool = False):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self.buffer: deque[tuple[int, Event]] = deque()
         self.jobs: list[Job] = []
         self.on_text, self.completion_tokens = on_text, 0
         self._open, self._texted = len(opts), False
+        self._leading = [lstrip] * len(opts)  # choice i still drops leading whitespace
         self._watch: asyncio.Task | None = None
         try:
             for i, o in enumerate(opts):
@@ -113,6 +116,9 @@ class Run:
                 self.completion_tokens += self.jobs[i].completion_tokens
                 yield i, None, self.jobs[i]
                 continue
+            if self._leading[i] and event.text:
+                event = Delta(event.text.lstrip(), event.tokens)
+                self._leading[i] = not event.text
             if event.text and not self._texted:
                 self._texted = True
                 self.on_text()

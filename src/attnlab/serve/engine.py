@@ -56,6 +56,7 @@ class Engine:
         eos = {tokenizer.eos_id, tokenizer.token_id(self.template.eos_token) if self.template.eos_token else None}
         self.completion_stop_ids = sorted(int(i) for i in eos if i is not None)
         self.chat_stop_ids = sorted(set(self.completion_stop_ids) | set(self.template.stop_ids(tokenizer)))
+        self.chat_stop_strings = [t for t in dict.fromkeys(self.template.end_of_turn) if tokenizer.token_id(t) is None]
         self.batch = batch or BatchConfig()
         self._closing = False
         self._bytes: dict[int, list[int]] = {}

@@ -125,8 +125,9 @@ class _Common(_Strict):
         """None: no log-probabilities; ``k``: the chosen token's and ``k`` alternatives."""
         raise NotImplementedError
 
-    def sampling(self, stop_ids: list[int], choice: int = 0) -> Sampling:
-        """The engine's options for choice ``choice`` (seed + choice when seeded).
+    def sampling(self, stop_ids: list[int], choice: int = 0, stop_strings: list[str] = ()) -> Sampling:
+        """The engine's options for choice ``choice`` (seed + choice when seeded); ``stop_ids`` and
+        ``stop_strings`` (the template's end of turn) end the text besides the request's ``stop``.
 
         Raises:
             SamplingError: a value :class:`SamplingConfig` refuses (caught as a 400 by the app).
@@ -138,6 +139,7 @@ class _Common(_Strict):
         if self.seed is not None:
             values["seed"] = (self.seed + choice) % (SEED_MAX + 1)
         stops = [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        stops += [s for s in stop_strings if s not in stops]
         return Sampling(config=SamplingConfig(**values), stop=stops, stop_ids=list(stop_ids), stream=self.stream,
                         include_usage=bool(self.stream_options and self.stream_options.include_usage),
                         logprobs=self.logprobs_k())
