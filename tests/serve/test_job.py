@@ -12,7 +12,7 @@ import torch
 
 from attnlab.generate import generate
 from attnlab.serve.job import STARTED, Delta, Job, RequestError, Sampling, TokenLogprob
-from tests.serve._batch import PENALTY, alone, opts, start_batchers, submit, text_of
+from tests.serve._batch import PENALTY, Sink, alone, opts, start_batchers, submit, text_of
 
 
 @pytest.fixture
@@ -78,6 +78,20 @@ def test_an_option_that_slipped_past_validation_is_a_400_naming_it(batchers, cap
     assert b.alive and text_of(submit(b, "ROMEO:", 8)[1].result()[0]) == alone(b, "ROMEO:", 8)
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("ids,max_tokens,param", [
+    ([], 4, "prompt"), ([10**6], 4, "prompt"), ([-1], 4, "prompt"), ([1, 2], 0, "max_tokens"),
+    ([1, 2], 63, "max_tokens"),  # 2 + 63 > the tiny model's context of 64
+])
+def test_a_bad_prompt_fails_alone_in_a_batch(batchers, ids, max_tokens, param):
+    b = batchers(max_batch=2, gather_ms=1000)
+    good = submit(b, "ROMEO:", 8)[1]
+    bad = Sink()
+    b.submit(ids, max_tokens, opts(), bad)
+    deltas, error = bad.result()
+    assert deltas == [] and error.status == 400 and error.param == param
+    assert text_of(good.result()[0]) == alone(b, "ROMEO:", 8) and b.alive
 
 
 # --- stop_ids ------------------------------------------------------------------------------------
