@@ -48,8 +48,9 @@ def check_prompt(ids: list[int], max_tokens: int, context: int, vocab: int | Non
         RequestError: 400: no ids, an id outside the vocabulary, ``max_tokens`` < 1, or more than the context.
     """
     if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 or (vocab and i >= vocab) for i in ids):
-        raise RequestError(400, f"the prompt must be 1 or more token ids in 0..{(vocab or 0) - 1}; send a non-empty "
-                           "prompt", "prompt", "invalid_prompt")
+        known = f" in 0..{vocab - 1}" if vocab else ""
+        raise RequestError(400, f"the prompt must be 1 or more token ids{known}; send a non-empty prompt of this "
+                           "model's tokens", "prompt", "invalid_prompt")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise RequestError(400, f"'max_tokens' must be an integer >= 1, got {max_tokens!r}", "max_tokens",
                            "invalid_value")
