@@ -300,7 +300,7 @@ class Batcher:
         rows = []
         for job in jobs:
             try:
-                rows.append(Row(job, self.tokenizer, self.device))
+                rows.append(Row(job, self.tokenizer, self.device, self.context))
             except Exception as exc:  # noqa: BLE001 — this request's fault or bad luck, never the batch's
                 error = self._failure(exc, "admitting it")
                 with self._cond:

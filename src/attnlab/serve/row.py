@@ -41,6 +41,25 @@ def check_options(opts: Sampling) -> None:
         raise RequestError(400, f"'stop' must be non-empty strings, got {opts.stop!r}", "stop", "invalid_value")
 
 
+def check_prompt(ids: list[int], max_tokens: int, context: int, vocab: int | None) -> None:
+    """Check a job's prompt ids and length (a handler normally did): a bad one fails alone, not its batch.
+
+    Raises:
+        RequestError: 400: no ids, an id outside the vocabulary, ``max_tokens`` < 1, or more than the context.
+    """
+    if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 or (vocab and i >= vocab) for i in ids):
+        known = f" in 0..{vocab - 1}" if vocab else ""
+        raise RequestError(400, f"the prompt must be 1 or more token ids{known}; send a non-empty prompt of this "
+                           "model's tokens", "prompt", "invalid_prompt")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestError(400, f"'max_tokens' must be an integer >= 1, got {max_tokens!r}", "max_tokens",
+                           "invalid_value")
+    if len(ids) + max_tokens > context:
+        raise RequestError(400, f"the prompt is {len(ids)} tokens and max_tokens is {max_tokens}, but the model's "
+                           f"context is {context} tokens; shorten the prompt or lower max_tokens to "
+                           f"{max(context - len(ids), 0)}", "max_tokens", "context_length_exceeded")
+
+
 def token_logprobs(tokenizer: Tokenizer, logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
     """``token``'s log-probability under the raw (V,) ``logits`` (fp32 ``log_softmax``) and the ``k``
     most likely tokens, best first."""
@@ -57,16 +76,18 @@ class Row:
         job: the request.
         tokenizer: decodes its tokens.
         device: where its generator lives.
+        context: the model's context (prompt + new tokens at most).
 
     Attributes:
         steps: tokens picked so far.
         error: set once this row failed; the batcher ends it at its next check.
 
     Raises:
-        RequestError: an option out of range (400), see :func:`check_options`.
+        RequestError: an option or the prompt out of range (400), see :func:`check_options`, :func:`check_prompt`.
     """
 
-    def __init__(self, job: Job, tokenizer: Tokenizer, device: torch.device):
+    def __init__(self, job: Job, tokenizer: Tokenizer, device: torch.device, context: int):
+        check_prompt(job.ids, job.max_tokens, context, getattr(tokenizer, "vocab_size", None))
         check_options(job.opts)
         self.job, self.tokenizer = job, tokenizer
         self.text = TextStream(tokenizer, job.opts.stop, tokenizer.eos_id, stop_ids=job.opts.stop_ids)
@@ -114,4 +135,4 @@ class Row:
         return Delta(rest) if rest else None
 
 
-__all__ = ["Row", "check_options", "token_logprobs"]
+__all__ = ["Row", "check_options", "check_prompt", "token_logprobs"]
