@@ -41,7 +41,6 @@ from attnlab.serve.bridge import Run
 from attnlab.serve.engine import Engine
 from attnlab.serve.job import RequestError, TokenLogprob
 from attnlab.serve.schemas import (
-    ChatChunk,
     ChatRequest,
     ChatResponse,
     CompletionRequest,
@@ -56,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("attnlab.serve")
 
 
-class ErrorJSON(JSONResponse):
+class AsciiJSON(JSONResponse):
     """JSON escaped to ASCII: a lone surrogate echoed from a request cannot break the encoding."""
 
     def render(self, content: Any) -> bytes:
@@ -69,7 +68,7 @@ def _dumps(obj: Any) -> str:
 
 def error_response(err: RequestError, headers: dict[str, str] | None = None) -> Response:
     """The OpenAI error JSON of ``err`` with its status."""
-    return ErrorJSON(err.body(), status_code=err.status, headers=headers)
+    return AsciiJSON(err.body(), status_code=err.status, headers=headers)
 
 
 # --------------------------------------------------------------------------- error handlers
@@ -153,7 +152,7 @@ class _Answer:
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.engine.name, "choices": choices}
 
-    def _logprobs(self, i: int, text: str, tokens: list[TokenLogprob]) -> dict[str, Any] | None:
+    def _logprobs(self, i: int, tokens: list[TokenLogprob]) -> dict[str, Any] | None:
         if self.k is None:
             return None
         if self.chat:
@@ -167,7 +166,7 @@ class _Answer:
         """The non-streamed answer."""
         choices = []
         for i, (text, toks, why) in enumerate(zip(texts, tokens, finish, strict=True)):
-            lp = self._logprobs(i, text, toks)
+            lp = self._logprobs(i, toks)
             if self.chat:
                 choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp,
                                 "finish_reason": why})
@@ -179,7 +178,7 @@ class _Answer:
     def chunk(self, i: int, text: str | None, tokens: list[TokenLogprob], finish: str | None = None,
               role: bool = False) -> str:
         """One SSE event for choice ``i``: new text (and its tokens' logprobs), or its end (``finish``)."""
-        lp = self._logprobs(i, text or "", tokens) if tokens else None
+        lp = self._logprobs(i, tokens) if tokens else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else \
                 ({} if text is None else {"content": text})
@@ -221,9 +220,8 @@ def api_router(engine: Engine, metrics: metrics_lib.Metrics) -> APIRouter:
 
     @router.post("/v1/chat/completions", summary="Answer a conversation (rendered with the model's chat template)",
                  responses={200: {"model": ChatResponse,
-                                  "description": "JSON, or with stream: server-sent events of ChatChunk"},
-                            **errors},
-                 openapi_extra={"x-stream-chunk": ChatChunk.__name__})
+                                  "description": "JSON, or with stream: server-sent events of chat chunks"},
+                            **errors})
     async def chat(body: ChatRequest, request: Request) -> Response:
         return await _serve(engine, metrics, request, body, chat=True)
 
@@ -259,7 +257,7 @@ async def _serve(engine: Engine, metrics: metrics_lib.Metrics, request: Request,
         finally:
             run.close()
         metrics.observe_tokens(len(ids), run.completion_tokens)
-        return ErrorJSON(answer.whole(texts, tokens, finish, run.completion_tokens))
+        return AsciiJSON(answer.whole(texts, tokens, finish, run.completion_tokens))
     try:
         await run.started()
     except BaseException:
@@ -310,12 +308,12 @@ def create_app(engine: Engine | None = None, *, explorer: Explorer | None = None
     @app.get("/health", summary="Liveness and the scheduler's counters")
     async def health() -> Response:
         if engine is None:
-            return ErrorJSON({"status": "ok"})
+            return AsciiJSON({"status": "ok"})
         body = {"status": "ok" if engine.healthy else "unavailable", "model": engine.name, "stats": engine.stats()}
         if not engine.healthy:
             body.update(RequestError(503, "the model's worker has stopped; restart the server",
                                      code="unavailable").body())
-        return ErrorJSON(body, status_code=200 if engine.healthy else 503)
+        return AsciiJSON(body, status_code=200 if engine.healthy else 503)
 
     if engine is not None:
         app.include_router(api_router(engine, metrics))
