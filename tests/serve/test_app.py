@@ -55,12 +55,21 @@ def test_health_and_models(tiny):
     assert client.get("/docs").status_code == 200
 
 
-def test_health_is_503_when_the_worker_stopped(tiny):
+def test_health_is_503_when_the_worker_stopped(tiny, monkeypatch):
+    from attnlab.serve.batcher import Batcher
+
     client, engine = tiny
+    monkeypatch.setattr(Batcher, "alive", property(lambda self: False))  # as if the worker thread had died
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["error"]["code"] == "unavailable"
+    status, body = post(client, "/v1/chat/completions", {"messages": ANN, "max_tokens": 2})
+    assert status == 503 and body["error"]["code"] == "unavailable" and body["error"]["type"] == "server_error"
+    monkeypatch.undo()
+    assert client.get("/health").status_code == 200
     engine.close(5)
-    assert client.get("/health").status_code == 503
+    assert client.get("/health").json()["error"]["code"] == "shutting_down"
     status, body = post(client, "/v1/completions", {"prompt": "hi", "max_tokens": 2})
-    assert status == 503 and body["error"]["type"] == "server_error"
+    assert status == 503 and body["error"]["code"] == "shutting_down"
 
 
 def test_completion_greedy_matches_generate(tiny, reference):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from attnlab.serve import metrics as metrics_lib
@@ -228,6 +229,13 @@ def api_router(engine: Engine, metrics: metrics_lib.Metrics) -> APIRouter:
     return router
 
 
+def _unavailable(engine: Engine) -> RequestError:
+    if engine.closing:
+        return RequestError(503, "the server is shutting down; retry on another replica or later", code="shutting_down")
+    return RequestError(503, "the model's worker has stopped; this server cannot answer, restart it",
+                        code="unavailable")
+
+
 async def _serve(engine: Engine, metrics: metrics_lib.Metrics, request: Request,
                  body: CompletionRequest | ChatRequest, *, chat: bool) -> Response:
     """Validate against the engine, submit ``n`` jobs, answer as JSON or as a stream."""
@@ -236,13 +244,12 @@ async def _serve(engine: Engine, metrics: metrics_lib.Metrics, request: Request,
         raise RequestError(404, f"model {body.model!r} is not served here; this server serves {engine.name!r} "
                            "(GET /v1/models)", "model", "model_not_found")
     if not engine.healthy:
-        raise RequestError(503, "the model's worker has stopped; this server cannot answer, restart it",
-                           code="unavailable")
-    if chat:
-        ids = engine.chat_ids([m.as_template_message() for m in body.messages])
+        raise _unavailable(engine)
+    if chat:  # rendering and tokenizing a long prompt on a pool thread keeps the event loop answering
+        ids = await run_in_threadpool(engine.chat_ids, [m.as_template_message() for m in body.messages])
         param, stop_ids, stop_strings = "messages", engine.chat_stop_ids, engine.chat_stop_strings
     else:
-        ids = engine.completion_ids(body.text())
+        ids = await run_in_threadpool(engine.completion_ids, body.text())
         param, stop_ids, stop_strings = "prompt", engine.completion_stop_ids, []
     opts = [body.sampling(stop_ids, i, stop_strings) for i in range(body.n)]
     max_tokens = engine.prepare(ids, opts[0], param)
@@ -311,8 +318,7 @@ def create_app(engine: Engine | None = None, *, explorer: Explorer | None = None
             return AsciiJSON({"status": "ok"})
         body = {"status": "ok" if engine.healthy else "unavailable", "model": engine.name, "stats": engine.stats()}
         if not engine.healthy:
-            body.update(RequestError(503, "the model's worker has stopped; restart the server",
-                                     code="unavailable").body())
+            body.update(_unavailable(engine).body())
         return AsciiJSON(body, status_code=200 if engine.healthy else 503)
 
     if engine is not None:

@@ -67,6 +67,11 @@ class Engine:
             raise AttnlabError(f"bad serving limit: {e}") from None
 
     @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called (the server is shutting down)."""
+        return self._closing
+
+    @property
     def healthy(self) -> bool:
         """Whether requests can be served: the worker runs and :meth:`close` was not called."""
         return self.batcher.alive and not self._closing
