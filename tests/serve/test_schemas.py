@@ -49,6 +49,7 @@ def test_bad_completion_value_is_a_400_naming_the_field(field, value):
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    ({"messages": None}, "messages"),
     ({"messages": []}, "messages"),
     ({"messages": "hi"}, "messages"),
     ({}, "messages"),
@@ -78,6 +79,15 @@ def test_a_good_request_builds_the_sampling_options():
     assert chat.sampling([]).max_tokens == 3 and chat.sampling([]).logprobs == 0
     assert chat.messages[0].as_template_message() == {"role": "system", "content": "Be brief."}
     assert ChatRequest.model_validate({"messages": [{"role": "user", "content": "x"}]}).sampling([]).logprobs is None
+
+
+def test_null_means_the_default_but_an_unknown_null_is_refused():
+    req = ChatRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "n": None, "stream": None,
+                                      "logprobs": None, "top_logprobs": None, "stop": None, "seed": None})
+    assert req.n == 1 and req.stream is False and req.sampling([]).logprobs is None
+    assert CompletionRequest.model_validate({"prompt": "x", "echo": None}).echo is False
+    assert refused(CompletionRequest, {"prompt": None}).param == "prompt"
+    assert refused(CompletionRequest, {"prompt": "x", "functions": None}).code == "unknown_field"
 
 
 def test_the_largest_seed_wraps_for_the_next_choice():

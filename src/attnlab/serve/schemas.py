@@ -107,6 +107,14 @@ class _Common(_Strict):
     frequency_penalty: float | None = Field(None, description="only 0 is supported")
     presence_penalty: float | None = Field(None, description="only 0 is supported")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """``"n": null`` (any known field set to null) means the default, as in OpenAI's API."""
+        if isinstance(data, dict) and any(v is None for v in data.values()):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
     @model_validator(mode="after")
     def _check_common(self) -> _Common:
         if self.stream_options is not None and not self.stream:
