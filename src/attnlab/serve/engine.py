@@ -4,9 +4,13 @@
 ids (a chat through the checkpoint's template, whose own text carries any BOS it wants, as in
 ``transformers``' ``apply_chat_template``); :meth:`Engine.prepare` checks them against the
 limits; :meth:`Engine.submit` hands them to the :class:`~attnlab.serve.batcher.Batcher`,
-which decodes concurrent requests together and sends each job its text deltas. A completion
-stops at every EOS id of the tokenizer, a chat reply also at the template's end-of-turn
-token(s) (:attr:`Engine.completion_stop_ids`, :attr:`Engine.chat_stop_ids`).
+which decodes concurrent requests together and sends each job its text deltas.
+
+A completion stops at every EOS id (the tokenizer's ``<|endoftext|>`` and the template's
+``eos_token``: :attr:`Engine.completion_stop_ids`); a chat reply also at the template's
+end-of-turn tokens (:attr:`Engine.chat_stop_ids`) and at its end-of-turn strings that are no
+single token (:attr:`Engine.chat_stop_strings`: the plain ``User:``/``Assistant:`` template ends
+a reply at a newline, as ``attnlab chat`` does).
 """
 
 from __future__ import annotations
