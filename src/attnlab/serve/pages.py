@@ -74,7 +74,8 @@ def _bad_body(e: ValidationError) -> RequestError:
     kind, loc = first["type"], first.get("loc", ())
     usage = 'send {"text": "..."}'
     if kind == "json_invalid":
-        return RequestError(400, f"the body is not valid JSON ({first['msg']}); {usage}", code="invalid_json")
+        why = str(first["msg"]).removeprefix("Invalid JSON: ")
+        return RequestError(400, f"the body is not valid JSON ({why}); {usage}", code="invalid_json")
     if kind == "extra_forbidden":
         field = str(loc[0]) if loc else "?"
         return RequestError(400, f"unknown field '{field}': the explorer takes only 'text'; {usage}", param=field,
