@@ -33,6 +33,15 @@ new MutationObserver((records) => {
   }
 }).observe(document.getElementById("messages"), { childList: true, subtree: true });
 """
+# The JSON bodies the page posts to the chat API from now on.
+RECORD_REQUESTS = """
+window.sent = [];
+const original = window.fetch;
+window.fetch = (url, init) => {
+  if (String(url).endsWith("chat/completions")) window.sent.push(JSON.parse(init.body));
+  return original(url, init);
+};
+"""
 
 
 def page_app() -> FastAPI:
@@ -106,7 +115,7 @@ def test_two_turn_conversation_streams_in_chromium(chat_server, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     running, engine = chat_server
-    driver = chromium_driver(1000, 760)
+    driver = chromium_driver(1000, 900)
     try:
         driver.get(running.url + "/")
         wait = WebDriverWait(driver, 30)
@@ -169,11 +178,18 @@ def test_two_turn_conversation_streams_in_chromium(chat_server, tmp_path):
         driver.find_element(By.ID, "new-chat").click()
         assert driver.find_elements(By.CSS_SELECTOR, ".msg") == [] and driver.find_element(By.ID, "error").text == ""
         driver.find_element(By.ID, "input").clear()
-        assert "Ann" not in say(driver, "What is my name?").find_element(By.CLASS_NAME, "text").text
+        driver.execute_script(RECORD_REQUESTS)
+        assert say(driver, "Hello there").find_element(By.CLASS_NAME, "text").text == "Hi! How are you?"
+        sent = driver.execute_script("return window.sent")
+        assert [b["messages"] for b in sent] == [[{"role": "user", "content": "Hello there"}]]
+        assert (sent[0]["model"], sent[0]["temperature"], sent[0]["stream"]) == ("tiny-chat", 0, True)
+        assert "max_tokens" not in sent[0]  # an empty box: the server's default
 
         # readable on a phone: nothing wider than the screen
         driver.set_window_size(390, 800)
         assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        if os.environ.get("ATTNLAB_SCREENSHOT_DIR"):
+            driver.save_screenshot(str(folder / "serve-chat-page-phone.png"))
         assert script_errors(driver) == []
         assert engine.stats()["failed"] == 0
     finally:
