@@ -18,6 +18,7 @@ from attnlab.serve.engine import Engine
 from attnlab.serve.pages import page_router
 from attnlab.serve.runner import ServeConfig, start_in_thread
 from attnlab.serve.security import SecurityConfig
+from attnlab.viz import Explorer
 from tests._browser import chromium_driver, script_errors
 from tests.generate._chat import chat_model, chat_tokenizer
 
@@ -78,14 +79,15 @@ def test_chat_page_with_an_explorer_too(trained_run):
 
 @pytest.fixture(scope="module")
 def chat_server():
-    """The tiny chat model on the full app (API key on), uvicorn on a free port; each decode step takes
-    >= 30 ms so that the reply reaches the browser in several pieces."""
+    """The tiny chat model on the full app (API key on, the explorer at /explorer, as `attnlab serve` runs it),
+    uvicorn on a free port; each decode step takes >= 30 ms so that the reply reaches the browser in pieces."""
     torch.set_num_threads(1)
     model = chat_model()
     hook = model.register_forward_hook(lambda module, args, out: time.sleep(0.03))
     engine = Engine(model, chat_tokenizer(), torch.device("cpu"), "tiny-chat", max_tokens_cap=64,
                     template=ChatTemplate.default())
-    app = create_app(engine, security=SecurityConfig(api_key=KEY))
+    explorer = Explorer(chat_model(), chat_tokenizer(), name="tiny-chat")
+    app = create_app(engine, explorer=explorer, security=SecurityConfig(api_key=KEY))
     running = start_in_thread(app, ServeConfig(port=0, access_log=False))
     yield running, engine
     running.stop()
@@ -158,7 +160,7 @@ def test_two_turn_conversation_streams_in_chromium(chat_server, tmp_path):
         assert bubbles == [("msg user", "My name is Ann."), ("msg assistant", "Nice to meet you, Ann."),
                            ("msg user", "What is my name?"), ("msg assistant", "Your name is Ann.")]
         assert "tokens/s" in second.find_element(By.CLASS_NAME, "meta").text
-        assert not driver.find_element(By.ID, "explorer-link").is_displayed()  # no explorer on this server
+        assert driver.find_element(By.ID, "explorer-link").is_displayed()  # this server has one
 
         folder = Path(os.environ.get("ATTNLAB_SCREENSHOT_DIR") or tmp_path)
         folder.mkdir(parents=True, exist_ok=True)
@@ -192,6 +194,14 @@ def test_two_turn_conversation_streams_in_chromium(chat_server, tmp_path):
             driver.save_screenshot(str(folder / "serve-chat-page-phone.png"))
         assert script_errors(driver) == []
         assert engine.stats()["failed"] == 0
+
+        # the explorer on the same app, and its link back to the chat
+        driver.set_window_size(1000, 900)
+        driver.find_element(By.ID, "explorer-link").click()
+        wait.until(lambda d: "tiny-chat" in d.find_element(By.ID, "info").text)
+        assert driver.current_url == running.url + "/explorer"
+        wait.until(lambda d: d.find_element(By.ID, "chat-link").is_displayed())
+        assert script_errors(driver) == []
     finally:
         driver.quit()
 

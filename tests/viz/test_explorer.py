@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,8 +23,10 @@ from attnlab.cli import main
 from attnlab.cli._common import load_for_inference
 from attnlab.errors import AttnlabError
 from attnlab.models import build
+from attnlab.serve.app import create_app
 from attnlab.serve.pages import page_router
 from attnlab.serve.runner import ServeConfig, start_in_thread
+from attnlab.serve.security import SecurityConfig
 from attnlab.train.objectives import MASK_TOKEN
 from attnlab.viz import Explorer, ExplorerConfig, ExplorerInputError
 from tests._browser import chromium_driver, script_errors
@@ -181,6 +184,22 @@ def test_no_pages_without_chat_or_explorer():
         assert c.get("/explorer").status_code == 404 and c.get(f"{API}/info").status_code == 404
 
 
+def test_on_the_server_app(explorer):
+    """`attnlab viz serve`'s app: create_app with only the explorer, behind the server's checks."""
+    app = create_app(None, explorer=explorer, security=SecurityConfig(max_body_bytes=4096))
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/", follow_redirects=False).headers["location"] == "/explorer"
+        assert c.get("/explorer").status_code == 200 and c.get(f"{API}/info").json()["name"] == "tiny-run"
+        assert c.post(f"{API}/attention", json={"text": "But soft"}).status_code == 200
+        r = c.post(f"{API}/attention", json={"text": "x" * 5000})
+        assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = c.post(f"{API}/attention", content=b'{"text": "But"}', headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415  # a "simple" cross-site form POST cannot run the model
+        r = c.get("/nope")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 404  # no model to chat with
+
+
 def test_api_in_openapi(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert set(paths) == {f"{API}/info", f"{API}/attention"}  # the HTML pages are not API
@@ -270,6 +289,15 @@ def test_cli_help(capsys):
 ])
 def test_cli_errors(capsys, trained_run, extra, needle, one_line_error):
     one_line_error(capsys, main(["viz", "serve", str(trained_run), *extra]), needle)
+
+
+def test_cli_port_in_use(capsys, trained_run, one_line_error):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["viz", "serve", str(trained_run), "--port", str(port), "--device", "cpu"])
+    one_line_error(capsys, code, f"cannot listen on 127.0.0.1:{port} (Address already in use); pick another --port")
 
 
 def test_cli_missing_checkpoint(capsys, tmp_path, one_line_error):

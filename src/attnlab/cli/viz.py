@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Run ``viz serve``: the attention explorer on the server's app until Ctrl-C / SIGTERM."""
+    import os
     import sys
     from pathlib import Path
 
@@ -94,7 +95,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"attnlab viz serve: attention explorer for {explorer.name} at {url.rstrip('/')}/explorer "
               f"(texts up to {explorer.max_tokens} tokens); Ctrl-C to stop", file=sys.stderr, flush=True)
 
-    run_server(app, ServeConfig(host=args.host, port=args.port, access_log=not args.no_request_log), on_start=banner)
+    try:
+        run_server(app, ServeConfig(host=args.host, port=args.port, access_log=not args.no_request_log),
+                   on_start=banner)
+    except OSError as e:  # raised by the bind, before anything runs
+        why = os.strerror(e.errno) if e.errno and e.errno > 0 else (e.strerror or str(e))  # gaierror: < 0
+        raise AttnlabError(f"cannot listen on {args.host}:{args.port} ({why}); pick another --port or --host") from None
     print("attnlab viz serve: stopped", file=sys.stderr, flush=True)
     return 0
 
