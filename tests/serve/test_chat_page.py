@@ -208,7 +208,8 @@ def test_two_turn_conversation_streams_in_chromium(chat_server, tmp_path):
 
 @pytest.mark.slow
 def test_stop_button_aborts_the_stream(chat_server):
-    """Stop ends the fetch mid-reply: the partial reply stays, marked stopped, and the server cancels the job."""
+    """Stop ends the fetch mid-reply: the partial reply stays, marked stopped, and the server cancels the job;
+    New chat mid-reply drops it."""
     import threading
 
     from selenium.webdriver.common.by import By
@@ -244,6 +245,20 @@ def test_stop_button_aborts_the_stream(chat_server):
         assert driver.find_element(By.ID, "error").text == "" and not driver.find_element(By.ID, "stop").is_displayed()
         release.set()
         wait.until(lambda d: engine.stats()["cancelled"] > cancelled)  # the server saw the hang-up
+
+        # "New chat" in the middle of a reply: the reply is dropped, and does not come back when it ends
+        calls[0], cancelled = 0, engine.stats()["cancelled"]
+        release.clear()
+        driver.find_element(By.ID, "input").send_keys("I like tea.")
+        driver.find_element(By.ID, "send").click()
+        wait.until(lambda d: int(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].get_attribute("data-chunks")
+                                 or 0) >= 1 and len(d.find_elements(By.CSS_SELECTOR, ".msg")) == 4)
+        driver.find_element(By.ID, "new-chat").click()
+        release.set()
+        wait.until(lambda d: engine.stats()["cancelled"] > cancelled)
+        assert driver.find_elements(By.CSS_SELECTOR, ".msg") == []
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+        assert not driver.find_element(By.ID, "stop").is_displayed()
         assert script_errors(driver) == []
     finally:
         release.set()

@@ -35,10 +35,10 @@ TEXT = "ROMEO. But soft, what light"
 API = "/explorer/api"
 
 
-def router_app(explorer: Explorer | None, chat: bool = False) -> FastAPI:
-    """An app with only the page routes (the JSON API, the pages; no /v1, no security middleware)."""
+def router_app(explorer: Explorer | None) -> FastAPI:
+    """An app with only the explorer's routes (no /v1, no chat page, no security middleware)."""
     app = FastAPI()
-    app.include_router(page_router(chat=chat, explorer=explorer))
+    app.include_router(page_router(chat=False, explorer=explorer))
     return app
 
 
@@ -67,10 +67,9 @@ def server(explorer):
     running.stop()
 
 
-def request(url: str, body: bytes | None = None, method: str | None = None,
-            timeout: float = 30) -> tuple[int, dict | str, str]:
-    """(status, JSON or text, content type) of one HTTP call; errors are returned, not raised."""
-    req = urllib.request.Request(url, data=body, method=method or ("POST" if body is not None else "GET"),
+def request(url: str, body: bytes | None = None, timeout: float = 30) -> tuple[int, dict | str, str]:
+    """(status, JSON or text, content type) of one GET (or POST of ``body``); errors are returned, not raised."""
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
                                  headers={"Content-Type": "application/json"} if body is not None else {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
