@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "attnlab"
 # Low to high, as ARCHITECTURE.md draws them; a package may import from the packages before it.
 LAYERS = [
     "errors", "validation", "precision", "config_tree", "config", "io", "attention", "layers", "blocks", "models",
-    "data", "eval", "generate", "train", "interop", "finetune", "serve", "viz", "bench", "cli", "__main__",
+    "data", "eval", "generate", "train", "interop", "finetune", "viz", "serve", "bench", "cli", "__main__",
 ]
 
 

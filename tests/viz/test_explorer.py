@@ -1,32 +1,45 @@
-"""The attention explorer (`attnlab viz serve`): its JSON API, the CLI, and the page in headless Chromium."""
+"""The attention explorer: its computation, its routes on the server's app (`/explorer`), the CLI
+(`attnlab viz serve`), and the page in headless Chromium."""
 
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from attnlab import config
 from attnlab.cli import main
 from attnlab.cli._common import load_for_inference
 from attnlab.errors import AttnlabError
 from attnlab.models import build
+from attnlab.serve.app import create_app
+from attnlab.serve.pages import page_router
+from attnlab.serve.runner import ServeConfig, start_in_thread
+from attnlab.serve.security import SecurityConfig
 from attnlab.train.objectives import MASK_TOKEN
-from attnlab.viz import Explorer, ExplorerConfig, make_explorer_server
+from attnlab.viz import Explorer, ExplorerConfig, ExplorerInputError
+from tests._browser import chromium_driver, script_errors
 
 TEXT = "ROMEO. But soft, what light"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+API = "/explorer/api"
+
+
+def router_app(explorer: Explorer | None) -> FastAPI:
+    """An app with only the explorer's routes (no /v1, no chat page, no security middleware)."""
+    app = FastAPI()
+    app.include_router(page_router(chat=False, explorer=explorer))
+    return app
 
 
 @pytest.fixture(scope="module")
@@ -36,48 +49,54 @@ def loaded(trained_run):
 
 
 @pytest.fixture(scope="module")
-def server(loaded):
-    """The explorer for the tiny trained run on a free port, served from a thread."""
-    model, tok = loaded
-    cfg = ExplorerConfig(port=0, max_body_bytes=4096, log_requests=False)
-    srv = make_explorer_server(Explorer(model, tok, name="tiny-run", cfg=cfg))
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+def explorer(loaded):
+    return Explorer(*loaded, name="tiny-run")
 
 
-def request(url: str, body: bytes | None = None, method: str | None = None) -> tuple[int, dict | str, str]:
-    """(status, JSON or text, content type) of one HTTP call; errors are returned, not raised."""
-    req = urllib.request.Request(url, data=body, method=method or ("POST" if body is not None else "GET"),
+@pytest.fixture(scope="module")
+def client(explorer):
+    with TestClient(router_app(explorer)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def server(explorer):
+    """The explorer's routes served by uvicorn on a free port, from a thread."""
+    running = start_in_thread(router_app(explorer), ServeConfig(port=0, access_log=False))
+    yield running
+    running.stop()
+
+
+def request(url: str, body: bytes | None = None, timeout: float = 30) -> tuple[int, dict | str, str]:
+    """(status, JSON or text, content type) of one GET (or POST of ``body``); errors are returned, not raised."""
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
                                  headers={"Content-Type": "application/json"} if body is not None else {})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             status, ctype, raw = r.status, r.headers["Content-Type"], r.read()
     except urllib.error.HTTPError as e:
         status, ctype, raw = e.code, e.headers["Content-Type"], e.read()
-    return status, (json.loads(raw) if "json" in ctype else raw.decode()), ctype
+    return status, (json.loads(raw) if "json" in (ctype or "") else raw.decode()), ctype
 
 
-def analyze(server, text: str) -> tuple[int, dict]:
-    status, body, _ = request(server.url + "api/attention", json.dumps({"text": text}).encode())
-    return status, body
+def analyze(client, text: str) -> tuple[int, dict]:
+    r = client.post(f"{API}/attention", json={"text": text})
+    return r.status_code, r.json()
 
 
 # --- JSON API -----------------------------------------------------------------------------------
-def test_info(server):
-    status, info, _ = request(server.url + "api/info")
-    assert status == 200
+def test_info(client):
+    r = client.get(f"{API}/info")
+    assert r.status_code == 200
+    info = r.json()
     assert (info["name"], info["arch"], info["n_layer"], info["n_head"], info["context"]) == ("tiny-run", "decoder",
                                                                                              2, 2, 64)
     assert info["max_tokens"] == 64 and info["top_k"] == 10 and info["parameters"] > 10_000
 
 
-def test_attention_matches_the_model(server, loaded):
+def test_attention_matches_the_model(client, loaded):
     model, tok = loaded
-    status, out = analyze(server, TEXT)
+    status, out = analyze(client, TEXT)
     assert status == 200
     ids = tok.encode(TEXT)
     t = len(ids)
@@ -101,41 +120,130 @@ def test_attention_matches_the_model(server, loaded):
     assert out["next_token_by_position"][0][0]["id"] == int(logits[0, 0].argmax())
 
 
-@pytest.mark.parametrize("body, status, code", [
-    (b"{not json", 400, "invalid_json"),
-    (b"[1, 2]", 400, "invalid_json"),
-    (b"{}", 400, "invalid_text"),
-    (b'{"text": 5}', 400, "invalid_text"),
-    (b'{"text": ""}', 400, "empty_text"),
-    (json.dumps({"text": "x " * 80}).encode(), 400, "text_too_long"),
-    (json.dumps({"text": "x" * 5000}).encode(), 413, "body_too_large"),
+DEEP = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize("body, code, param, needle", [
+    (b"{not json", "invalid_json", None, "the body is not valid JSON"),
+    (b"", "invalid_json", None, "the body is not valid JSON"),
+    (b"[1, 2]", "invalid_json", None, "the body must be a JSON object"),
+    (DEEP, "invalid_json", None, "not valid JSON (recursion limit exceeded"),
+    (b"{}", "invalid_text", "text", "'text' is missing"),
+    (b'{"text": 5}', "invalid_text", "text", "'text' must be a JSON string, got int"),
+    (b'{"text": null}', "invalid_text", "text", "'text' must be a JSON string, got NoneType"),
+    (b'{"text": "But", "layers": [0]}', "unknown_field", "layers", "unknown field 'layers'"),
+    (b'{"text": ""}', "empty_text", "text", "text is empty"),
+    (b'{"text": "a \\ud800 b"}', "invalid_json", None, "not valid JSON (unexpected end of hex escape"),
+    (json.dumps({"text": "x " * 80}).encode(), "text_too_long", "text", "over the limit of 64"),
+    (json.dumps({"text": "x" * 5000}).encode(), "text_too_long", "text", "5000 characters, far over the limit"),
 ])
-def test_bad_requests_get_json_errors(server, body, status, code):
-    got, out, _ = request(server.url + "api/attention", body)
-    assert got == status and out["error"]["code"] == code, out
-    assert request(server.url + "api/info")[0] == 200  # still serving
+def test_bad_requests_get_json_errors(client, body, code, param, needle):
+    r = client.post(f"{API}/attention", content=body, headers={"Content-Type": "application/json"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and (err["code"], err["param"], err["type"]) == (code, param, "invalid_request_error")
+    assert needle in err["message"] and "; " in err["message"], err  # "the problem; the fix"
+    assert set(r.json()) == {"error"} and set(err) == {"message", "type", "param", "code"}
+    assert analyze(client, "But soft")[0] == 200  # still serving
 
 
-def test_too_long_text_names_the_limit(server, loaded):
+def test_too_long_text_names_the_limit(client, loaded):
     n = len(loaded[1].encode("x " * 80))
-    status, out = analyze(server, "x " * 80)
+    status, out = analyze(client, "x " * 80)
     assert status == 400 and n > 64
     assert out["error"]["message"] == (f"text is {n} tokens, over the limit of 64 (the model's context); "
                                        "send a shorter text")
 
 
-def test_unknown_routes_404(server):
-    assert request(server.url + "nope")[:2] == (404, {"error": {
-        "message": "no route GET /nope; try / or /api/info", "type": "invalid_request_error", "param": None,
-        "code": "not_found"}})
-    assert request(server.url + "api/info", b"{}")[0] == 404
+def test_analyze_refuses_what_is_not_text(explorer):
+    with pytest.raises(ExplorerInputError, match="lone surrogate '\\\\ud800' at character 2") as e:
+        explorer.analyze("a \ud800")
+    assert e.value.code == "invalid_text" and isinstance(e.value, AttnlabError)
+    with pytest.raises(ExplorerInputError, match="a JSON string"):
+        explorer.analyze(["But"])
 
 
-def test_page_is_served_and_self_contained(server):
-    status, page, ctype = request(server.url + "?q=1")
-    assert status == 200 and ctype.startswith("text/html")
-    assert 'id="heatmap"' in page and 'id="next-list"' in page and "api/attention" in page
+def test_pages_and_redirect(client):
+    r = client.get("/explorer?q=1")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["cache-control"] == "no-cache"
+    page = r.text
+    assert 'id="heatmap"' in page and 'id="next-list"' in page and '"/api/"' in page and 'API + "attention"' in page
     assert 'src="http' not in page and 'href="http' not in page and "@import" not in page  # works offline
+    assert client.head("/explorer").status_code == 200
+    r = client.get("/", follow_redirects=False)  # no model to chat with: / is the explorer
+    assert r.status_code == 307 and r.headers["location"] == "/explorer"
+    assert client.get("/").url.path == "/explorer"
+
+
+def test_no_pages_without_chat_or_explorer():
+    with TestClient(router_app(None)) as c:
+        r = c.get("/")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert "no model to chat with and no explorer" in r.json()["error"]["message"]
+        assert c.get("/explorer").status_code == 404 and c.get(f"{API}/info").status_code == 404
+
+
+def test_on_the_server_app(explorer):
+    """`attnlab viz serve`'s app: create_app with only the explorer, behind the server's checks."""
+    app = create_app(None, explorer=explorer, security=SecurityConfig(max_body_bytes=4096))
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/", follow_redirects=False).headers["location"] == "/explorer"
+        assert c.get("/explorer").status_code == 200 and c.get(f"{API}/info").json()["name"] == "tiny-run"
+        assert c.post(f"{API}/attention", json={"text": "But soft"}).status_code == 200
+        r = c.post(f"{API}/attention", json={"text": "x" * 5000})
+        assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = c.post(f"{API}/attention", content=b'{"text": "But"}', headers={"Content-Type": "text/plain"})
+        assert r.status_code == 415  # a "simple" cross-site form POST cannot run the model
+        r = c.get("/nope")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 404  # no model to chat with
+
+
+def test_api_in_openapi(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths) == {f"{API}/info", f"{API}/attention"}  # the HTML pages are not API
+    body = paths[f"{API}/attention"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["text"] and body["additionalProperties"] is False
+
+
+def test_model_runs_off_the_event_loop_one_at_a_time(server, loaded):
+    """While one analysis runs, the server answers other requests, and a second analysis waits its turn."""
+    model = loaded[0]
+    entered, release = threading.Event(), threading.Event()
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def pre(module, args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        entered.set()
+        release.wait(20)
+
+    def post(module, args, out):
+        with lock:
+            running[0] -= 1
+
+    hooks = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
+    results: list[int] = []
+    body = json.dumps({"text": TEXT}).encode()
+    threads = [threading.Thread(target=lambda: results.append(request(f"{server.url}{API}/attention", body)[0]))
+               for _ in range(3)]
+    try:
+        threads[0].start()
+        assert entered.wait(20), "the model never ran"
+        for t in threads[1:]:
+            t.start()
+        # the event loop is free while the model is busy (a blocked loop would time out here)
+        assert request(f"{server.url}{API}/info", timeout=10)[0] == 200
+        assert request(f"{server.url}/explorer", timeout=10)[0] == 200
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
+        for h in hooks:
+            h.remove()
+    assert results == [200, 200, 200] and most[0] == 1
 
 
 # --- other architectures ------------------------------------------------------------------------
@@ -170,7 +278,7 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["viz", "serve", "--help"])
     out = capsys.readouterr().out
-    assert e.value.code == 0 and "--port" in out and "/api/attention" in out
+    assert e.value.code == 0 and "--port" in out and "/explorer/api/attention" in out
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -180,6 +288,15 @@ def test_cli_help(capsys):
 ])
 def test_cli_errors(capsys, trained_run, extra, needle, one_line_error):
     one_line_error(capsys, main(["viz", "serve", str(trained_run), *extra]), needle)
+
+
+def test_cli_port_in_use(capsys, trained_run, one_line_error):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["viz", "serve", str(trained_run), "--port", str(port), "--device", "cpu"])
+    one_line_error(capsys, code, f"cannot listen on 127.0.0.1:{port} (Address already in use); pick another --port")
 
 
 def test_cli_missing_checkpoint(capsys, tmp_path, one_line_error):
@@ -194,44 +311,26 @@ def test_cli_serves_until_ctrl_c(trained_run):
         ready, _, _ = select.select([proc.stderr], [], [], 60)
         assert ready, "no banner within 60 s"
         banner = proc.stderr.readline()
-        assert "attention explorer for run at http://127.0.0.1:" in banner, banner
-        url = banner.split(" at ")[1].split()[0]
-        status, info, _ = request(url + "api/info")
+        assert "attention explorer for run at http://127.0.0.1:" in banner and "/explorer " in banner, banner
+        url = banner.split(" at ")[1].split()[0]  # http://127.0.0.1:PORT/explorer
+        status, info, _ = request(url + "/api/info")
         assert status == 200 and info["name"] == "run"
-        assert analyze_url(url, "But soft")[0] == 200
+        status, out, _ = request(url + "/api/attention", json.dumps({"text": "But soft"}).encode())
+        assert status == 200 and out["tokens"]
+        assert request(url)[0] == 200 and request(url.removesuffix("explorer"))[0] == 200  # / redirects here
+        status, out, _ = request(url + "/api/attention", b"{}")
+        assert status == 400 and out["error"]["code"] == "invalid_text"
         proc.send_signal(signal.SIGINT)
         rc, err = proc.wait(timeout=20), proc.stderr.read()
         assert rc == 0, err[-2000:]  # -6 was an abort at exit (the model freed on a dying thread)
-        assert "attnlab viz serve: stopped" in err
+        assert "attnlab viz serve: stopped" in err and "Traceback" not in err
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def analyze_url(url: str, text: str) -> tuple[int, dict | str, str]:
-    return request(url + "api/attention", json.dumps({"text": text}).encode())
-
-
 # --- the page in headless Chromium ----------------------------------------------------------------
-def chromium_driver(width: int = 1400, height: int = 1000):
-    """A headless Debian Chromium driven by Selenium, never downloading anything; skips when missing."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.skip(f"browser test needs {', '.join(missing)}: apt-get install chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs selenium: pip install selenium")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    user_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"attnlab-chromium-{os.getpid()}-{time.monotonic_ns()}"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={user_dir}", f"--window-size={width},{height}"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-
-
 def explore(driver, url: str, text: str, timeout: float = 30) -> None:
     """Open the page, type ``text``, press Enter and wait until the heatmap is drawn."""
     from selenium.webdriver.common.by import By
@@ -253,7 +352,7 @@ def test_page_in_headless_chromium(server, loaded, tmp_path):
 
     driver = chromium_driver()
     try:
-        explore(driver, server.url, TEXT)
+        explore(driver, server.url + "/explorer", TEXT)
         assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready"
         assert "tiny-run" in driver.find_element(By.ID, "info").text
         t = len(loaded[1].encode(TEXT))
@@ -293,7 +392,9 @@ def test_page_in_headless_chromium(server, loaded, tmp_path):
         assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:4] == b"\x89PNG"
         assert shot.stat().st_size > 20_000
         # a bad input shows the server's message instead of breaking the page
-        explore(driver, server.url, "x " * 80)
+        explore(driver, server.url + "/explorer", "x " * 80)
         assert "over the limit of 64" in driver.find_element(By.ID, "status").text
+        assert script_errors(driver) == []
+        assert not driver.find_element(By.ID, "chat-link").is_displayed()  # no chat page on this server
     finally:
         driver.quit()

@@ -1,7 +1,7 @@
 """Look at a checkpoint's attention: PNG heatmaps (viz attention) or the explorer web page (viz serve).
 
     attnlab viz attention runs/demo --text "ROMEO. But soft, what light" --layers 0,3 --heads 0,2
-    attnlab viz serve runs/demo --port 8765      # open the printed URL, type text, hover tokens
+    attnlab viz serve runs/demo --port 8765      # open the printed URL (/explorer), type text, hover tokens
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 
 from attnlab.errors import AttnlabError
+
+EXPLORER_BODY = 65_536  # bytes: a request body holds one short text
 
 
 def int_list(value: str | None, option: str) -> list[int] | None:
@@ -47,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="the attention explorer: a web page showing tokens, attention heatmaps and next-token probabilities",
         description="Serve a small web page for a checkpoint: type text, see its tokens, the attention weights of "
         "every layer and head as heatmaps (hover a token to see where it attends) and the next-token "
-        "distribution. Routes: GET / (the page), GET /api/info, POST /api/attention {\"text\": ...}.",
+        "distribution. Routes: GET /explorer (the page; / redirects there), GET /explorer/api/info, "
+        "POST /explorer/api/attention {\"text\": ...}; the API is described at /docs.",
     )
     s.add_argument("checkpoint", help="run folder or checkpoint folder (decoder-only or encoder model)")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
@@ -68,24 +71,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run ``viz serve``: the attention explorer until Ctrl-C / SIGTERM."""
+    """Run ``viz serve``: the attention explorer on the server's app until Ctrl-C / SIGTERM."""
+    import os
     import sys
     from pathlib import Path
 
     from attnlab.cli._common import load_for_inference
-    from attnlab.viz import Explorer, ExplorerConfig, make_explorer_server, serve_until_stopped
+    from attnlab.serve.app import create_app
+    from attnlab.serve.runner import ServeConfig
+    from attnlab.serve.runner import serve as run_server
+    from attnlab.serve.security import SecurityConfig
+    from attnlab.viz import Explorer, ExplorerConfig
 
-    cfg = ExplorerConfig(host=args.host, port=args.port, max_tokens=args.max_tokens, top_k=args.top_k,
-                         log_requests=not args.no_request_log)  # validates the options before loading the model
+    if not 0 <= args.port <= 65535:  # the options are checked before the model loads
+        raise AttnlabError(f"--port must be in 0..65535, got {args.port}")
+    cfg = ExplorerConfig(max_tokens=args.max_tokens, top_k=args.top_k)
     model, tok, _, _ = load_for_inference(args.checkpoint, args.device)
     explorer = Explorer(model, tok, name=Path(args.checkpoint).resolve().name, cfg=cfg)
-    server = make_explorer_server(explorer, cfg)
+    security = SecurityConfig(bind_host=args.host, max_body_bytes=EXPLORER_BODY)
+    app = create_app(None, explorer=explorer, security=security)
 
-    def banner() -> None:
-        print(f"attnlab viz serve: attention explorer for {explorer.name} at {server.url} "
+    def banner(url: str) -> None:
+        print(f"attnlab viz serve: attention explorer for {explorer.name} at {url.rstrip('/')}/explorer "
               f"(texts up to {explorer.max_tokens} tokens); Ctrl-C to stop", file=sys.stderr, flush=True)
 
-    serve_until_stopped(server, banner)
+    try:
+        run_server(app, ServeConfig(host=args.host, port=args.port, access_log=not args.no_request_log),
+                   on_start=banner)
+    except OSError as e:  # raised by the bind, before anything runs
+        why = os.strerror(e.errno) if e.errno and e.errno > 0 else (e.strerror or str(e))  # gaierror: < 0
+        raise AttnlabError(f"cannot listen on {args.host}:{args.port} ({why}); pick another --port or --host") from None
     print("attnlab viz serve: stopped", file=sys.stderr, flush=True)
     return 0
 

@@ -1,4 +1,4 @@
-"""Looking inside models: attention capture and heatmaps.
+"""Looking inside models: attention capture, heatmaps and the attention explorer's computation.
 
     with capture_attention(model, layers=[0], heads=[0, 2]) as cap:
         model(input_ids)
@@ -6,16 +6,17 @@
 
     attention_heatmap(model, tokenizer, "But soft, what light", "attention.png")
 
-The attention explorer (``attnlab viz serve CKPT``) is a web page over a checkpoint::
+The attention explorer (``attnlab viz serve CKPT``) is a web page over a checkpoint; its
+routes are on the server's app (``attnlab.serve.pages``), the computation is here::
 
-    server = make_explorer_server(Explorer(model, tokenizer), ExplorerConfig(port=0))
+    Explorer(model, tokenizer).analyze("But soft")   # tokens, weights[layer][head][q][k], next tokens
 """
 
 from attnlab.viz.capture import AttentionCapture, attention_layers, capture_attention, check_indices
-from attnlab.viz.explorer import Explorer, ExplorerConfig, make_explorer_server, serve_until_stopped
+from attnlab.viz.explorer import Explorer, ExplorerConfig, ExplorerInputError
 from attnlab.viz.heatmap import attention_heatmap, plot_attention, token_labels
 
 __all__ = [
-    "AttentionCapture", "Explorer", "ExplorerConfig", "attention_heatmap", "attention_layers", "capture_attention",
-    "check_indices", "make_explorer_server", "plot_attention", "serve_until_stopped", "token_labels",
+    "AttentionCapture", "Explorer", "ExplorerConfig", "ExplorerInputError", "attention_heatmap", "attention_layers",
+    "capture_attention", "check_indices", "plot_attention", "token_labels",
 ]

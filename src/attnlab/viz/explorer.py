@@ -1,29 +1,24 @@
-"""The attention explorer: a small web page that shows what a checkpoint attends to.
+"""The attention explorer's computation: what a checkpoint attends to, as JSON for a web page.
 
-``attnlab viz serve CKPT`` starts it. Routes:
-
-- ``GET /``: the page (``viz/static/explorer.html``, plain HTML + inline JS, works offline).
-- ``GET /api/info``: the model's name and config summary.
-- ``POST /api/attention`` with ``{"text": "..."}``: the text's tokens, every layer's and
-  head's attention weights ``weights[layer][head][query][key]`` (rounded), and the top-k
-  next-token distribution (after the last token, plus after every position).
-
-Bad requests get a JSON error ``{"error": {"message", ...}}`` with a 4xx status, never a
-crash. The model runs one request at a time (:attr:`Explorer.lock`)::
+:class:`Explorer` runs a text through a model and returns its tokens, every layer's and
+head's attention weights ``weights[layer][head][query][key]`` (rounded) and the top-k
+next-token distribution (after the last token, plus after every position). The page
+(``viz/static/explorer.html``) and its routes live on the server's ASGI app
+(``attnlab.serve.pages``: ``GET /explorer``, ``GET /explorer/api/info``,
+``POST /explorer/api/attention``); ``attnlab viz serve CKPT`` runs that app with only the
+explorer. Bad input raises :class:`ExplorerInputError`, which the app answers with a 400.
+The model runs one text at a time (:attr:`Explorer.lock`)::
 
     explorer = Explorer(model, tokenizer, name="demo")
-    server = make_explorer_server(explorer, ExplorerConfig(port=0))
-    serve_until_stopped(server)          # Ctrl-C / SIGTERM stop it cleanly
+    out = explorer.analyze("ROMEO. But soft, what light")   # {"tokens", "weights", "next_token", ...}
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -31,8 +26,6 @@ from torch import nn
 from attnlab.data import Tokenizer
 from attnlab.data.mlm import MASK_TOKEN
 from attnlab.errors import AttnlabError
-from attnlab.serve.protocol import RequestError
-from attnlab.serve.server import Handler, serve_until_stopped
 from attnlab.viz.capture import attention_layers, capture_attention
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -40,35 +33,39 @@ PAGE_FILE = "explorer.html"
 ARCHS = ("decoder", "encoder")  # decoder: next-token distribution; encoder: prediction at <|mask|>
 
 
+class ExplorerInputError(AttnlabError):
+    """A text the explorer cannot look at (the server answers 400 with this message).
+
+    Args:
+        message: one line naming the problem and the fix.
+        param: the offending request field.
+        code: a short machine-readable code (``invalid_text``, ``empty_text``, ``text_too_long``).
+    """
+
+    def __init__(self, message: str, *, param: str = "text", code: str = "invalid_text"):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
 @dataclass
 class ExplorerConfig:
-    """Explorer server settings.
+    """What the explorer computes and returns.
 
     Attributes:
-        host: interface to bind.
-        port: TCP port (0: any free port; read it back from ``server.server_address``).
-        max_body_bytes: larger request bodies are refused with 413.
         max_tokens: longest text in tokens (also capped by the model's context); the
             weights of a T-token text are ``n_layer * n_head * T * T`` numbers.
         top_k: how many candidates of the next-token distribution to return.
         decimals: attention weights and probabilities are rounded to this many decimals.
-        log_requests: print one line per request to stderr.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8765
-    max_body_bytes: int = 65_536
     max_tokens: int = 128
     top_k: int = 10
     decimals: int = 4
-    log_requests: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_tokens", "top_k"):
+        for name in ("max_tokens", "top_k"):
             if getattr(self, name) < 1:
                 raise AttnlabError(f"{name} (--{name.replace('_', '-')}) must be positive, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535:
-            raise AttnlabError(f"--port must be in 0..65535, got {self.port}")
         if not 1 <= self.decimals <= 8:
             raise AttnlabError(f"explorer decimals must be in 1..8, got {self.decimals}")
 
@@ -107,7 +104,7 @@ class Explorer:
         self.lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
-        """Model name and config summary (``GET /api/info``)."""
+        """Model name and config summary (``GET /explorer/api/info``)."""
         mc = self.model_config
         n_params = sum(p.numel() for p in self.model.parameters())
         return {
@@ -121,7 +118,7 @@ class Explorer:
         }
 
     def analyze(self, text: Any) -> dict[str, Any]:
-        """Tokens, attention weights and predictions for ``text`` (``POST /api/attention``).
+        """Tokens, attention weights and predictions for ``text`` (``POST /explorer/api/attention``).
 
         Returns:
             ``{"tokens", "ids", "n_layer", "n_head", "weights", "next_token",
@@ -133,23 +130,26 @@ class Explorer:
             ``<|mask|>`` token (empty when the text has none).
 
         Raises:
-            RequestError: (400) ``text`` is missing, not a string, empty, or longer than
-                :attr:`max_tokens` tokens.
+            ExplorerInputError: ``text`` is not a string, is not valid Unicode (a lone
+                surrogate), is empty, or is longer than :attr:`max_tokens` tokens.
         """
         if not isinstance(text, str):
-            raise RequestError(400, "send {\"text\": \"...\"}: a JSON string to look at", param="text",
-                               code="invalid_text")
+            raise ExplorerInputError("send {\"text\": \"...\"}: a JSON string to look at", code="invalid_text")
         if len(text) > 64 * self.max_tokens:  # no tokenizer call on huge strings
-            raise RequestError(400, f"text is {len(text)} characters, far over the limit of {self.max_tokens} "
-                               "tokens; send a shorter text", param="text", code="text_too_long")
+            raise ExplorerInputError(f"text is {len(text)} characters, far over the limit of {self.max_tokens} "
+                                     "tokens; send a shorter text", code="text_too_long")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ExplorerInputError(f"text has a lone surrogate {text[e.start]!a} at character {e.start}, which is "
+                                     "not a character; send valid Unicode", code="invalid_text") from None
         ids = self.tokenizer.encode(text)
         if not ids:
-            raise RequestError(400, "text is empty (no tokens); type something to look at", param="text",
-                               code="empty_text")
+            raise ExplorerInputError("text is empty (no tokens); type something to look at", code="empty_text")
         if len(ids) > self.max_tokens:
             why = "the model's context" if self.max_tokens == self.context else "the explorer's --max-tokens"
-            raise RequestError(400, f"text is {len(ids)} tokens, over the limit of {self.max_tokens} ({why}); "
-                               "send a shorter text", param="text", code="text_too_long")
+            raise ExplorerInputError(f"text is {len(ids)} tokens, over the limit of {self.max_tokens} ({why}); "
+                                     "send a shorter text", code="text_too_long")
         x = torch.tensor([ids], device=self.device)  # (1, T)
         with self.lock, torch.no_grad(), capture_attention(self.model) as cap:
             logits = self.model(x)  # (1, T, V)
@@ -198,63 +198,4 @@ def read_page() -> bytes:
     return path.read_bytes()
 
 
-class ExplorerServer(ThreadingHTTPServer):
-    """A threading HTTP server holding the :class:`Explorer`, its config and the page."""
-
-    daemon_threads = True
-
-    def __init__(self, explorer: Explorer, cfg: ExplorerConfig):
-        self.explorer, self.cfg, self.page = explorer, cfg, read_page()
-        super().__init__((cfg.host, cfg.port), ExplorerHandler)
-
-    @property
-    def url(self) -> str:
-        """``http://host:port/`` as bound (the real port when ``port=0``)."""
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
-
-
-class ExplorerHandler(Handler):
-    """The explorer's routes; JSON plumbing and error handling come from :class:`attnlab.serve.server.Handler`."""
-
-    server: ExplorerServer  # type: ignore[assignment]
-    server_version = "attnlab-viz"
-
-    def _get(self) -> None:
-        path = urlsplit(self.path).path
-        if path in ("/", "/index.html"):
-            page = self.server.page
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            self.wfile.write(page)
-        elif path == "/api/info":
-            self._send_json(200, self.server.explorer.info())
-        else:
-            raise RequestError(404, f"no route GET {path}; try / or /api/info", code="not_found")
-
-    def _post(self) -> None:
-        path = urlsplit(self.path).path
-        if path != "/api/attention":
-            raise RequestError(404, f"no route POST {path}; try /api/attention", code="not_found")
-        body = self._read_json()
-        self._send_json(200, self.server.explorer.analyze(body.get("text")))
-
-
-def make_explorer_server(explorer: Explorer, cfg: ExplorerConfig | None = None) -> ExplorerServer:
-    """A bound (not yet serving) explorer server; ``serve_forever()`` it, ``shutdown()`` from another thread.
-
-    Raises:
-        AttnlabError: the address cannot be bound (port in use, bad host).
-    """
-    cfg = cfg or explorer.cfg
-    try:
-        return ExplorerServer(explorer, cfg)
-    except OSError as e:
-        raise AttnlabError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); pick another --port") from None
-
-
-__all__ = ["Explorer", "ExplorerConfig", "ExplorerHandler", "ExplorerServer", "make_explorer_server", "read_page",
-           "serve_until_stopped"]
+__all__ = ["Explorer", "ExplorerConfig", "ExplorerInputError", "read_page"]
