@@ -9,6 +9,8 @@ from attnlab.cli._common import load_for_inference
 @pytest.mark.parametrize("flag,value,needle", [
     ("--seed", "1e23", "--seed must be an integer"),
     ("--seed", str(2**63), "--seed must be an integer in 0..9223372036854775807"),
+    ("--seed", str(2**64), "--seed must be an integer in 0..9223372036854775807"),
+    ("--seed", str(10**30), "--seed must be an integer in 0..9223372036854775807"),
     ("--seed", "-1", "--seed must be an integer in 0.."),
     ("--temperature", "nan", "--temperature must be a finite number >= 0"),
     ("--temperature", "-1", "--temperature must be a finite number >= 0"),
@@ -29,7 +31,8 @@ def test_bad_number_is_one_line(capsys, trained_run, one_line_error, flag, value
     one_line_error(_Replay(out), code, needle)
 
 
-@pytest.mark.parametrize("flag,value", [("--seed", "1e23"), ("--temperature", "nan"), ("--top-k", "-5")])
+@pytest.mark.parametrize("flag,value", [("--seed", "1e23"), ("--seed", str(2**64)), ("--seed", "-1"),
+                                        ("--temperature", "nan"), ("--top-k", "-5")])
 def test_bad_number_in_a_subprocess(run_cli, trained_run, flag, value):
     proc = run_cli("generate", str(trained_run), "--prompt", "ROMEO.", flag, value)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -54,3 +54,23 @@ def test_held_back_and_errors():
     assert held_back("hello wor", ["world"]) == 3 and held_back("ab\ufffd", []) == 1
     with pytest.raises(ValueError, match="non-empty"):
         TextStream(Bytes(), stops=[""])
+
+
+def test_stop_ids_end_the_text_unseen_and_uncounted_like_eos():
+    ts = TextStream(Bytes(), eos_id=0, stop_ids=[ord("|")])
+    assert push_all(ts, b"hi|there") == "hi" and ts.n_tokens == 2 and ts.finished and ts.finish_reason == "stop"
+    assert not ts.stopped_by_text
+    ts = TextStream(Bytes(), eos_id=0, stop_ids=[ord("|")])
+    assert push_all(ts, b"ok\x00|") == "ok" and ts.n_tokens == 2  # EOS still ends it
+    assert push_all(TextStream(Bytes(), stop_ids=[ord("|")]), b"a b") == "a b"  # not met: all of it
+
+
+def test_stop_ids_release_the_text_held_back_for_a_stop_string():
+    ts = TextStream(Bytes(), stops=["END"], stop_ids=[ord("|")])
+    assert [ts.push(b) for b in b"abEN"] == ["a", "b", "", ""]
+    assert ts.push(ord("|")) == "" and ts.finished and ts.flush() == "EN"  # "EN" was not a stop after all
+
+
+def test_stop_strings_must_be_text():
+    with pytest.raises(ValueError, match="must be text"):
+        TextStream(Bytes(), stops=[b"x"])

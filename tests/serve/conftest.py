@@ -1,12 +1,18 @@
-"""Serve-test fixtures: the tiny trained model loaded once, and the reference decode."""
+"""Serve-test fixtures: the tiny trained model and the tiny chat model loaded once, engines and app clients
+around them, and the reference decode."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from attnlab.cli._common import load_for_inference
 from attnlab.generate import generate
+from attnlab.serve.app import create_app
+from attnlab.serve.batcher import BatchConfig
+from attnlab.serve.engine import Engine
+from tests.generate._chat import chat_model, chat_tokenizer
 
 PENALTY = 3.0  # the tiny model's greedy text is all newlines without a repetition penalty
 
@@ -17,6 +23,32 @@ def serve_model(trained_run):
     torch.set_num_threads(1)
     model, tok, _, device = load_for_inference(str(trained_run), "cpu")
     return model, tok, device
+
+
+@pytest.fixture(scope="session")
+def chat_parts():
+    """(model, tokenizer, device) of the tiny ChatML chat model (tests/generate/_chat.py)."""
+    torch.set_num_threads(1)
+    return chat_model(), chat_tokenizer(), torch.device("cpu")
+
+
+@pytest.fixture
+def make_client():
+    """``make_client(model, tok, device, name=..., cap=..., **batch_limits) -> (TestClient, Engine)``; the
+    clients and engines are closed after the test."""
+    made: list[tuple[TestClient, Engine]] = []
+
+    def make(model, tok, device, name: str = "tiny", cap: int = 32, template=None, **limits):
+        engine = Engine(model, tok, device, name, max_tokens_cap=cap, batch=BatchConfig(**limits), template=template)
+        client = TestClient(create_app(engine), base_url="http://localhost")  # a loopback Host
+        client.__enter__()  # one event loop for every request of the test, concurrent ones included
+        made.append((client, engine))
+        return client, engine
+
+    yield make
+    for client, engine in made:
+        client.__exit__(None, None, None)
+        assert engine.close(5)
 
 
 @pytest.fixture(scope="session")

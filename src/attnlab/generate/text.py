@@ -2,8 +2,9 @@
 
 Decoding token by token can end in half a multi-byte character, and the text may be on
 its way to a stop string. :class:`TextStream` only releases text that can no longer
-change or turn out to be part of a stop string, and ends at EOS or at the first stop
-string (which is not shown)::
+change or turn out to be part of a stop string, and ends at EOS, at any of ``stop_ids``
+(a chat template's end-of-turn token, every EOS id) or at the first stop string (none of
+which is shown)::
 
     ts = TextStream(tokenizer, stops=["\\n\\n"], eos_id=tokenizer.eos_id)
     for tok in stream(model, ids, 100):
@@ -15,7 +16,7 @@ string (which is not shown)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -39,18 +40,22 @@ class TextStream:
         eos_id: the token that ends the generation (not included).
         prefix_ids: tokens decoded together with the generated ones but never released (a
             prompt being echoed), so the first generated characters join it correctly.
+        stop_ids: more tokens that end the generation like ``eos_id`` (not included, not counted).
 
     Attributes:
-        finished: EOS or a stop string was reached.
+        finished: EOS, a stop id or a stop string was reached.
         stopped_by_text: it was a stop string.
-        n_tokens: generated tokens pushed (EOS not counted).
+        n_tokens: generated tokens pushed (the EOS / stop id that ended it not counted).
     """
 
     def __init__(self, tokenizer: Any, stops: Sequence[str] = (), eos_id: int | None = None,
-                 prefix_ids: Sequence[int] = ()) -> None:
+                 prefix_ids: Sequence[int] = (), stop_ids: Iterable[int] = ()) -> None:
+        if any(not isinstance(s, str) for s in stops):
+            raise ValueError(f"stop strings must be text, got {list(stops)!r}")
         if any(not s for s in stops):
             raise ValueError("stop strings must be non-empty")
         self.tok, self.stops, self.eos_id = tokenizer, list(stops), eos_id
+        self.stop_ids = frozenset(stop_ids) | ({eos_id} if eos_id is not None else frozenset())
         self.ids = list(prefix_ids)
         self.start = self.sent = len(tokenizer.decode(self.ids)) if self.ids else 0
         self.finished = self.stopped_by_text = False
@@ -58,14 +63,14 @@ class TextStream:
 
     @property
     def finish_reason(self) -> str:
-        """``"stop"`` (EOS or a stop string) or ``"length"`` (it ran out of tokens)."""
+        """``"stop"`` (EOS, a stop id or a stop string) or ``"length"`` (it ran out of tokens)."""
         return "stop" if self.finished else "length"
 
     def push(self, token: int) -> str:
         """Add one generated token; return the text that became safe to show (may be empty)."""
         if self.finished:
             return ""
-        if self.eos_id is not None and token == self.eos_id:
+        if token in self.stop_ids:
             self.finished = True
             return ""
         self.ids.append(token)

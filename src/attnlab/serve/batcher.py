@@ -1,18 +1,27 @@
 """The scheduler that owns the model: concurrent requests decoded together, one batch at a time.
 
-HTTP handler threads :meth:`Batcher.submit` a :class:`Job` and read its text deltas from
-the job's own queue. One worker thread owns the model. It waits for a job, gathers more
-for up to ``gather_ms`` (at most ``max_batch`` in all), left-pads their prompts into one
-batch and decodes them step by step in a :class:`~attnlab.generate.Session`. Every row
-keeps its own sampling settings (temperature, top-p, repetition penalty, a seeded
-generator), stop strings, EOS and ``max_tokens``; sampling runs row by row on the batch
-logits, so a request gives the same text in a batch as alone. A row that finishes, is
-cancelled (its client went away) or runs out of time is dropped from the batch
-(``Session.reorder``). Requests arriving meanwhile join the running batch between two
-steps when there is room (:meth:`~attnlab.generate.Session.join`: prefilled on their
-own, then merged, left-padded; :meth:`~attnlab.generate.Session.trim` drops the columns that
-became padding for every row); otherwise they wait for the next batch. The batch ends
-when no row is left.
+Handlers :meth:`Batcher.submit` a :class:`~attnlab.serve.job.Job` and receive its
+:class:`~attnlab.serve.job.Delta` events (through its ``sink``, or :meth:`Job.pieces`). One
+worker thread owns the model. It waits for a job, gathers more for up to ``gather_ms`` (at
+most ``max_batch`` in all), left-pads their prompts into one batch and decodes them step by
+step in a :class:`~attnlab.generate.Session`. Every row keeps its own sampling settings
+(temperature, top-p, repetition penalty, a seeded generator), stop strings, stop ids, EOS,
+``max_tokens`` and log-probabilities; sampling runs row by row on the batch logits, so a
+request gives the same text in a batch as alone. A row that finishes, is cancelled (its
+client went away) or runs out of time is dropped from the batch (``Session.reorder``).
+Requests arriving meanwhile join the running batch between two steps when there is room
+(:meth:`~attnlab.generate.Session.join`: prefilled on their own, then merged, left-padded;
+:meth:`~attnlab.generate.Session.trim` drops the columns that became padding for every row);
+otherwise they wait for the next batch. The batch ends when no row is left.
+
+Failures stay as small as they can (hand-written because no library schedules our
+``Session``): whatever fails for one request (checking its options, seeding its generator,
+its sampling, its log-probabilities, its detokenizing) ends that request alone with a
+:class:`~attnlab.serve.job.RequestError` (400 if the request is at fault, else 500) and the
+batch goes on; a failing batched forward ends that batch's requests with 500 and the worker
+serves the next batch. Each failure is one line on stderr (plus the traceback for a 5xx). If
+the worker thread ever stops anyway, :attr:`Batcher.alive` turns False, every waiting
+request gets a 503 and so does every later :meth:`~Batcher.submit`: nothing hangs.
 
 Limits: at most ``max_concurrency`` jobs queued + running (beyond it :meth:`submit`
 refuses with 429), and ``request_timeout`` seconds per request counted from submission
@@ -21,13 +30,12 @@ refuses with 429), and ``request_timeout`` seconds per request counted from subm
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +43,10 @@ from torch import nn
 
 from attnlab.data import Tokenizer
 from attnlab.data.tasks import pad_batch
-from attnlab.generate import Session, apply_repetition_penalty, next_token
+from attnlab.generate import Session
 from attnlab.generate.session import eval_mode
-from attnlab.generate.text import TextStream
-from attnlab.serve.protocol import RequestError, Sampling
-
-STARTED = ""  # the first event of every job that runs: it has left the queue (deltas follow)
+from attnlab.serve.job import STARTED, Event, Job, RequestError, Sampling
+from attnlab.serve.row import Row
 
 
 @dataclass
@@ -75,62 +81,16 @@ class BatchConfig:
             raise ValueError(f"request_timeout must be > 0 seconds (or None), got {self.request_timeout}")
 
 
-class Job:
-    """One request: its prompt, options, the queue its events go to, and its outcome.
-
-    Attributes:
-        ids: prompt token ids.
-        max_tokens: tokens to generate at most.
-        opts: the request's sampling options.
-        prompt_tokens / completion_tokens / finish_reason: filled in when it finishes.
-    """
-
-    def __init__(self, ids: list[int], max_tokens: int, opts: Sampling, deadline: float | None):
-        self.ids, self.max_tokens, self.opts, self.deadline = ids, max_tokens, opts, deadline
-        self.prompt_tokens, self.completion_tokens, self.finish_reason = len(ids), 0, "length"
-        self.events: queue.Queue[str | RequestError | None] = queue.Queue()
-        self._cancel = threading.Event()
-
-    def cancel(self) -> None:
-        """Ask the worker to drop this job (its client went away); harmless once finished."""
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def expired(self, now: float) -> bool:
-        return self.deadline is not None and now >= self.deadline
-
-    def pieces(self) -> Iterator[str]:
-        """Text deltas until the job ends (the first is :data:`STARTED`, empty).
-
-        Raises:
-            RequestError: the job failed (time limit 408, shutdown 503, model error 500).
-        """
-        while True:
-            event = self.events.get()
-            if event is None:
-                return
-            if isinstance(event, RequestError):
-                raise event
-            yield event
-
-
-class _Row:
-    """A running job's decoding state."""
-
-    def __init__(self, job: Job, tokenizer: Tokenizer, device: torch.device):
-        self.job = job
-        self.text = TextStream(tokenizer, job.opts.stop, tokenizer.eos_id)
-        seed = job.opts.config.seed
-        self.generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-        self.steps = 0
-
-
 def _timeout_error(limit: float | None) -> RequestError:
     return RequestError(408, f"the request took longer than this server's limit of {limit} s; lower max_tokens "
                         "or retry later", code="request_timeout")
+
+
+def _log(line: str, exc: BaseException | None = None) -> None:
+    """One line on stderr, then ``exc``'s traceback if given."""
+    print(f"attnlab serve: {line}", file=sys.stderr, flush=True)
+    if exc is not None:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 class Batcher:
@@ -150,8 +110,8 @@ class Batcher:
         self.paddable = self._can_pad()
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
-        self._running = 0
-        self._closing = self._stopped = False
+        self._taken: list[Job] = []  # jobs out of the queue: running, or about to
+        self._closing = self._stopped = self._dead = False
         self.served = self.failed = self.cancelled = self.joined = self.batches = self.max_batch_seen = 0
         self._thread = threading.Thread(target=self._loop, name="attnlab-batcher", daemon=True)
         self._thread.start()
@@ -169,24 +129,38 @@ class Batcher:
         return True
 
     # --- the handler side -----------------------------------------------------------------
-    def submit(self, ids: list[int], max_tokens: int, opts: Sampling) -> Job:
-        """Queue a request; read its deltas with :meth:`Job.pieces`.
+    def submit(self, ids: list[int], max_tokens: int, opts: Sampling,
+               sink: Callable[[Event], None] | None = None) -> Job:
+        """Queue a request; its events go to ``sink`` (called on the worker thread), else read
+        them with :meth:`Job.pieces`.
 
         Raises:
-            RequestError: the server is at its concurrency limit (429) or shutting down (503).
+            RequestError: the server is at its concurrency limit (429), shutting down, or its
+                scheduler stopped (503).
         """
         limit = self.cfg.request_timeout
-        job = Job(ids, max_tokens, opts, None if limit is None else time.monotonic() + limit)
+        job = Job(ids, max_tokens, opts, None if limit is None else time.monotonic() + limit, sink)
         with self._cond:
             if self._closing:
                 raise RequestError(503, "the server is shutting down; retry on another replica or later",
                                    code="shutting_down")
+            if not self.alive:
+                raise self._stopped_error()
             if len(self._pending) + self._running >= self.cfg.max_concurrency:
                 raise RequestError(429, f"the server is at its limit of {self.cfg.max_concurrency} concurrent "
                                    "requests; retry shortly", code="too_many_requests", kind="rate_limit_error")
             self._pending.append(job)
             self._cond.notify_all()
         return job
+
+    @property
+    def alive(self) -> bool:
+        """False once the worker thread stopped for any reason but :meth:`close`."""
+        return not self._dead and (self._stopped or self._thread.is_alive())
+
+    @property
+    def _running(self) -> int:
+        return sum(not job.done for job in self._taken)
 
     def stats(self) -> dict[str, int]:
         """Counters: served, failed, cancelled, batches (started), joined (rows that joined a running
@@ -203,13 +177,51 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            while (self._pending or self._running) and time.monotonic() < end:
+            while (self._pending or self._running) and not self._dead and time.monotonic() < end:
                 self._cond.wait(min(0.1, max(end - time.monotonic(), 0.0)))
             drained = not (self._pending or self._running)
             self._stopped = True
             self._cond.notify_all()
         self._thread.join(timeout=max(end - time.monotonic(), 0.0) + 10.0)
         return drained
+
+    # --- failures ---------------------------------------------------------------------------
+    @staticmethod
+    def _stopped_error() -> RequestError:
+        return RequestError(503, "the scheduler stopped; restart the server", code="scheduler_stopped")
+
+    def _emit(self, job: Job, event: Event) -> None:
+        """Send ``event``; a sink that fails (its client is gone) cancels the job instead of stopping the worker."""
+        try:
+            job.emit(event)
+        except Exception as exc:  # noqa: BLE001 — one handler's failure must not reach the others
+            _log(f"a request's handler refused an event ({type(exc).__name__}: {exc}); dropping the request")
+            job.cancel()
+
+    def _failure(self, exc: Exception, what: str) -> RequestError:
+        """The error a request gets when ``what`` failed for it (400 for its own bad options, else 500), logged."""
+        if isinstance(exc, RequestError):
+            err = exc
+        else:
+            err = RequestError(500, f"the server failed while {what}; see the server log", code="internal_error")
+        _log(f"a request failed ({err.status}) while {what}: {type(exc).__name__}: {exc}",
+             exc if err.status >= 500 else None)
+        return err
+
+    def _die(self, exc: BaseException) -> None:
+        """The worker is stopping on an error: fail every job in and out of the queue with 503."""
+        try:
+            _log(f"the scheduler stopped on an error ({type(exc).__name__}: {exc}); every request now gets 503 "
+                 "until the server restarts", exc)
+        finally:
+            with self._cond:
+                self._dead = True
+                for job in [*self._taken, *self._pending]:
+                    if not job.done:
+                        self._finish(job, self._stopped_error())
+                self._pending.clear()
+                self._taken = []
+                self._cond.notify_all()
 
     # --- the worker side ------------------------------------------------------------------
     def _finish(self, job: Job, error: RequestError | None = None) -> None:
@@ -218,8 +230,8 @@ class Batcher:
             self.served += 1
         else:
             self.failed += 1
-            job.events.put(error)
-        job.events.put(None)
+            self._emit(job, error)
+        self._emit(job, None)
 
     def _drop_stale(self, now: float) -> None:
         """Fail queued jobs that ran out of time or were cancelled (lock held)."""
@@ -227,7 +239,7 @@ class Batcher:
             self._pending.remove(job)
             if job.cancelled:
                 self.cancelled += 1
-                job.events.put(None)
+                self._emit(job, None)
             else:
                 self._finish(job, _timeout_error(self.cfg.request_timeout))
 
@@ -260,32 +272,42 @@ class Batcher:
                 if len(batch) < self.cfg.max_batch and self._fits(batch, job):
                     batch.append(job)
                     self._pending.remove(job)
-            self._running = len(batch)
+            self._taken = list(batch)
             if batch:
                 self.batches += 1
                 self.max_batch_seen = max(self.max_batch_seen, len(batch))
             return batch
 
     def _loop(self) -> None:
-        while True:
-            batch = self._gather()
-            if not batch:
-                if self._stopped:
-                    return
-                continue
-            rows = [_Row(job, self.tokenizer, self.device) for job in batch]
-            try:
-                self._decode(rows)
-            except Exception:  # noqa: BLE001 — the worker must survive a failing batch
-                traceback.print_exc(file=sys.stderr)
+        try:
+            while True:
+                batch = self._gather()
+                if not batch:
+                    if self._stopped:
+                        return
+                    continue
+                rows = self._start(batch)
+                if rows:
+                    self._decode(rows)
                 with self._cond:
-                    for row in rows:
-                        self._finish(row.job, RequestError(500, "internal server error; see the server log",
-                                                           code="internal_error"))
-            finally:
-                with self._cond:
-                    self._running = 0
+                    self._taken = []
                     self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 — whatever stops the worker, nobody may wait forever
+            self._die(exc)
+
+    def _start(self, jobs: list[Job]) -> list[Row]:
+        """Rows of the jobs that can start (a job whose options fail fails alone); each gets :data:`STARTED`."""
+        rows = []
+        for job in jobs:
+            try:
+                rows.append(Row(job, self.tokenizer, self.device, self.context))
+            except Exception as exc:  # noqa: BLE001 — this request's fault or bad luck, never the batch's
+                error = self._failure(exc, "admitting it")
+                with self._cond:
+                    self._finish(job, error)
+        for row in rows:
+            self._emit(row.job, STARTED)
+        return rows
 
     def _session(self, jobs: list[Job]) -> Session:
         """The left-padded batch of the jobs' prompts (no mask when all have the same length)."""
@@ -294,40 +316,68 @@ class Batcher:
         return Session(self.model, ids.to(self.device), max(j.max_tokens for j in jobs),
                        attention_mask=mask.to(self.device) if padded else None)
 
-    def _pick(self, rows: list[_Row], logits: torch.Tensor, session: Session) -> torch.Tensor:
-        """(N,) next tokens, each row with its own penalty, temperature, top-p and generator."""
+    def _pick(self, rows: list[Row], logits: torch.Tensor, session: Session) -> list[int]:
+        """The next token of every row (see :meth:`Row.pick`); a row whose sampling fails gets an error and token 0."""
         picked = []
         for i, row in enumerate(rows):
-            o = row.job.opts.config
             valid = None if session.padding is None else session.padding[i:i + 1]
-            row_logits = apply_repetition_penalty(logits[i:i + 1], session.tokens[i:i + 1], o.repetition_penalty,
-                                                  valid)  # (1, V)
-            picked.append(next_token(row_logits, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-                                     generator=row.generator))
-        return torch.cat(picked)  # (N,)
+            try:
+                picked.append(row.pick(logits[i:i + 1], session.tokens[i:i + 1], valid))
+            except Exception as exc:  # noqa: BLE001 — fails this row alone
+                row.error = self._failure(exc, "sampling its next token")
+                picked.append(0)
+        return picked
 
-    def _end_row(self, row: _Row, now: float) -> bool:
-        """Finish ``row`` if it is done, cancelled or out of time (lock held); True if it ended."""
-        job, text = row.job, row.text
+    def _end_row(self, row: Row, now: float) -> bool:
+        """Finish ``row`` if it failed, is done, cancelled or out of time (lock held); True if it ended."""
+        job = row.job
         if job.cancelled:
             self.cancelled += 1
-            job.events.put(None)
+            self._emit(job, None)
+        elif row.error is not None:
+            self._finish(job, row.error)
         elif self._stopped:
             self._finish(job, RequestError(503, "the server shut down while this request ran; retry",
                                            code="shutting_down"))
         elif job.expired(now):
             self._finish(job, _timeout_error(self.cfg.request_timeout))
-        elif text.finished or row.steps >= job.max_tokens:
-            rest = text.flush()
-            if rest:
-                job.events.put(rest)
-            job.completion_tokens, job.finish_reason = text.n_tokens, text.finish_reason
+        elif row.done:
+            try:
+                rest = row.flush()
+            except Exception as exc:  # noqa: BLE001 — fails this row alone
+                self._finish(job, self._failure(exc, "detokenizing its text"))
+                return True
+            if rest is not None:
+                self._emit(job, rest)
+            job.completion_tokens, job.finish_reason = row.text.n_tokens, row.text.finish_reason
             self._finish(job)
         else:
             return False
         return True
 
-    def _joiners(self, rows: list[_Row], session: Session) -> list[Job]:
+    def _advance(self, rows: list[Row], tokens: list[int]) -> list[int]:
+        """Push each row's new token, send its text, end the rows that are done; the indices of the others."""
+        keep = []
+        with self._cond:
+            now = time.monotonic()
+            for i, row in enumerate(rows):
+                row.steps += 1
+                if row.error is None:
+                    try:
+                        delta = row.push(tokens[i])
+                    except Exception as exc:  # noqa: BLE001 — fails this row alone
+                        row.error = self._failure(exc, "detokenizing its text")
+                    else:
+                        if delta is not None:
+                            self._emit(row.job, delta)
+                if not self._end_row(row, now):
+                    keep.append(i)
+            self._drop_stale(now)
+            self._taken = [job for job in self._taken if not job.done]
+            self._cond.notify_all()
+        return keep
+
+    def _joiners(self, rows: list[Row], session: Session) -> list[Job]:
         """Queued jobs that can join the running batch now (lock held): room in the batch and, once
         left-padded to a common width, every row's remaining tokens within the context."""
         width = session.tokens.size(1)
@@ -343,12 +393,13 @@ class Batcher:
                 self._pending.remove(job)
         if taken:
             self.joined += len(taken)
-            self._running = len(rows) + len(taken)
-            self.max_batch_seen = max(self.max_batch_seen, self._running)
+            self._taken.extend(taken)
+            self.max_batch_seen = max(self.max_batch_seen, len(rows) + len(taken))
         return taken
 
-    def _admit(self, rows: list[_Row], session: Session, logits: torch.Tensor) -> torch.Tensor:
-        """Let queued jobs join the batch (prefilled apart, then merged); (N, V) logits of all rows."""
+    def _admit(self, rows: list[Row], session: Session, logits: torch.Tensor) -> torch.Tensor:
+        """Let queued jobs join the batch (prefilled apart, then merged); (N, V) logits of all rows.
+        A job that cannot start fails alone; a failing prefill fails the joining jobs only."""
         if not (self.cfg.join and self.paddable and session.can_join()) or len(rows) >= self.cfg.max_batch:
             return logits
         with self._cond:
@@ -357,48 +408,48 @@ class Batcher:
             if self.cfg.max_batch - len(rows) < min(len(self._pending), max(1, self.cfg.max_batch // 2)):
                 return logits
             jobs = self._joiners(rows, session)
-        if not jobs:
+        new_rows = self._start(jobs) if jobs else []
+        if not new_rows:
             return logits
-        rows.extend(_Row(job, self.tokenizer, self.device) for job in jobs)
-        new = self._session(jobs)
-        for job in jobs:
-            job.events.put(STARTED)
-        new_logits = new.next_logits()  # (n, V) the prefill of the new rows
+        try:
+            new = self._session([r.job for r in new_rows])
+            new_logits = new.next_logits()  # (n, V) the prefill of the new rows
+        except Exception as exc:  # noqa: BLE001 — the running rows go on
+            error = self._failure(exc, "prefilling its prompt")
+            with self._cond:
+                for row in new_rows:
+                    self._finish(row.job, error)
+            return logits
+        rows.extend(new_rows)  # before the join: should it fail, the batch's failure reaches them too
         session.join(new)
         return torch.cat((logits, new_logits))  # (N + n, V)
 
     @torch.no_grad()
-    def _decode(self, rows: list[_Row]) -> None:
+    def _decode(self, rows: list[Row]) -> None:
         """Decode the batch until every row ended, dropping rows as they end and (with
-        ``cfg.join``) taking queued jobs into the free places between steps."""
-        with eval_mode(self.model):
-            session = self._session([r.job for r in rows])
-            for row in rows:
-                row.job.events.put(STARTED)
-            logits = session.next_logits()  # (N, V)
-            while True:
-                tokens = self._pick(rows, logits, session)
-                session.append(tokens)
-                keep = []
-                with self._cond:
-                    now = time.monotonic()
-                    for i, row in enumerate(rows):
-                        row.steps += 1
-                        piece = row.text.push(int(tokens[i]))
-                        if piece:
-                            row.job.events.put(piece)
-                        if not self._end_row(row, now):
-                            keep.append(i)
-                    self._drop_stale(now)
-                    self._running = len(keep)
-                    self._cond.notify_all()
-                if len(keep) < len(rows):
-                    rows[:] = [rows[i] for i in keep]  # in place: the caller fails what is left on an error
-                    if not rows:
-                        return
-                    session.reorder(torch.tensor(keep, device=self.device))
-                    session.trim()
-                logits = self._admit(rows, session, session.next_logits())
+        ``cfg.join``) taking queued jobs into the free places between steps. A failing
+        batched step fails the rows still running with 500."""
+        try:
+            with eval_mode(self.model):
+                session = self._session([r.job for r in rows])
+                logits = session.next_logits()  # (N, V)
+                while True:
+                    tokens = self._pick(rows, logits, session)
+                    session.append(torch.tensor(tokens, device=self.device))  # (N,)
+                    keep = self._advance(rows, tokens)
+                    if len(keep) < len(rows):
+                        rows[:] = [rows[i] for i in keep]  # in place: failed below, what is left is what ran
+                        if not rows:
+                            return
+                        session.reorder(torch.tensor(keep, device=self.device))
+                        session.trim()
+                    logits = self._admit(rows, session, session.next_logits())
+        except Exception as exc:  # noqa: BLE001 — the batch fails, the worker goes on
+            error = self._failure(exc, "running its batch")
+            with self._cond:
+                for row in rows:
+                    if not row.job.done:
+                        self._finish(row.job, error)
 
 
 __all__ = ["STARTED", "BatchConfig", "Batcher", "Job"]

@@ -115,6 +115,7 @@ class Job:
 
     Attributes:
         prompt_tokens / completion_tokens / finish_reason: filled in when it finishes.
+        done: its last event (``None``) was sent.
     """
 
     def __init__(self, ids: list[int], max_tokens: int, opts: Sampling, deadline: float | None,
@@ -124,9 +125,12 @@ class Job:
         self._queue: queue.Queue[Event] | None = None if sink is not None else queue.Queue()
         self._sink = sink if sink is not None else self._queue.put
         self._cancel = threading.Event()
+        self.done = False
 
     def emit(self, event: Event) -> None:
-        """Send one event to the handler (worker side)."""
+        """Send one event to the handler (worker side); ``None`` marks it :attr:`done` (even if the sink fails)."""
+        if event is None:
+            self.done = True
         self._sink(event)
 
     def cancel(self) -> None:

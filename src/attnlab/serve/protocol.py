@@ -1,4 +1,4 @@
-"""The OpenAI request/response shapes the server speaks, and request validation.
+"""The OpenAI request/response shapes of the old stdlib server (``server.py``; goes away with it).
 
 Requests are checked here, before any model call: every problem becomes a
 :class:`RequestError` carrying the HTTP status and an OpenAI-style error body.
@@ -16,58 +16,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from attnlab.generate.config import SamplingConfig, SamplingError
+from attnlab.serve.job import RequestError, Sampling
 
 CHAT_ROLES = ("system", "user", "assistant")
-
-
-class RequestError(Exception):
-    """A request the client must fix; ``body()`` is the OpenAI error JSON.
-
-    Args:
-        status: HTTP status (4xx).
-        message: one line naming the problem and the fix.
-        param: the offending request field, if any.
-        code: a short machine-readable code.
-        kind: the error ``type`` (default: ``invalid_request_error`` for 4xx, ``server_error`` for 5xx).
-    """
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-
-    def body(self) -> dict[str, Any]:
-        """``{"error": {"message", "type", "param", "code"}}``."""
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-@dataclass
-class Sampling:
-    """Validated options of one request: how to decode (the :class:`~attnlab.generate.SamplingConfig`
-    that ``generate`` takes) and how to answer.
-
-    Attributes:
-        config: ``temperature`` (0 is greedy), ``top_p``, ``seed``, ``repetition_penalty`` (an extension, as
-            in vLLM) and ``max_new_tokens`` (the request's ``max_tokens``; None: fill up to the cap / context).
-        stop: strings that end the text (trimmed from it).
-        stream: answer as server-sent events.
-        include_usage: ``stream_options.include_usage``: a stream ends with a chunk holding ``usage``.
-    """
-
-    config: SamplingConfig = field(default_factory=SamplingConfig)
-    stop: list[str] = field(default_factory=list)
-    stream: bool = False
-    include_usage: bool = False
-
-    @property
-    def max_tokens(self) -> int | None:
-        """Tokens to generate at most (None: fill up to the cap / context)."""
-        return self.config.max_new_tokens
 
 
 SAMPLING_FIELDS = {"max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
