@@ -5,6 +5,8 @@ The app counts the calls that reach its handlers, so a refused request is seen t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
@@ -221,3 +223,69 @@ def test_bind_warning():
         line = bind_warning(host, None)
         assert line is not None and host in line and "--api-key" in line and "\n" not in line
     assert is_loopback("[::1]") and not is_loopback("")
+
+
+# --- on the real app (create_app on the tiny trained model) -----------------------------------------
+
+@pytest.fixture
+def guarded(serve_model):
+    """(TestClient, Engine): create_app with a key and one allowed CORS origin, on a loopback bind."""
+    from attnlab.serve.app import create_app
+    from attnlab.serve.batcher import BatchConfig
+    from attnlab.serve.engine import Engine
+
+    model, tok, device = serve_model
+    engine = Engine(model, tok, device, "tiny", max_tokens_cap=4, batch=BatchConfig(max_batch=4, gather_ms=1))
+    app = create_app(engine, security=SecurityConfig(api_key=KEY, cors_origins=("https://app.example",)))
+    with TestClient(app, base_url="http://localhost:8000") as c:
+        yield c, engine
+    assert engine.close(5)
+
+
+BODY = {"prompt": "ROMEO:", "max_tokens": 2, "temperature": 0}
+
+
+def test_app_key_wrong_none_right(guarded):
+    c, engine = guarded
+    assert_error(c.post("/v1/completions", json=BODY, headers={"Authorization": "Bearer sk-wrong"}), 401,
+                 "invalid_api_key")
+    r = c.post("/v1/completions", json=BODY)
+    assert_error(r, 401, "invalid_api_key")
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert_error(c.get("/v1/models"), 401, "invalid_api_key")
+    assert engine.stats()["served"] == 0
+    r = c.post("/v1/completions", json=BODY, headers=auth())
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert engine.stats()["served"] == 1
+    assert c.get("/health").status_code == 200 and c.get("/metrics").status_code == 200  # open
+
+
+def test_app_cross_origin_text_plain_post_is_refused_and_generates_nothing(guarded):
+    c, engine = guarded
+    evil = {"Content-Type": "text/plain", "Origin": "http://evil.example"}
+    for headers in (evil, {**evil, "Authorization": f"Bearer {KEY}"},
+                    {"Content-Type": "text/plain", "Authorization": f"Bearer {KEY}"}):
+        r = c.post("/v1/completions", content=json.dumps(BODY).encode(), headers=headers)
+        assert r.status_code in (403, 415), r.text
+        assert r.json()["error"]["code"] in ("cross_origin", "unsupported_media_type")
+    assert engine.stats()["served"] == 0 and engine.stats()["failed"] == 0
+
+
+def test_app_foreign_host_on_loopback_gets_400(guarded):
+    c, engine = guarded
+    r = c.post("/v1/completions", json=BODY, headers={**auth(), "Host": "attacker.example:8000"})
+    assert_error(r, 400, "bad_host")
+    assert engine.stats()["served"] == 0
+
+
+def test_app_cors_preflight_for_an_allowed_origin(guarded):
+    c, engine = guarded
+    pre = c.options("/v1/chat/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
+    r = c.post("/v1/completions", json=BODY, headers={**auth(), "Origin": "https://app.example"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    r = c.options("/v1/completions",
+                  headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert_error(r, 403, "cross_origin")

@@ -156,6 +156,9 @@ class _Protocol(H11Protocol):
             self.transport.write(_TIMEOUT)
         self.transport.close()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        log.debug("ignored an Upgrade header (no WebSocket or HTTP/2 here); answering as HTTP/1.1")
+
     def send_400_response(self, msg: str) -> None:
         self.transport.write(_MALFORMED)
         self.transport.close()
@@ -277,7 +280,7 @@ def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
 def _make(app: Any, cfg: ServeConfig, sock: socket.socket, on_start: Callable[[], None] = lambda: None,
           on_stop: Callable[[], None] = lambda: None) -> _Server:
     config = _Config(_Quiet(app), cfg.read_timeout, host=cfg.host, port=sock.getsockname()[1], http=_Protocol,
-                     lifespan="off", timeout_keep_alive=cfg.keepalive_timeout,  # type: ignore[arg-type]
+                     lifespan="off", ws="none", timeout_keep_alive=cfg.keepalive_timeout,  # type: ignore[arg-type]
                      limit_concurrency=cfg.max_connections, backlog=2048, access_log=cfg.access_log,
                      log_config=_log_config(cfg.access_log), proxy_headers=False, server_header=False,
                      timeout_graceful_shutdown=cfg.shutdown_timeout)  # type: ignore[arg-type]
