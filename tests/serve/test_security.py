@@ -146,14 +146,18 @@ def test_same_origin_page_may_post():
 
 
 def test_same_origin_rules():
-    assert _same_origin("http://localhost:8000", "localhost:8000", "http")
-    assert _same_origin("http://localhost", "localhost:80", "http")
-    assert _same_origin("http://[::1]:8000", "[::1]:8000", "http")
-    assert not _same_origin("https://localhost:8000", "localhost:8000", "http")
-    assert not _same_origin("http://localhost:8001", "localhost:8000", "http")
-    assert not _same_origin("http://localhost:8000", None, "http")
-    assert not _same_origin("http://x:99999999", "x:99999999", "http")
-    assert not _same_origin("null", "localhost:8000", "http")
+    assert _same_origin("http://localhost:8000", "localhost:8000")
+    assert _same_origin("http://localhost", "localhost:80")
+    assert _same_origin("http://[::1]:8000", "[::1]:8000")
+    assert _same_origin("https://chat.example", "chat.example")  # behind a TLS proxy: the scheme differs
+    assert not _same_origin("https://chat.example", "chat.example:80")
+    assert not _same_origin("http://localhost:8001", "localhost:8000")
+    assert not _same_origin("http://localhost.evil.example:8000", "localhost:8000")
+    assert not _same_origin("http://localhost:8000", None)
+    assert not _same_origin("http://x:99999999", "x:99999999")
+    assert not _same_origin("null", "localhost:8000")
+    assert not _same_origin("file://", "localhost:8000")
+    assert not _same_origin("http://localhost:8000", "localhost:abc")
 
 
 def test_cors_off_by_default_no_headers():
@@ -192,6 +196,13 @@ def test_body_over_the_limit_by_content_length_gets_413():
     assert_error(r, 413, "body_too_large")
     assert "100 bytes" in r.json()["error"]["message"] and ran == []
     assert c.post("/v1/echo", content=b'{"p": "' + b"x" * 80 + b'"}', headers=JSON).status_code == 200
+
+
+def test_any_method_with_a_body_over_the_limit_gets_413():
+    c, ran = client(SecurityConfig(max_body_bytes=100))
+    r = c.request("GET", "/health", content=b"x" * 200)
+    assert_error(r, 413, "body_too_large")
+    assert ran == []
 
 
 def test_chunked_body_is_counted_as_it_streams():
@@ -289,3 +300,18 @@ def test_app_cors_preflight_for_an_allowed_origin(guarded):
     r = c.options("/v1/completions",
                   headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert_error(r, 403, "cross_origin")
+
+
+def test_the_stdlib_client_sends_the_key_over_real_http():
+    from attnlab.serve.client import request
+    from attnlab.serve.runner import ServeConfig, start_in_thread
+
+    app, ran = small_app(SecurityConfig(api_key=KEY))
+    running = start_in_thread(app, ServeConfig(port=0, access_log=False))
+    try:
+        status, body = request(running.url, "/v1/echo", {"a": 1})
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        assert request(running.url, "/v1/echo", {"a": 1}, api_key=KEY) == (200, {"n": 8, "head": '{"a": 1}'})
+        assert ran == ["echo"]
+    finally:
+        running.stop()
