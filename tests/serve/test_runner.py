@@ -17,7 +17,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,43 @@ def test_stop_does_not_wait_for_stalled_clients():
             s.close()
 
 
+def test_past_max_connections_requests_get_a_json_503():
+    running = start_in_thread(small_app(), ServeConfig(port=0, max_connections=5, read_timeout=30))
+    socks = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(6)]
+    try:
+        time.sleep(0.2)
+        c = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+        c.request("GET", "/health")
+        r = c.getresponse()
+        assert r.status == 503 and r.getheader("connection") == "close"
+        assert json.loads(r.read())["error"]["code"] == "too_many_connections"
+        c.close()
+        for s in socks:
+            s.close()
+        time.sleep(0.2)
+        assert timed_get(running.port)[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+        running.stop()
+
+
+def test_a_burst_of_200_connections_is_answered():
+    """The accept backlog is 2048 (the old explorer server's was 5: most of a burst got reset)."""
+    running = start_in_thread(small_app(), ServeConfig(port=0, access_log=False))
+    try:
+        barrier = threading.Barrier(200)
+
+        def one(_: int) -> int:
+            barrier.wait()
+            return timed_get(running.port)[0]
+
+        with ThreadPoolExecutor(200) as pool:
+            assert list(pool.map(one, range(200))) == [200] * 200
+    finally:
+        running.stop()
+
+
 def test_port_in_use_is_an_oserror():
     taken = bind("127.0.0.1", 0)
     try:
@@ -276,7 +315,7 @@ def test_serve_on_the_main_thread_stops_on_sigterm_quietly():
 
 
 def test_quiet_wrapper_swallows_errors_only_after_a_disconnect():
-    from attnlab.serve.runner import _Quiet
+    from attnlab.serve.runner import _Edge
 
     async def failing(scope, receive, send):
         await receive()
@@ -289,7 +328,7 @@ def test_quiet_wrapper_swallows_errors_only_after_a_disconnect():
         async def send(message):
             pass
 
-        await _Quiet(failing)({"type": "http", "method": "GET", "path": "/"}, receive, send)
+        await _Edge(failing, 10)({"type": "http", "method": "GET", "path": "/"}, receive, send)
 
     asyncio.run(run({"type": "http.disconnect"}))  # the client left: quiet
     with pytest.raises(RuntimeError, match="boom"):  # a real failure: still raised (and logged by uvicorn)
