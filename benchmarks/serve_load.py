@@ -257,7 +257,7 @@ def main() -> int:
                     help="the longest request; requests ask for 1/8, 1/4, 1/2 or all of it in turn")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--gather-ms", type=float, default=5.0)
-    ap.add_argument("--rounds", type=int, default=3, help="runs of each server, alternating (today's first)")
+    ap.add_argument("--rounds", type=int, default=5, help="runs of each server, alternating (today's first)")
     ap.add_argument("--only", choices=["new", "today"], default=None, help="run one server only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     ap.add_argument("--tolerance", type=float, default=0.05,

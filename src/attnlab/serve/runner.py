@@ -166,7 +166,8 @@ class _Protocol(H11Protocol):
         log.debug("ignored an Upgrade header (no WebSocket or HTTP/2 here); answering as HTTP/1.1")
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_MALFORMED)
+        if self.cycle is None or not self.cycle.response_started:  # never inside an answer already going out
+            self.transport.write(_MALFORMED)
         self.transport.close()
 
     def shutdown(self) -> None:
