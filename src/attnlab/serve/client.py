@@ -17,15 +17,18 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def _request(base: str, path: str, body: Any = None, raw: bytes | None = None,
-             method: str | None = None) -> urllib.request.Request:
+def _request(base: str, path: str, body: Any = None, raw: bytes | None = None, method: str | None = None,
+             api_key: str | None = None) -> urllib.request.Request:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
     return urllib.request.Request(base + path, data=data, method=method or ("GET" if data is None else "POST"),
-                                  headers={"Content-Type": "application/json"})
+                                  headers=headers)
 
 
 def request(base: str, path: str, body: Any = None, *, raw: bytes | None = None, method: str | None = None,
-            timeout: float = 30.0) -> tuple[int, Any]:
+            timeout: float = 30.0, api_key: str | None = None) -> tuple[int, Any]:
     """Send one request; returns (status, parsed JSON) or (status, text) for a non-JSON answer (SSE).
 
     Args:
@@ -35,13 +38,14 @@ def request(base: str, path: str, body: Any = None, *, raw: bytes | None = None,
         raw: bytes to send as the body instead of ``body``.
         method: override the HTTP method.
         timeout: socket timeout in seconds.
+        api_key: sent as ``Authorization: Bearer KEY`` (a server started with ``--api-key``).
     """
     try:
-        with urllib.request.urlopen(_request(base, path, body, raw, method), timeout=timeout) as r:
+        with urllib.request.urlopen(_request(base, path, body, raw, method, api_key), timeout=timeout) as r:
             status, text, ctype = r.status, r.read().decode(), r.headers.get("Content-Type")
     except urllib.error.HTTPError as e:
         status, text, ctype = e.code, e.read().decode(), e.headers.get("Content-Type")
-    return status, (json.loads(text) if ctype == "application/json" else text)
+    return status, (json.loads(text) if (ctype or "").startswith("application/json") else text)
 
 
 def sse_events(text: str) -> list[dict[str, Any]]:
@@ -56,7 +60,8 @@ def sse_events(text: str) -> list[dict[str, Any]]:
     return [json.loads(e) for e in events[:-1]]
 
 
-def stream_events(base: str, path: str, body: dict[str, Any], *, timeout: float = 60.0) -> Iterator[dict[str, Any]]:
+def stream_events(base: str, path: str, body: dict[str, Any], *, timeout: float = 60.0,
+                  api_key: str | None = None) -> Iterator[dict[str, Any]]:
     """POST a streaming request and yield each event's JSON as it arrives (an ``{"error": ...}``
     event included); ends at ``data: [DONE]``.
 
@@ -64,7 +69,7 @@ def stream_events(base: str, path: str, body: dict[str, Any], *, timeout: float 
         urllib.error.HTTPError: the server answered with an error status (read ``.code``, ``.read()``).
         ValueError: the stream ended without ``data: [DONE]``.
     """
-    with urllib.request.urlopen(_request(base, path, body), timeout=timeout) as r:
+    with urllib.request.urlopen(_request(base, path, body, api_key=api_key), timeout=timeout) as r:
         for line in r:
             line = line.strip()
             if not line.startswith(b"data: "):

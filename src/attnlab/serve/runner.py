@@ -15,12 +15,15 @@ lacks, and this module adds:
   event loop keeps streaming the answers in flight (the CLI drains the engine there), waits for
   those up to ``shutdown_timeout`` and then cuts the rest. Ctrl-C / SIGTERM trigger it (a second
   Ctrl-C skips the wait) and :func:`serve` returns normally instead of re-raising the signal.
-- **Quiet logs.** A client that hangs up mid-request does not print a traceback (``_Quiet``);
+- **A connection limit in JSON.** Past ``max_connections`` open connections a request gets a JSON
+  503 and its connection is closed (``_Edge``; uvicorn's own limit answers in plain text).
+- **Quiet logs.** A client that hangs up mid-request does not print a traceback (``_Edge``);
   uvicorn's own error lines stay at warning level; ``access_log=False`` prints nothing per
   request (``True``: one line each on stderr). A malformed request gets a JSON 400, not text.
 
 The socket is bound here (not by uvicorn), so a port in use is an ``OSError`` the caller can
-turn into a one-line message, and the URL is known before serving starts.
+turn into a one-line message, and the URL is known before serving starts (made so that asyncio
+turns Nagle off on each connection: see :func:`bind`).
 """
 
 from __future__ import annotations
@@ -92,6 +95,9 @@ def _json_response(status: int, reason: str, message: str, code: str) -> bytes:
 
 _TIMEOUT = _json_response(408, "Request Timeout", "the request was not received in time: send the whole request "
                           "(head and body) within the server's read timeout", "request_timeout")
+_BUSY = json.dumps({"error": {"message": "too many open connections; retry in a moment (or raise the server's "
+                                          "--max-connections)", "type": "server_error", "param": None,
+                               "code": "too_many_connections"}}).encode()
 _MALFORMED = _json_response(400, "Bad Request", "malformed HTTP request (bad request line, header or "
                             "Content-Length): send valid HTTP/1.1", "bad_http")
 
@@ -156,8 +162,12 @@ class _Protocol(H11Protocol):
             self.transport.write(_TIMEOUT)
         self.transport.close()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        log.debug("ignored an Upgrade header (no WebSocket or HTTP/2 here); answering as HTTP/1.1")
+
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_MALFORMED)
+        if self.cycle is None or not self.cycle.response_started:  # never inside an answer already going out
+            self.transport.write(_MALFORMED)
         self.transport.close()
 
     def shutdown(self) -> None:
@@ -167,13 +177,21 @@ class _Protocol(H11Protocol):
             super().shutdown()
 
 
-class _Quiet:
-    """ASGI wrapper: an app failing after its client hung up (or cancelled at shutdown) is not a traceback."""
+class _Edge:
+    """The ASGI app as uvicorn calls it: the connection limit (JSON 503), and no traceback for a request
+    failing after its client hung up (or cancelled at shutdown)."""
 
-    def __init__(self, app: Any):
-        self.app = app
+    def __init__(self, app: Any, max_connections: int):
+        self.app, self.max_connections = app, max_connections
+        self.connections: Callable[[], int] = lambda: 0  # set once the server exists
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and self.connections() > self.max_connections:
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                    (b"content-length", str(len(_BUSY)).encode())]})
+            await send({"type": "http.response.body", "body": _BUSY})
+            return
         gone = False
 
         async def watched() -> dict:
@@ -267,21 +285,39 @@ def _log_config(access_log: bool) -> dict[str, Any]:
 def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: any free one).
 
+    Made with the protocol number ``getaddrinfo`` gives (6), not 0 as ``socket.create_server`` does:
+    asyncio sets ``TCP_NODELAY`` only on accepted sockets whose protocol says TCP, and without it
+    a keep-alive answer written in pieces waits ~40 ms for the client's delayed ACK (Nagle).
+
     Raises:
         OSError: the address is in use, not ours, or unknown.
     """
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return socket.create_server(address[:2], family=family, backlog=backlog)
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _make(app: Any, cfg: ServeConfig, sock: socket.socket, on_start: Callable[[], None] = lambda: None,
           on_stop: Callable[[], None] = lambda: None) -> _Server:
-    config = _Config(_Quiet(app), cfg.read_timeout, host=cfg.host, port=sock.getsockname()[1], http=_Protocol,
-                     lifespan="off", timeout_keep_alive=cfg.keepalive_timeout,  # type: ignore[arg-type]
-                     limit_concurrency=cfg.max_connections, backlog=2048, access_log=cfg.access_log,
-                     log_config=_log_config(cfg.access_log), proxy_headers=False, server_header=False,
+    edge = _Edge(app, cfg.max_connections)
+    config = _Config(edge, cfg.read_timeout, host=cfg.host, port=sock.getsockname()[1], http=_Protocol,
+                     lifespan="off", ws="none", timeout_keep_alive=cfg.keepalive_timeout,  # type: ignore[arg-type]
+                     backlog=2048, access_log=cfg.access_log, log_config=_log_config(cfg.access_log),
+                     proxy_headers=False, server_header=False,
                      timeout_graceful_shutdown=cfg.shutdown_timeout)  # type: ignore[arg-type]
-    return _Server(config, cfg.shutdown_timeout, on_start, on_stop)
+    server = _Server(config, cfg.shutdown_timeout, on_start, on_stop)
+    edge.connections = lambda: len(server.server_state.connections)
+    return server
 
 
 def _url(host: str, port: int) -> str:

@@ -116,8 +116,12 @@ def _split_host(host: str) -> tuple[str, str]:
     return name, port
 
 
-def _same_origin(origin: str, host: str | None, scheme: str) -> bool:
-    """Whether ``Origin`` names the very server the request was sent to (scheme, host and port)."""
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether ``Origin`` names the very server the request was sent to (the ``Host`` header's name and port).
+
+    The scheme is not compared: behind a TLS-terminating proxy the page is ``https://`` while this
+    server sees plain HTTP; one host and port cannot serve two different sites anyway.
+    """
     if host is None:
         return False
     try:
@@ -125,16 +129,14 @@ def _same_origin(origin: str, host: str | None, scheme: str) -> bool:
         o_port = parts.port
     except ValueError:
         return False
-    default = {"http": 80, "https": 443}
-    if parts.scheme != scheme or not parts.hostname:
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    if default is None or not parts.hostname:
         return False
     h_name, h_port = _split_host(host)
     o_name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    try:
-        h_port_n = int(h_port) if h_port else default.get(scheme)
-    except ValueError:
+    if h_port and not h_port.isdigit():
         return False
-    return o_name == h_name and (o_port or default.get(parts.scheme)) == h_port_n
+    return o_name == h_name and (o_port or default) == (int(h_port) if h_port else default)
 
 
 class _Gate:
@@ -157,7 +159,7 @@ class _Gate:
             return
         origin = _header(scope, b"origin")
         if (origin is not None and "*" not in self.origins and origin.rstrip("/").lower() not in self.origins
-                and not _same_origin(origin.lower(), host, scope.get("scheme", "http"))):
+                and not _same_origin(origin.lower(), host)):
             await _answer(send, *_error(
                 403, f"cross-origin request from {origin!r} refused: only this server's own pages may call it; "
                      "allow that origin with --cors-origin", "cross_origin"))
@@ -194,6 +196,14 @@ class _Guard:
                 + ": send the header 'Authorization: Bearer YOUR_KEY'", "invalid_api_key",
                 headers=((b"www-authenticate", b"Bearer"),)))
             return
+        limit = self.cfg.max_body_bytes
+        too_big = _error(413, f"the request body is larger than the server's limit of {limit} bytes; send less "
+                              "(or start the server with a larger --max-body-bytes)", "body_too_large",
+                         headers=((b"connection", b"close"),))
+        length = _header(scope, b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            await _answer(send, *too_big)
+            return
         if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
@@ -202,14 +212,6 @@ class _Guard:
             await _answer(send, *_error(
                 415, f"the body must be JSON with 'Content-Type: application/json', got "
                      f"{ctype or 'no Content-Type'!r}", "unsupported_media_type"))
-            return
-        limit = self.cfg.max_body_bytes
-        too_big = _error(413, f"the request body is larger than the server's limit of {limit} bytes; send less "
-                              "(or start the server with a larger --max-body-bytes)", "body_too_large",
-                         headers=((b"connection", b"close"),))
-        length = _header(scope, b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > limit:
-            await _answer(send, *too_big)
             return
         chunks, size = [], 0
         while True:
