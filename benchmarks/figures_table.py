@@ -182,10 +182,10 @@ FIGURES: list[Figure] = [
          ("1.2", "{rows[backend=sdpa,mask=causal,seq_len=1024,mode=fwd].ms}"
                  " / {rows[backend=flex,mask=causal,seq_len=1024,mode=fwd].ms}")),
     # serve_load.py
-    *row(BR, "12.0 → 26.0 → 28.1 → 31.1 req/s", "results/serve_load-cpu.json", SL,
+    *row(BR, "12.0 → 26.0 → 28.1 → 31.1 req/s", "results/serve_load_batching-cpu.json", SL,
          ("12.0", "results[max_batch=1].requests_per_s"), ("26.0", "results[max_batch=8,join=False].requests_per_s"),
          ("28.1", "results[max_batch=8,join=True].requests_per_s"), ("31.1", "results[max_batch=32].requests_per_s")),
-    *row(BR, "TTFT p50 2.5 s → 1.0 s → 0.9 s → 0.05 s, 128 of 128 requests", "results/serve_load-cpu.json", SL,
+    *row(BR, "TTFT p50 2.5 s → 1.0 s → 0.9 s → 0.05 s, 128 of 128 requests", "results/serve_load_batching-cpu.json", SL,
          ("2.5", "{results[max_batch=1].ttft_ms.p50} / 1000"),
          ("1.0", "{results[max_batch=8,join=False].ttft_ms.p50} / 1000"),
          ("0.9", "{results[max_batch=8,join=True].ttft_ms.p50} / 1000"),
@@ -240,11 +240,11 @@ FIGURES: list[Figure] = [
     # README.md
     *row(RM, "(9.7–10.3 tokens/s at batch 1", _GEN_F, GEN,
          ("9.7", "results[batch=1,key=eager].tokens_per_s"), ("10.3", "results[batch=1,key=compiled].tokens_per_s")),
-    *row(RM, "it measured 12.0 req/s with", "results/serve_load-cpu.json", SL,
+    *row(RM, "it measured 12.0 req/s with", "results/serve_load_batching-cpu.json", SL,
          ("12.0", "results[max_batch=1].requests_per_s")),
-    *row(RM, "and 28.1 req/s with", "results/serve_load-cpu.json", SL,
+    *row(RM, "and 28.1 req/s with", "results/serve_load_batching-cpu.json", SL,
          ("28.1", "results[max_batch=8,join=True].requests_per_s")),
-    *row(RM, "(p50 latency 2.56 s → 1.07 s), all 128 requests completed", "results/serve_load-cpu.json", SL,
+    *row(RM, "(p50 latency 2.56 s → 1.07 s), all 128 requests completed", "results/serve_load_batching-cpu.json", SL,
          ("2.56", "{results[max_batch=1].latency_ms.p50} / 1000"),
          ("1.07", "{results[max_batch=8,join=True].latency_ms.p50} / 1000"),
          ("128", "min({results[max_batch=1].completed}, {results[max_batch=32].completed})")),

@@ -1,11 +1,18 @@
-"""An OpenAI-compatible HTTP server for decoder-only checkpoints (standard library only):
-``Engine`` (model + tokenizer + limits), ``Batcher`` (the worker thread decoding concurrent
-requests as one batch), ``make_server`` / ``ServeConfig``, request shapes in ``protocol``."""
+"""The OpenAI-compatible server: a FastAPI app (``create_app``) served by uvicorn (``runner``).
 
-from attnlab.serve.batcher import BatchConfig, Batcher, Job
+``Engine`` (model + tokenizer + chat template + limits) hands requests to the ``Batcher``
+(the worker thread decoding concurrent requests as one batch); ``schemas`` holds the
+OpenAI request shapes, ``security`` the API key / Host / Origin / content-type checks,
+``metrics`` the Prometheus counters, ``pages`` the chat page and the attention explorer.
+"""
+
+from attnlab.serve.app import create_app
+from attnlab.serve.batcher import BatchConfig, Batcher
 from attnlab.serve.engine import Engine
-from attnlab.serve.protocol import RequestError, Sampling
-from attnlab.serve.server import ServeConfig, Server, make_server, serve_until_stopped, start_in_thread
+from attnlab.serve.job import Delta, Job, RequestError, Sampling, TokenLogprob
+from attnlab.serve.metrics import Metrics
+from attnlab.serve.runner import Running, ServeConfig, serve, start_in_thread
+from attnlab.serve.security import SecurityConfig
 
-__all__ = ["BatchConfig", "Batcher", "Engine", "Job", "RequestError", "Sampling", "ServeConfig", "Server",
-           "make_server", "serve_until_stopped", "start_in_thread"]
+__all__ = ["BatchConfig", "Batcher", "Delta", "Engine", "Job", "Metrics", "RequestError", "Running", "Sampling",
+           "SecurityConfig", "ServeConfig", "TokenLogprob", "create_app", "serve", "start_in_thread"]

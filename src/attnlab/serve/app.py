@@ -324,8 +324,9 @@ def create_app(engine: Engine | None = None, *, explorer: Explorer | None = None
     if engine is not None:
         app.include_router(api_router(engine, metrics))
     app.include_router(pages.page_router(chat=engine is not None, explorer=explorer))
-    metrics_lib.install(app, metrics)
+    # Starlette runs the middleware added last first: metrics wrap the security checks, so refusals count too.
     security_lib.install(app, security or security_lib.SecurityConfig())
+    metrics_lib.install(app, metrics)
     return app
 
 
