@@ -247,7 +247,10 @@ def guarded(serve_model):
 
     model, tok, device = serve_model
     engine = Engine(model, tok, device, "tiny", max_tokens_cap=4, batch=BatchConfig(max_batch=4, gather_ms=1))
-    app = create_app(engine, security=SecurityConfig(api_key=KEY, cors_origins=("https://app.example",)))
+    from attnlab.viz.explorer import Explorer
+
+    app = create_app(engine, explorer=Explorer(model, tok, name="tiny"),
+                     security=SecurityConfig(api_key=KEY, cors_origins=("https://app.example",)))
     with TestClient(app, base_url="http://localhost:8000") as c:
         yield c, engine
     assert engine.close(5)
@@ -269,6 +272,15 @@ def test_app_key_wrong_none_right(guarded):
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert engine.stats()["served"] == 1
     assert c.get("/health").status_code == 200 and c.get("/metrics").status_code == 200  # open
+
+
+def test_app_explorer_api_needs_the_key_its_page_does_not(guarded):
+    c, _ = guarded
+    assert c.get("/explorer").status_code == 200 and c.get("/").status_code == 200  # pages: open
+    assert_error(c.get("/explorer/api/info"), 401, "invalid_api_key")
+    assert_error(c.post("/explorer/api/attention", json={"text": "ROMEO:"}), 401, "invalid_api_key")
+    r = c.post("/explorer/api/attention", json={"text": "ROMEO:"}, headers=auth())
+    assert r.status_code == 200 and r.json()["tokens"]
 
 
 def test_app_cross_origin_text_plain_post_is_refused_and_generates_nothing(guarded):

@@ -14,9 +14,10 @@ Starlette's ``CORSMiddleware`` between them::
 - **CORS**: off by default; with ``cors_origins`` Starlette answers their preflight ``OPTIONS``
   and adds the ``Access-Control-*`` headers (the refusals below then carry them too, so a
   browser page sees a readable 401).
-- **API key** (``_Guard``): with ``api_key`` set, ``/v1/*`` needs ``Authorization: Bearer KEY``
+- **API key** (``_Guard``): with ``api_key`` set, every route that runs the model (``/v1/*`` and
+  the explorer's ``/explorer/api/*``, :data:`KEYED_PATHS`) needs ``Authorization: Bearer KEY``
   (compared in constant time), else 401 with ``WWW-Authenticate: Bearer``. Pages, ``/health``,
-  ``/metrics`` and the OpenAPI docs stay open (they generate nothing).
+  ``/metrics`` and the OpenAPI docs stay open (they run no model).
 - **JSON only** (``_Guard``): POST/PUT/PATCH bodies must be ``application/json`` (parameters
   such as ``charset`` allowed), else 415.
 - **Body size** (``_Guard``): a ``Content-Length`` over ``max_body_bytes`` gets 413 at once; a
@@ -40,6 +41,9 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+
+KEYED_PATHS = ("/v1", "/explorer/api")
+"""Path prefixes that need the API key when one is set: everything that runs the model."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -178,7 +182,7 @@ class _Guard:
         if self.key is None or scope["method"] == "OPTIONS":
             return True
         path = scope.get("path", "")
-        if not (path == "/v1" or path.startswith("/v1/")):
+        if not any(path == p or path.startswith(p + "/") for p in KEYED_PATHS):
             return True
         auth = _header(scope, b"authorization") or ""
         scheme, _, token = auth.strip().partition(" ")
