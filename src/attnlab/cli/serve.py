@@ -105,6 +105,27 @@ def _request_log(enabled: bool) -> None:
     log.setLevel(logging.INFO if enabled else logging.WARNING)
 
 
+def _explorer(model, tokenizer, name: str):
+    """The attention explorer on a twin of the served model, or None for a model it cannot show.
+
+    The twin has its own modules (the explorer sets capture hooks on them while the scheduler's
+    thread keeps decoding on the original) but shares every parameter and buffer tensor, so it
+    costs no weight memory.
+    """
+    import copy
+    import itertools
+
+    from attnlab.errors import AttnlabError
+    from attnlab.viz.explorer import Explorer
+
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    twin = copy.deepcopy(model, memo=shared)
+    try:
+        return Explorer(twin, tokenizer, name=name)
+    except AttnlabError:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
@@ -128,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(model, tok, device, name, max_tokens_cap=args.max_tokens_cap, batch=limits, template=template)
     security = SecurityConfig(api_key=args.api_key, cors_origins=tuple(args.cors_origin), bind_host=args.host,
                               max_body_bytes=args.max_body_bytes)
-    app = create_app(engine, security=security)
+    explorer = _explorer(model, tok, name)
+    app = create_app(engine, explorer=explorer, security=security)
     cfg = ServeConfig(host=args.host, port=args.port, read_timeout=args.read_timeout,
                       keepalive_timeout=args.keepalive_timeout, max_connections=args.max_connections,
                       shutdown_timeout=args.shutdown_timeout, access_log=not args.no_request_log)
@@ -140,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         print(f"attnlab serve: {weights.line()}", file=sys.stderr, flush=True)
         print(f"attnlab serve: chat template: {template_name(template)}", file=sys.stderr, flush=True)
+        print(f"attnlab serve: attention explorer: {url}/explorer" if explorer is not None else
+              "attnlab serve: attention explorer: off (this model has no softmax attention weights to show)",
+              file=sys.stderr, flush=True)
         warning = bind_warning(args.host, args.api_key)
         if warning:
             print(f"attnlab serve: {warning}", file=sys.stderr, flush=True)
