@@ -17,7 +17,8 @@ TT = "python benchmarks/train_throughput.py"
 TT_C = "python benchmarks/train_throughput.py --compile"
 AM = "python benchmarks/attention_memory.py"
 ATT = "attnlab bench attention"
-SL = "python benchmarks/serve_load.py"
+SL = "python benchmarks/serve_load.py --rounds 7"
+SL_OLD = "python benchmarks/serve_load.py (the max-batch sweep of commit ce57869)"
 GEN = "python benchmarks/generate.py --threads 1"
 VS = "python benchmarks/vs_nanogpt.py --nanogpt third_party/nanogpt --threads 1 --compile --attnlab-dtype float32"
 TTQ = "python benchmarks/time_to_quality.py --nanogpt third_party/nanogpt --threads 1"
@@ -34,6 +35,7 @@ _GEN_F = "results/generate-cpu.json"
 _VS_F = "results/vs_nanogpt-cpu.json"
 _LC_F = "results/long_context-cpu.json"
 _LC8_F = "results/long_context-cpu-8192.json"
+_SL_F = "results/serve_load-cpu.json"
 
 
 def _am(backend: str, label: str, t: int, mib: str, ms: str) -> list[Figure]:
@@ -182,10 +184,16 @@ FIGURES: list[Figure] = [
          ("1.2", "{rows[backend=sdpa,mask=causal,seq_len=1024,mode=fwd].ms}"
                  " / {rows[backend=flex,mask=causal,seq_len=1024,mode=fwd].ms}")),
     # serve_load.py
-    *row(BR, "12.0 → 26.0 → 28.1 → 31.1 req/s", "results/serve_load_batching-cpu.json", SL,
+    *row(BR, "new 48.3 req/s, today's 44.4 req/s; p99 latency 1439 ms against 1635 ms; 0 errors and 0 reconnects",
+         _SL_F, SL, ("48.3", "summary.new.requests_per_s"), ("44.4", "summary.today.requests_per_s"),
+         ("1439", "summary.new.latency_p99_ms"), ("1635", "summary.today.latency_p99_ms"),
+         ("0", "{summary.new.errors} + {summary.today.errors}"), ("0", "summary.new.reconnects")),
+    *row(BR, "(the old HTTP/1.0 server: 672)", _SL_F, SL, ("672", "summary.today.reconnects")),
+    *row(BR, "12.0 → 26.0 → 28.1 → 31.1 req/s", "results/serve_load_batching-cpu.json", SL_OLD,
          ("12.0", "results[max_batch=1].requests_per_s"), ("26.0", "results[max_batch=8,join=False].requests_per_s"),
          ("28.1", "results[max_batch=8,join=True].requests_per_s"), ("31.1", "results[max_batch=32].requests_per_s")),
-    *row(BR, "TTFT p50 2.5 s → 1.0 s → 0.9 s → 0.05 s, 128 of 128 requests", "results/serve_load_batching-cpu.json", SL,
+    *row(BR, "TTFT p50 2.5 s → 1.0 s → 0.9 s → 0.05 s, 128 of 128 requests", "results/serve_load_batching-cpu.json",
+         SL_OLD,
          ("2.5", "{results[max_batch=1].ttft_ms.p50} / 1000"),
          ("1.0", "{results[max_batch=8,join=False].ttft_ms.p50} / 1000"),
          ("0.9", "{results[max_batch=8,join=True].ttft_ms.p50} / 1000"),
@@ -240,14 +248,10 @@ FIGURES: list[Figure] = [
     # README.md
     *row(RM, "(9.7–10.3 tokens/s at batch 1", _GEN_F, GEN,
          ("9.7", "results[batch=1,key=eager].tokens_per_s"), ("10.3", "results[batch=1,key=compiled].tokens_per_s")),
-    *row(RM, "it measured 12.0 req/s with", "results/serve_load_batching-cpu.json", SL,
-         ("12.0", "results[max_batch=1].requests_per_s")),
-    *row(RM, "and 28.1 req/s with", "results/serve_load_batching-cpu.json", SL,
-         ("28.1", "results[max_batch=8,join=True].requests_per_s")),
-    *row(RM, "(p50 latency 2.56 s → 1.07 s), all 128 requests completed", "results/serve_load_batching-cpu.json", SL,
-         ("2.56", "{results[max_batch=1].latency_ms.p50} / 1000"),
-         ("1.07", "{results[max_batch=8,join=True].latency_ms.p50} / 1000"),
-         ("128", "min({results[max_batch=1].completed}, {results[max_batch=32].completed})")),
+    *row(RM, "median 48.3 req/s against 44.4 req/s, p99 latency 1.44 s against 1.63 s, 0 errors, and 0 reconnects",
+         _SL_F, SL, ("48.3", "summary.new.requests_per_s"), ("44.4", "summary.today.requests_per_s"),
+         ("1.44", "{summary.new.latency_p99_ms} / 1000"), ("1.63", "{summary.today.latency_p99_ms} / 1000"),
+         ("0", "{summary.new.errors} + {summary.today.errors}"), ("0", "summary.new.reconnects")),
     *row(RM, "`python examples/gat_karate.py`: 96.7% on Zachary's karate club", "results/gat_karate-cpu.txt", GAT,
          ("96.7", r"re:held-out members: ([\d.]+)%")),
 ]
