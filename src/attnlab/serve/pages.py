@@ -33,7 +33,9 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
 from attnlab.errors import AttnlabError
 from attnlab.serve.job import RequestError
-from attnlab.viz.explorer import ExplorerInputError, read_page
+from attnlab.viz.explorer import PAGE_FILE as EXPLORER_PAGE
+from attnlab.viz.explorer import STATIC_DIR as VIZ_STATIC_DIR
+from attnlab.viz.explorer import ExplorerInputError
 
 if TYPE_CHECKING:
     from attnlab.viz.explorer import Explorer
@@ -52,15 +54,16 @@ class AttentionRequest(BaseModel):
     text: StrictStr
 
 
-def read_chat_page() -> bytes:
-    """The chat page's HTML.
+def read_static(folder: Path, name: str) -> bytes:
+    """A page shipped with the package (``serve/static/chat.html``, ``viz/static/explorer.html``).
 
     Raises:
         AttnlabError: the page is missing from the installed package.
     """
-    path = STATIC_DIR / CHAT_PAGE
+    path = folder / name
     if not path.is_file():
-        raise AttnlabError(f"the chat page {path} is missing; reinstall attnlab (it ships serve/static/*.html)")
+        raise AttnlabError(f"the page {path} is missing; reinstall attnlab (it ships "
+                           f"{folder.parent.name}/static/*.html)")
     return path.read_bytes()
 
 
@@ -95,7 +98,7 @@ def _analyze_json(explorer: Explorer, text: str) -> bytes:
 
 
 def _explorer_routes(router: APIRouter, explorer: Explorer) -> None:
-    page, info = read_page(), explorer.info()
+    page, info = read_static(VIZ_STATIC_DIR, EXPLORER_PAGE), explorer.info()
     gate = asyncio.Lock()  # one analysis at a time; the others wait here, not in a thread
 
     @router.api_route("/explorer", methods=PAGE_METHODS, include_in_schema=False)
@@ -138,7 +141,7 @@ def page_router(*, chat: bool, explorer: Explorer | None = None) -> APIRouter:
     """
     router = APIRouter()
     if chat:
-        chat_page = read_chat_page()
+        chat_page = read_static(STATIC_DIR, CHAT_PAGE)
 
         @router.api_route("/", methods=PAGE_METHODS, include_in_schema=False)
         async def index() -> Response:
@@ -157,4 +160,4 @@ def page_router(*, chat: bool, explorer: Explorer | None = None) -> APIRouter:
     return router
 
 
-__all__ = ["AttentionRequest", "page_router", "read_chat_page"]
+__all__ = ["AttentionRequest", "page_router", "read_static"]

@@ -186,16 +186,4 @@ class Explorer:
                 for s, i, v in zip(names, ids, self._round(vals).tolist(), strict=False)]
 
 
-def read_page() -> bytes:
-    """The explorer page's HTML.
-
-    Raises:
-        AttnlabError: the page is missing from the installed package.
-    """
-    path = STATIC_DIR / PAGE_FILE
-    if not path.is_file():
-        raise AttnlabError(f"the explorer page {path} is missing; reinstall attnlab (it ships viz/static/*.html)")
-    return path.read_bytes()
-
-
-__all__ = ["Explorer", "ExplorerConfig", "ExplorerInputError", "read_page"]
+__all__ = ["Explorer", "ExplorerConfig", "ExplorerInputError"]
