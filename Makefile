@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev,serve]'
+	$(PIP) install -q -e '.[dev,serve,data,track]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

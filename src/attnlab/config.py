@@ -214,6 +214,10 @@ class DataConfig:
             ``encoder.json`` + ``vocab.bpe`` directory.
         val_fraction: share of the text held out for validation (taken from the end).
         cache_dir: where tokenized ``.bin`` files are kept (reused when inputs match).
+        text_field: the column holding the text in JSON Lines / JSON / Parquet / ``datasets`` sources.
+        num_proc: worker processes that tokenize the corpus.
+        tokenizer_sample_mb: train a ``bpe:N`` tokenizer on at most this many MB of the training text
+            (0: all of it).
     """
 
     source: str = "builtin:shakespeare"
@@ -221,8 +225,12 @@ class DataConfig:
     tokenizer: str = "bpe:4096"
     val_fraction: float = 0.05
     cache_dir: str = ".attnlab-cache"
+    text_field: str = "text"
+    num_proc: int = 1
+    tokenizer_sample_mb: float = 0.0
 
-    _RANGES: ClassVar[dict[str, Range]] = {"val_fraction": Range(0, 0.5, low_open=True, high_open=True)}
+    _RANGES: ClassVar[dict[str, Range]] = {"val_fraction": Range(0, 0.5, low_open=True, high_open=True),
+                                           "num_proc": Range(1, 256), "tokenizer_sample_mb": Range(0, 1e7)}
 
     def __post_init__(self) -> None:
         check_ranges(self, "data", self._RANGES)
