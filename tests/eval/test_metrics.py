@@ -202,19 +202,21 @@ def test_rouge_matches_rouge_score():
         scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stem)
         per = [scorer.score(r, h) for h, r in zip(HYPS, REFS, strict=False)]
         expected = {t: 100 * np.mean([s[t].fmeasure for s in per]) for t in ("rouge1", "rouge2", "rougeL")}
-        assert rouge(HYPS, REFS, use_stemmer=stem) == pytest.approx(expected)
+        assert rouge(HYPS, REFS, use_stemmer=stem) == pytest.approx({**expected, "rouge_tokenize": "default"})
 
 
 def test_rouge_hand_cases():
     # [the, cat, sat] vs [the, cat, ran, away]: unigrams P=2/3 R=1/2 -> 4/7; bigrams P=1/2 R=1/3 -> 2/5
     r = rouge(["the cat sat"], ["the cat ran away"])
-    assert r == pytest.approx({"rouge1": 400 / 7, "rouge2": 40.0, "rougeL": 400 / 7})
+    # English keeps rouge-score's own tokenizer ("default"), and says so
+    assert r == pytest.approx({"rouge1": 400 / 7, "rouge2": 40.0, "rougeL": 400 / 7, "rouge_tokenize": "default"})
     assert rouge(["same words here"], ["same words here"]) == pytest.approx(
-        {"rouge1": 100, "rouge2": 100, "rougeL": 100})
-    assert rouge(["alpha beta"], ["gamma delta"]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    assert rouge(["running dogs"], ["run dog"], rouge_types=["rouge1"]) == {"rouge1": 0.0}
+        {"rouge1": 100, "rouge2": 100, "rougeL": 100, "rouge_tokenize": "default"})
+    assert rouge(["alpha beta"], ["gamma delta"]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0,
+                                                      "rouge_tokenize": "default"}
+    assert rouge(["running dogs"], ["run dog"], rouge_types=["rouge1"]) == {"rouge1": 0.0, "rouge_tokenize": "default"}
     assert rouge(["running dogs"], ["run dog"], use_stemmer=True, rouge_types=["rouge1"]) == pytest.approx(
-        {"rouge1": 100.0})
+        {"rouge1": 100.0, "rouge_tokenize": "default"})
     # several references: the best one counts
     assert rouge(["the cat sat"], [["gamma delta", "the cat sat"]])["rouge1"] == pytest.approx(100.0)
 

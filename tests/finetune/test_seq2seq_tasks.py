@@ -96,6 +96,7 @@ def test_both_models_learn_to_reverse_and_reload_with_the_same_predictions(files
     assert res["test"]["bleu"] > 40 and res["test"]["bleu"] > untrained_bleu + 30
 
     task, model, tok = load_finetuned(tmp_path / "run")
+    assert task.state["scoring"] == {"lang": None, "bleu_tokenize": "13a", "rouge_tokenize": "default"}  # English
     preds = task.predict(model, test, tok)
     assert task.score(preds, [r["target"] for r in test]) == res["test"]
     # The predictions are attnlab.generate's greedy decoding, cut at the end-of-text token.

@@ -1,5 +1,10 @@
 """Generation metrics: corpus BLEU and chrF (sacrebleu) and ROUGE (rouge-score).
 
+BLEU and ROUGE tokenize by the references' language (``lang="auto"``: detected; see
+:mod:`attnlab.eval.lang`): Chinese is scored with sacrebleu's ``zh`` tokenizer and ROUGE over
+characters, and each result says which tokenization it used (``bleu_tokenize``,
+``rouge_tokenize``). chrF works on characters and needs none.
+
 Both packages are optional: ``pip install 'attnlab[eval]'``.
 """
 
@@ -11,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from attnlab.errors import AttnlabError
+from attnlab.eval.lang import AUTO, ROUGE_TOKENIZE, RougeTokenizer, tokenization
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -45,23 +51,36 @@ def bleu(
     *,
     tokenize: str | None = None,
     lowercase: bool = False,
+    lang: str = AUTO,
 ) -> dict[str, Any]:
-    """Corpus BLEU with sacrebleu (default 13a tokenization, exponential smoothing).
+    """Corpus BLEU with sacrebleu (exponential smoothing), tokenized for the references' language.
 
     Args:
         hypotheses: one detokenized system output per segment.
         references: per segment, one reference string or a list of references (the
             count may vary across segments).
-        tokenize: sacrebleu tokenizer name (``"13a"``, ``"intl"``, ``"zh"``, ...);
-            ``None`` keeps sacrebleu's default.
+        tokenize: sacrebleu tokenizer name (``"13a"``, ``"intl"``, ``"zh"``, ...); ``None``:
+            chosen by ``lang``.
         lowercase: case-insensitive BLEU.
+        lang: the references' language: ``"auto"`` (detected: ``zh`` for Chinese text,
+            ``char`` for Japanese, else sacrebleu's default ``13a``), or a code (``zh``, ``ja``,
+            ``ko``, ``en``...); see :mod:`attnlab.eval.lang`.
 
     Returns:
-        ``{"bleu": score in [0, 100], "signature": sacrebleu signature string}``.
+        ``{"bleu": score in [0, 100], "signature": sacrebleu signature string, "bleu_tokenize":
+        the tokenizer used}``.
+
+    Raises:
+        ValueError: both ``tokenize`` and a ``lang`` other than ``"auto"``, or a bad ``lang``.
     """
     sacrebleu = _require("sacrebleu", "sacrebleu", "bleu")
+    if tokenize is not None and lang != AUTO:
+        raise ValueError(f"bleu: give tokenize ({tokenize!r}) or lang ({lang!r}), not both")
+    if tokenize is None:
+        _per_example_refs(hypotheses, references, "bleu")  # bad input: its own error, before detection
+        tokenize = tokenization(references, lang).bleu_tokenize
     metric = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
-    return _corpus_score(metric, "bleu", hypotheses, references)
+    return {**_corpus_score(metric, "bleu", hypotheses, references), "bleu_tokenize": tokenize}
 
 
 def _corpus_score(metric: Any, name: str, hypotheses: Sequence[str],
@@ -104,25 +123,42 @@ def rouge(
     *,
     use_stemmer: bool = False,
     rouge_types: Sequence[str] = ROUGE_TYPES,
-) -> dict[str, float]:
-    """Mean ROUGE F-measure ×100 with rouge-score.
+    tokenize: str | None = None,
+    lang: str = AUTO,
+) -> dict[str, Any]:
+    """Mean ROUGE F-measure ×100 with rouge-score, tokenized for the references' language.
 
     Args:
         predictions: one generated text per example.
         references: per example, one reference string or a list (the best-scoring
             reference counts, as in rouge-score's ``score_multi``).
-        use_stemmer: apply the Porter stemmer before matching.
+        use_stemmer: apply the Porter stemmer (to English words) before matching.
         rouge_types: rouge-score type names, e.g. ``"rouge1"``, ``"rouge2"``, ``"rougeL"``.
+        tokenize: ``"default"`` (rouge-score's), ``"char"`` or ``"words"`` (see
+            :class:`attnlab.eval.lang.RougeTokenizer`); ``None``: chosen by ``lang``.
+        lang: the references' language: ``"auto"`` (detected: characters for Chinese and
+            Japanese, Hangul words for Korean, else rouge-score's own tokenizer, which keeps
+            ASCII letters and digits only), or a code (``zh``, ``ja``, ``ko``, ``en``...).
 
     Returns:
-        ``{rouge_type: mean F-measure in [0, 100]}``.
+        ``{rouge_type: mean F-measure in [0, 100], ..., "rouge_tokenize": "default" | "char" | "words"}``.
+
+    Raises:
+        ValueError: mismatched or empty inputs, both ``tokenize`` and a ``lang`` other than
+            ``"auto"``, or a bad ``tokenize`` or ``lang``.
     """
     rouge_scorer = _require("rouge_score.rouge_scorer", "rouge-score", "rouge")
     refs = _per_example_refs(predictions, references, "rouge")
-    scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
+    if tokenize is not None and lang != AUTO:
+        raise ValueError(f"rouge: give tokenize ({tokenize!r}) or lang ({lang!r}), not both")
+    kind = tokenize if tokenize is not None else tokenization(refs, lang).rouge_tokenize
+    if kind not in ROUGE_TOKENIZE:
+        raise ValueError(f"rouge: unknown tokenize {kind!r}; choose from {', '.join(ROUGE_TOKENIZE)}")
+    tokenizer = None if kind == "default" else RougeTokenizer(kind, use_stemmer)
+    scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer, tokenizer=tokenizer)
     totals = dict.fromkeys(rouge_types, 0.0)
     for pred, r in zip(predictions, refs, strict=False):
         scores = scorer.score(r[0], pred) if len(r) == 1 else scorer.score_multi(r, pred)
         for t in rouge_types:
             totals[t] += scores[t].fmeasure
-    return {t: 100.0 * s / len(predictions) for t, s in totals.items()}
+    return {**{t: 100.0 * s / len(predictions) for t, s in totals.items()}, "rouge_tokenize": kind}

@@ -16,12 +16,17 @@ A task is scored by its family, the part of its name before the first ``-``:
   whitespace, ASCII and CJK punctuation and lowercases: ``"Positive."`` is ``positive``.
 - ``translate``: corpus ``chrf`` and ``bleu`` (sacrebleu).
 - ``reading``: SQuAD ``exact_match`` and ``f1``.
-- ``headline``: corpus ``chrf`` and ``rougeL`` (rouge-score; it keeps ASCII letters and digits only).
+- ``headline``: corpus ``chrf`` and ``rougeL`` (rouge-score).
 - ``poem``: ``regular`` (the reply, after an optional leading ``《title》``, is a regular poem:
   :func:`attnlab.data.sources.poetry.regular_body`) and ``form_ok`` (regular *and* of the form
   asked: 5 or 7 characters a line, 4 or 8 lines). The form asked is ``meta["form"]`` when the
   record has one, else the last user message; either is read by :func:`parse_form`
   (五言/七言, 绝句/律诗, 五绝/七律..., or "five-/seven-character", "jueju"/"lüshi").
+
+BLEU and ROUGE-L tokenize by the language of each task's references, detected as
+:func:`attnlab.eval.generation.bleu` and :func:`~attnlab.eval.generation.rouge` do (a Chinese
+target: sacrebleu's ``zh`` tokenizer, ROUGE over characters); :func:`run_suite` reports the
+tokenization of those tasks under ``"tokenization"``.
 
 Shares (accuracy, valid, regular, form_ok) are in [0, 1]; chrF, BLEU, ROUGE-L, EM and F1 in
 [0, 100], as everywhere in :mod:`attnlab.eval`. Each task's main number is :data:`HEADLINE`.
@@ -44,11 +49,14 @@ from attnlab.data.sources.poetry import regular_body
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, ContextOverflowError
 from attnlab.eval.generation import bleu, chrf, rouge
+from attnlab.eval.lang import tokenization
 from attnlab.eval.logprobs import pad_sequences, sequence_logprobs
 from attnlab.eval.squad import squad_scores
 
 HEADLINE = {"sentiment": "accuracy", "translate": "chrf", "reading": "f1", "headline": "rougeL", "poem": "form_ok"}
 """The main metric of each task family."""
+TOKENIZED = {"translate": "bleu_tokenize", "headline": "rouge_tokenize"}
+"""The families scored over words, and the key naming the tokenization their words came from."""
 
 _LABEL_STRIP = string.punctuation + string.whitespace + "。，、！？；：“”‘’「」『』（）《》【】…～"
 _TITLE = re.compile(r"^\s*《[^》\n]*》")
@@ -247,7 +255,9 @@ def run_suite(records: Sequence[Conversation], reply_fn: Callable[[list[Message]
 
     Returns:
         ``{"tasks": {task: {metric: value, "n": n}}, "headline": {task: main value},
-        "headline_metric": {task: metric name}, "replies": {task: [{"where", "reply", "reference"}]}}``.
+        "headline_metric": {task: metric name}, "replies": {task: [{"where", "reply", "reference"}]},
+        "tokenization": {task: {"lang", "bleu_tokenize" or "rouge_tokenize"}}}``, the last for the
+        translation and headline tasks only (``lang``: ``"zh"``, ``"ja"``, ``"ko"`` or ``None``).
 
     Raises:
         AttnlabError: a record the suite cannot score (see :func:`group_by_task`, :func:`split_record`,
@@ -256,7 +266,7 @@ def run_suite(records: Sequence[Conversation], reply_fn: Callable[[list[Message]
     groups = group_by_task(records, limit)
     if not groups:
         raise AttnlabError("no records to evaluate; pass the test.jsonl of `attnlab data prepare instruct`")
-    out: dict[str, Any] = {"tasks": {}, "headline": {}, "headline_metric": {}, "replies": {}}
+    out: dict[str, Any] = {"tasks": {}, "headline": {}, "headline_metric": {}, "replies": {}, "tokenization": {}}
     bar = tqdm(total=sum(map(len, groups.values())), disable=not progress, unit="reply", desc="instruct")
     try:
         for task, recs in groups.items():
@@ -274,8 +284,12 @@ def run_suite(records: Sequence[Conversation], reply_fn: Callable[[list[Message]
                 refs.append(ref)
                 bar.update(1)
             scores = {**score_task(task, preds, refs, recs), "too_long": too_long}
-            metric = HEADLINE[task_family(task)]
+            family = task_family(task)
+            metric = HEADLINE[family]
             out["tasks"][task] = scores
+            if family in TOKENIZED:
+                tk = tokenization(refs).as_dict()
+                out["tokenization"][task] = {"lang": tk["lang"], TOKENIZED[family]: tk[TOKENIZED[family]]}
             out["headline"][task] = scores[metric]
             out["headline_metric"][task] = metric
             out["replies"][task] = [{"where": r.where, "reply": p, "reference": ref}

@@ -21,10 +21,17 @@ sources and targets together). Training is teacher forcing: the target is the ou
 followed by the end-of-text token, the decoder input is the start token followed by the target
 without its last token; the loss is cross-entropy with ``train.label_smoothing``. Evaluation
 generates with :func:`attnlab.generate.generate` (greedy, or beam search with
-``options.num_beams``) and scores the text: ``translate`` with corpus BLEU (sacrebleu, 13a
-tokenization; headline ``bleu``), ``summarize`` with ROUGE-1/2/L F-measures (rouge-score, no
-stemming; headline ``rougeL``, the longest common subsequence, which rewards
-getting the words in order as well as picking them).
+``options.num_beams``) and scores the text: ``translate`` with corpus BLEU (sacrebleu; headline
+``bleu``), ``summarize`` with ROUGE-1/2/L F-measures (rouge-score, no stemming; headline
+``rougeL``, the longest common subsequence, which rewards getting the words in order as well as
+picking them).
+
+Both tokenize by the targets' language, ``options.lang``: ``auto`` (default) detects it from the
+training targets (:func:`attnlab.eval.lang.detect_lang`), or name it (``zh``, ``ja``, ``ko``,
+``en``...). Chinese targets are scored with sacrebleu's ``zh`` tokenizer and ROUGE over characters;
+other languages as sacrebleu (``13a``) and rouge-score tokenize by default. The choice is
+logged once, kept in the task state saved with the model (``"scoring": {"lang",
+"bleu_tokenize", "rouge_tokenize"}``) and used for every evaluation of the run.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from attnlab.data.mlm import IGNORE_INDEX
 from attnlab.data.tasks import pad_batch, read_records, require_columns
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError, ConfigError
-from attnlab.eval.generation import bleu, rouge
+from attnlab.eval.generation import ROUGE_TYPES, bleu, rouge
+from attnlab.eval.lang import AUTO, check_lang, tokenization
 from attnlab.finetune.init import Backbone, check_vocab, load_backbone, make_tokenizer
 from attnlab.finetune.recipe import Task
 from attnlab.generate import generate
@@ -94,6 +102,8 @@ class Seq2SeqOptions:
         max_target_length: output tokens trained on and generated at most (end-of-text included).
         num_beams: beam width at evaluation (1: greedy).
         length_penalty: beam search ranks finished outputs by ``log p / length ** length_penalty``.
+        lang: the targets' language for BLEU / ROUGE tokenization: ``"auto"`` (detected from the
+            training targets) or a code (``zh``, ``ja``, ``ko``, ``en``...).
         rnn: the recurrent model's size (``init: rnn`` only).
     """
 
@@ -103,9 +113,14 @@ class Seq2SeqOptions:
     max_target_length: int = 64
     num_beams: int = 1
     length_penalty: float = 1.0
+    lang: str = AUTO
     rnn: RNNOptions = field(default_factory=RNNOptions)
 
     def __post_init__(self) -> None:
+        try:
+            check_lang(self.lang)
+        except ValueError as e:
+            raise ConfigError(f"options.{e}") from None
         if self.max_source_length < 2 or self.max_target_length < 2:
             raise ConfigError("options.max_source_length and options.max_target_length must be >= 2")
         if self.num_beams < 1:
@@ -140,6 +155,8 @@ class Seq2SeqTask(Task):
     """Shared by :class:`TranslateTask` and :class:`SummarizeTask`; subclasses set the metric."""
 
     Options: ClassVar[type] = Seq2SeqOptions
+    scoring_key: ClassVar[str]
+    """The tokenization that :meth:`score` uses, a key of ``state["scoring"]``."""
 
     # -- data ---------------------------------------------------------------
     def read(self, path: str) -> list[dict[str, Any]]:
@@ -161,6 +178,7 @@ class Seq2SeqTask(Task):
         else:
             backbone = load_backbone(cfg.init, cfg.model)
         tok = make_tokenizer(cfg.tokenizer, backbone, texts)
+        self._choose_scoring([r["target"] for r in train])
         eos = _first_token(tok, EOS_TOKENS, "to end every output")
         pads = [i for i in (tok.token_id(t) for t in PAD_TOKENS) if i is not None]
         self.state["special"] = {"eos": eos, "pad": int(pads[0]) if pads else eos}
@@ -188,6 +206,18 @@ class Seq2SeqTask(Task):
         check_vocab(model, tok)
         self._check_lengths(model)
         return model, tok
+
+    def _choose_scoring(self, targets: list[str]) -> None:
+        """Fix the run's BLEU / ROUGE tokenization from ``options.lang`` and the training targets; log it."""
+        tk = tokenization(targets, self.opt.lang)
+        self.state["scoring"] = tk.as_dict()
+        how = "detected from the training targets" if self.opt.lang == AUTO else f"options.lang={self.opt.lang}"
+        self.log(f"{self.name}: {self.metric} with {self.scoring_key}={self.state['scoring'][self.scoring_key]} "
+                 f"(targets: {tk.lang or 'no CJK language'}, {how})")
+
+    def _scoring(self, references: list[str]) -> dict[str, Any]:
+        """The run's tokenization (a model saved before ``options.lang`` existed: chosen now from ``references``)."""
+        return self.state.get("scoring") or tokenization(references, self.opt.lang).as_dict()
 
     def _check_lengths(self, model: nn.Module) -> None:
         o = self.opt
@@ -273,9 +303,11 @@ class TranslateTask(Seq2SeqTask):
     name = "translate"
     Options = TranslateOptions
     metric = "bleu"
+    scoring_key = "bleu_tokenize"
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        return {"bleu": bleu(predictions, references)["bleu"]}
+        tokenize = self._scoring(references)["bleu_tokenize"]
+        return {"bleu": bleu(predictions, references, tokenize=tokenize)["bleu"]}
 
 
 class SummarizeTask(Seq2SeqTask):
@@ -284,6 +316,8 @@ class SummarizeTask(Seq2SeqTask):
     name = "summarize"
     Options = SummarizeOptions
     metric = "rougeL"
+    scoring_key = "rouge_tokenize"
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        return rouge(predictions, references)
+        res = rouge(predictions, references, tokenize=self._scoring(references)["rouge_tokenize"])
+        return {t: res[t] for t in ROUGE_TYPES}
