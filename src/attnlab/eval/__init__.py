@@ -1,5 +1,7 @@
-"""Evaluation: language-model loss and perplexity, classification, SQuAD, BLEU, chrF and ROUGE."""
+"""Evaluation: language-model loss and perplexity, classification, SQuAD, BLEU, chrF and ROUGE
+(tokenized by the references' language: :func:`detect_lang`)."""
 
+from attnlab.eval.lang import detect_lang
 from attnlab.eval.lm import evaluate_lm
 from attnlab.eval.metrics import (
     METRICS,
@@ -18,6 +20,6 @@ from attnlab.eval.metrics import (
 )
 
 __all__ = [
-    "METRICS", "accuracy", "bleu", "chrf", "compute", "confusion_matrix", "evaluate_lm", "exact_match", "f1",
-    "normalize_answer", "perplexity", "precision_recall_f1", "rouge", "squad_scores",
+    "METRICS", "accuracy", "bleu", "chrf", "compute", "confusion_matrix", "detect_lang", "evaluate_lm", "exact_match",
+    "f1", "normalize_answer", "perplexity", "precision_recall_f1", "rouge", "squad_scores",
 ]
