@@ -184,10 +184,12 @@ def test_finetuning_sends_its_metrics_to_tensorboard_and_wandb(tmp_path, one_thr
     assert len(sessions) == 1 and sessions[0].exit_code == 0 and by_step(sessions[0].history) == by_step(want)
 
 
-def test_an_unknown_tracker_is_a_one_line_error(tmp_path, tiny_overrides, capsys, one_line_error):
-    code = main(["train", "gpt-tiny", *tiny_overrides(tmp_path / "run", **{"train.log_to": "[jsonl,foo]"}),
-                 "--no-progress"])
-    one_line_error(capsys, code, "train.log_to[1] must be one of 'jsonl', 'tensorboard', 'wandb', got 'foo'")
+@pytest.mark.parametrize("log_to, where", [("[foo]", "train.log_to[0]"), ("[jsonl,foo]", "train.log_to[1]")])
+def test_an_unknown_tracker_is_a_one_line_error(tmp_path, tiny_overrides, capsys, one_line_error, log_to, where):
+    run = tmp_path / "run"
+    code = main(["train", "gpt-tiny", *tiny_overrides(run, **{"train.log_to": log_to}), "--no-progress"])
+    one_line_error(capsys, code, f"{where} must be one of 'jsonl', 'tensorboard', 'wandb', got 'foo'")
+    assert not run.exists()
     with pytest.raises(ConfigError, match="non-empty list"):
         TrainConfig(log_to=[])
 
