@@ -300,6 +300,11 @@ class TrainConfig:
             ``<|endoftext|>``, and with this on each token attends only to earlier tokens
             of its own document (training and validation alike). Positions are not reset
             per document.
+        log_to: where the metric records go (rank 0): ``jsonl`` (``metrics.jsonl``, always
+            written: resume and the loss curve read it), ``tensorboard`` (``out_dir/tensorboard/``,
+            ``torch.utils.tensorboard``), ``wandb`` (a W&B run in ``out_dir/wandb/``, offline unless
+            ``WANDB_MODE`` is set). E.g. ``train.log_to=[jsonl,tensorboard]``; the last two need
+            ``pip install 'attnlab[track]'`` (:mod:`attnlab.train.tracking`).
     """
 
     out_dir: str = "runs/default"
@@ -338,6 +343,7 @@ class TrainConfig:
     spike_factor: float = 2.0
     inject_nan_steps: list[int] = field(default_factory=list)
     document_mask: bool = False
+    log_to: list[Literal["jsonl", "tensorboard", "wandb"]] = field(default_factory=lambda: ["jsonl"])
 
     _RANGES: ClassVar[dict[str, Range]] = {
         "seed": Range(-(2**63), 2**64 - 1), "batch_size": POSITIVE, "seq_len": NON_NEGATIVE.with_note("0: block size"),
@@ -362,6 +368,10 @@ class TrainConfig:
         if self.document_mask and self.objective not in ("auto", "clm"):
             raise ConfigError(f"train.document_mask applies to next-token training (train.objective=clm), not "
                               f"train.objective={self.objective}; set train.document_mask=false")
+        trackers = ("jsonl", "tensorboard", "wandb")
+        if not isinstance(self.log_to, list) or not self.log_to or any(n not in trackers for n in self.log_to):
+            raise ConfigError(f"train.log_to must be a non-empty list of {', '.join(trackers)}, got {self.log_to!r}; "
+                              "e.g. train.log_to=[jsonl,tensorboard]")
 
 
 @dataclass

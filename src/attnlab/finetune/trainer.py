@@ -36,6 +36,7 @@ from attnlab.train.checkpoint import has_checkpoint, load_checkpoint
 from attnlab.train.distributed import DistEnv, rank_seed, setup
 from attnlab.train.engine import Engine, Recipe, quiet
 from attnlab.train.run_state import resolve_device, run_precision
+from attnlab.train.tracking import require as require_trackers
 
 BUCKET_POOL = 50
 """Batches per pool sorted by length when a task defines :meth:`Task.length`."""
@@ -161,6 +162,7 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, progress: bool = True,
                            "or set train.out_dir to a new folder")
     if tc.parallel == "fsdp":
         raise ConfigError("fine-tuning supports train.parallel=ddp or none, not fsdp; use train.parallel=ddp")
+    require_trackers(tc.log_to)  # a missing tensorboard / wandb fails now, not after building the task
     device = resolve_device(tc.device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)

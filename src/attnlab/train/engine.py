@@ -11,7 +11,8 @@ model and says how to get micro-batches, the loss and the validation metrics (a
   gradient accumulation, autocast, clipping, NaN/inf and spike checks, the update;
 - the run: resume (weights, optimizer moments, RNG, health counters), DDP / FSDP2,
   ``train.compile``, Ctrl-C / SIGTERM saving, periodic validation and checkpoints,
-  ``metrics.jsonl`` and the progress bar.
+  ``metrics.jsonl`` (and ``train.log_to``'s TensorBoard / W&B, :mod:`attnlab.train.tracking`) and
+  the progress bar.
 
 Exactness: when ``micro_batch(step, micro)`` is a pure function of its arguments (and the
 run's seed), a run stopped at any point and resumed from its last checkpoint computes the
@@ -21,6 +22,7 @@ same losses as one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -48,12 +50,20 @@ from attnlab.train.metrics import MetricsFile
 from attnlab.train.optim import build_optimizer, torch_optimizers
 from attnlab.train.run_state import StopFlag, check_same_optimizer, resume_changes, rng_state, set_rng_state
 from attnlab.train.step import MicroBatch, StepOutcome, TrainStep
+from attnlab.train.tracking import Tracker
 
 Metrics = dict[str, float]
 
 
 def quiet(message: str) -> None:
     """A log that drops its messages (processes other than rank 0)."""
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A recipe's config as a plain dict (the trackers' run config)."""
+    if hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else {}
 
 
 @dataclass
@@ -148,7 +158,8 @@ class Engine:
         self.run_dir = Path(tc.out_dir)
         self.model = model = recipe.model
         device = env.device
-        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
+        tracker = Tracker(tc.log_to, self.run_dir, _plain(recipe.cfg), log) if env.is_main else None
+        self.metrics = MetricsFile(self.run_dir / "metrics.jsonl", tracker)
         self.health = HealthMonitor(policy=tc.nonfinite, max_nonfinite=tc.max_nonfinite, spike_factor=tc.spike_factor)
         self.start_step = 0
         self.resumed: dict[str, Any] = {}
@@ -231,10 +242,16 @@ class Engine:
     def run(self) -> RunResult:
         """Train from :attr:`start_step` to ``train.max_steps`` (or a stop request), then validate.
 
+        The trackers of ``train.log_to`` open now and close when the run ends, however it ends.
+
         Raises:
             NonFiniteError: the loss or gradients went NaN/inf as ``train.nonfinite`` does not
                 tolerate; the last good state was saved first.
         """
+        with self.metrics:
+            return self._run()
+
+    def _run(self) -> RunResult:
         tc, env, r = self.tc, self.env, self.recipe
         say = tqdm.write if env.is_main else quiet
         self.model.train()

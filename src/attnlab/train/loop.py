@@ -37,6 +37,7 @@ from attnlab.train.engine import Engine, Recipe, quiet
 from attnlab.train.metrics import flops_per_token, peak_flops, plot_losses
 from attnlab.train.objectives import Objective, ObjectiveBatch, build_objective, objective_name
 from attnlab.train.run_state import autocast_for, resolve_device, run_precision
+from attnlab.train.tracking import require as require_trackers
 
 __all__ = ["autocast_for", "resolve_device", "train"]
 
@@ -130,6 +131,7 @@ def train(
     if resume and not has_checkpoint(run_dir):
         raise AttnlabError(f"nothing to resume in '{run_dir}' (no checkpoints); drop --resume to start a new run")
     check_writable(run_dir)  # a read-only or misplaced out_dir fails now, not at the first checkpoint
+    require_trackers(tc.log_to)  # a missing tensorboard / wandb fails now, not after preparing the data
     device = resolve_device(tc.device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)

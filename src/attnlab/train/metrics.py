@@ -1,15 +1,18 @@
-"""Throughput and MFU accounting, metric files and the loss-curve plot."""
+"""Throughput and MFU accounting, metric files (fanned out to TensorBoard / W&B) and the loss-curve plot."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from attnlab.config import ModelConfig
+
+if TYPE_CHECKING:
+    from attnlab.train.tracking import Tracker
 
 # Dense bf16 tensor-core peak (FLOP/s) by device name, for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -36,13 +39,37 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class MetricsFile:
-    """Append-only JSONL of training records (``step`` in every record)."""
+    """Append-only JSONL of training records (``step`` in every record), passed on to a tracker.
 
-    def __init__(self, path: str | Path):
+    Args:
+        path: the ``metrics.jsonl`` file.
+        tracker: where every written record also goes (``train.log_to``'s TensorBoard / W&B;
+            :class:`attnlab.train.tracking.Tracker`), or ``None``. Used as a context manager, the
+            file opens the tracker on entry and closes it on exit, however the block ends.
+    """
+
+    def __init__(self, path: str | Path, tracker: Tracker | None = None):
         self.path = Path(path)
+        self.tracker = tracker
+
+    def __enter__(self) -> MetricsFile:
+        if self.tracker is not None:
+            self.tracker.open()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(failed=exc_type is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """Close the tracker (``failed``: the run ended with an error); the file needs no closing."""
+        if self.tracker is not None:
+            self.tracker.close(failed)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records newer than ``step`` (used on resume, so the file reads as one run)."""
+        """Drop records newer than ``step`` (used on resume, so the file reads as one run; the
+        tracker hides them too)."""
+        if self.tracker is not None:
+            self.tracker.resume_after(step)
         if not self.path.exists():
             return
         lines = self.path.read_text().splitlines()
@@ -52,8 +79,11 @@ class MetricsFile:
         os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` and pass it on to the tracker."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
