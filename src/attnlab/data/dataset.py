@@ -281,8 +281,6 @@ def _build(cfg: DataConfig, work: Path, fp: str, tok: Tokenizer | None, bpe_voca
         "seconds": {"tokenizer": round(t_tok, 3), "tokenize": round(time.perf_counter() - t1, 3)},
     }
     durable.write_file(work / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
-    (work / PROGRESS).unlink()
-    durable.digests(work, hash_files=False)  # flush every file before the rename
 
 
 def prepare(
@@ -330,6 +328,8 @@ def prepare(
             work.mkdir(exist_ok=True)
             if not _is_complete(work, fp):  # else killed between finishing and the rename
                 _build(cfg, work, fp, tok, bpe_vocab, tokenizer is not None, progress, shard_tokens)
+            (work / PROGRESS).unlink(missing_ok=True)
+            durable.digests(work, hash_files=False)  # flush every file before the rename
             durable.replace_folder(work, folder)
         lock.unlink(missing_ok=True)
     return TokenData(folder)

@@ -161,7 +161,7 @@ def work_items(
         batch_chars: characters per item.
     """
     segs: list[Segment] = []
-    counts, size = [0, 0], 0
+    counts, size, last = [0, 0], 0, (0, bytes_done, "")
     for d, name, text in docs:
         k = cut(text)
         long = len(text) > batch_chars  # spans items: its end closes one, so that commits can follow it
@@ -178,12 +178,12 @@ def work_items(
                     yield WorkItem(segs, counts, None)
                     segs, counts, size = [], [0, 0], 0
         bytes_done += len(text.encode("utf-8", errors="surrogatepass"))
+        last = (d + 1, bytes_done, name)
         if size >= batch_chars or long:
-            yield WorkItem(segs, counts, (d + 1, bytes_done, name))
+            yield WorkItem(segs, counts, last)
             segs, counts, size = [], [0, 0], 0
-    else:
-        if segs or counts != [0, 0]:
-            yield WorkItem(segs, counts, (d + 1, bytes_done, name))  # noqa: B023 - the last document
+    if segs:
+        yield WorkItem(segs, counts, last)
 
 
 # ---------------------------------------------------------------------------
