@@ -124,10 +124,12 @@ def read_text(path: Path, name: str) -> Iterator[Doc]:
     yield name, text
 
 
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number"}
+
+
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _text_of(record: Any, where: str, text_field: str) -> str:
@@ -153,15 +155,15 @@ def _first_char(path: Path) -> str:
 
 
 def read_json(path: Path, name: str, text_field: str) -> Iterator[Doc]:
-    """JSON Lines (one object per line; documents ``name:LINE``, from 1), or a JSON array of objects
-    (documents ``name:ROW``, from 0; the array is parsed whole: use JSON Lines for big corpora).
+    """JSON Lines (one object per line; documents ``name:LINE``, from 1), or a ``.json`` file holding one
+    array of objects (documents ``name:ROW``, from 0; parsed whole: use JSON Lines for big corpora).
 
     Raises:
         AttnlabError: invalid JSON (naming the line), a record that is not an object, or
             one without a string ``text_field``.
     """
     try:
-        if _first_char(path) == "[":
+        if _split_compression(path.name.lower())[0].endswith(".json") and _first_char(path) == "[":
             with _open_text(path, "utf-8-sig") as f:
                 try:
                     records = json.load(f)
