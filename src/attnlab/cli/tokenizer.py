@@ -22,11 +22,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     train = sub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
-    train.add_argument("paths", nargs="+", metavar="PATH", help="text files, directories, or builtin:shakespeare")
+    train.add_argument("paths", nargs="+", metavar="PATH",
+                       help="text, .jsonl/.json(.gz/.zst) or .parquet files, directories, datasets folders, "
+                            "glob patterns, or builtin:shakespeare")
     train.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary")
     train.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge")
     train.add_argument("--out", default="tokenizer.json", help="file to write")
     train.add_argument("--glob", default="**/*.txt", help="file pattern inside directories")
+    train.add_argument("--text-field", default="text", help="the text field of JSON / Parquet / datasets sources")
 
     encode = sub.add_parser("encode", help="print the token ids and pieces of a text")
     encode.add_argument("tokenizer", help="tokenizer.json, or a directory with it or GPT-2's encoder.json + vocab.bpe")
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "encode":
         _show(Tokenizer.load(args.tokenizer), args.text)
         return 0
-    docs = [doc for path in args.paths for doc in read_documents(path, args.glob)]
+    docs = [doc for path in args.paths for doc in read_documents(path, args.glob, args.text_field)]
     tok = Tokenizer.train_bpe((text for _, text in docs), args.vocab_size, min_frequency=args.min_frequency)
     out = tok.save(args.out)
     n_chars = sum(len(t) for _, t in docs)

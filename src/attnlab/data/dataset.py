@@ -341,7 +341,7 @@ def prepare(
     Raises:
         AttnlabError: for a missing or empty source, or a bad tokenizer spec.
     """
-    docs = read_documents(cfg.source, cfg.glob)
+    docs = read_documents(cfg.source, cfg.glob, cfg.text_field)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction)
     tok, bpe_vocab, tok_key = _resolve_tokenizer(cfg.tokenizer, tokenizer)
     fp = fingerprint(docs, cfg.val_fraction, tok_key)
