@@ -54,7 +54,7 @@ class TrainSample:
 
     def describe(self) -> str:
         """One line for logs: how many MB from how many documents, and whether the limit cut it."""
-        used = f"{self.n_bytes / MB:,.1f} MB of text from {self.n_documents:,} document(s)"
+        used = f"{self.n_bytes / MB:,.2f} MB of text from {self.n_documents:,} document(s)"
         if self.stopped_early:
             return f"{used} (stopped at sample_mb={self.limit_bytes / MB:g}; the rest was not read)"
         return f"{used} (all of it)"
@@ -98,9 +98,11 @@ def training_batches(texts: Iterable[str], sample: TrainSample, bar: tqdm) -> It
                 f"tokenizer training text item {i} is a {type(text).__name__}, not a string; "
                 "pass strings (documents), e.g. (text for _, text in docs)"
             )
-        if limit and sample.n_bytes >= limit and text:
-            sample.stopped_early = True
-            break
+        if limit and sample.n_bytes >= limit:  # full: is there more text? (empty documents are not)
+            if text:
+                sample.stopped_early = True
+                break
+            continue
         sample.n_documents += 1
         for piece in safe_pieces(text, PIECE_CHARS, HARD_CUT_CHARS):
             if limit and sample.n_bytes >= limit and piece:

@@ -129,7 +129,9 @@ class Tokenizer:
                 f"{len(special_tokens)} special token(s); use at least {minimum}, e.g. bpe:4096"
             )
         if not sample_mb >= 0:  # also refuses NaN
-            raise AttnlabError(f"tokenizer sample size {sample_mb} MB is not >= 0; use 0 (all the text) or a size in MB, e.g. 100")
+            raise AttnlabError(
+                f"tokenizer sample size {sample_mb} MB is not >= 0; use 0 (all the text) or a size in MB, e.g. 100"
+            )
         if isinstance(texts, str):
             texts = [texts]
         tok = tokenizers.Tokenizer(models.BPE())
