@@ -102,7 +102,7 @@ def test_sample_mb_stops_reading_and_trains_on_exactly_that_prefix(plays, caplog
     same = Tokenizer.train_bpe([*docs[: k - 1], prefix[3000 * (k - 1) :]], 600)
     assert tok.to_json() == same.to_json() == reference_json([*docs[: k - 1], prefix[3000 * (k - 1) :]], 600)
     assert tok.to_json() != Tokenizer.train_bpe(docs, 600).to_json()  # the limit changed what was learned
-    assert f"0.10 MB of text from {k} document(s) (stopped at sample_mb=0.1" in caplog.text
+    assert f"on {k} document(s), 0.10 MB of text (stopped at sample_mb=0.1;" in caplog.text
 
 
 def test_sample_bigger_than_the_text_reads_all_of_it(plays):
@@ -174,7 +174,7 @@ def test_cli_sample_mb(tmp_path, monkeypatch, capsys, plays):
             "--sample-mb", str(limit / 1e6)]
     assert attnlab.cli.main(args) == 0
     stdout = capsys.readouterr().out
-    assert f"trained on {limit / 1e6:.2f} MB of text from 2 document(s) (stopped at sample_mb=" in stdout
+    assert f"trained on 2 document(s), {limit / 1e6:.2f} MB of text (stopped at sample_mb=" in stdout
     assert Tokenizer.load(out).to_json() == Tokenizer.train_bpe([plays[0], plays[1][:10_000]], 500).to_json()
     assert attnlab.cli.main([*args[:-1], "-1"]) == 2
     assert "sample size -1.0 MB" in capsys.readouterr().err

@@ -53,8 +53,8 @@ class TrainSample:
     stopped_early: bool = False
 
     def describe(self) -> str:
-        """One line for logs: how many MB from how many documents, and whether the limit cut it."""
-        used = f"{self.n_bytes / MB:,.2f} MB of text from {self.n_documents:,} document(s)"
+        """For logs: how many documents and MB were read, and whether the limit cut the text."""
+        used = f"{self.n_documents:,} document(s), {self.n_bytes / MB:,.2f} MB of text"
         if self.stopped_early:
             return f"{used} (stopped at sample_mb={self.limit_bytes / MB:g}; the rest was not read)"
         return f"{used} (all of it)"
