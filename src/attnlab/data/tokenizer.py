@@ -153,7 +153,11 @@ class Tokenizer:
             disable=not progress,
             file=sys.stderr,
         ) as bar:
-            tok.train_from_iterator(training_batches(texts, sample, bar), trainer=trainer)
+            try:
+                tok.train_from_iterator(training_batches(texts, sample, bar), trainer=trainer)
+            except BaseException:
+                bar.leave = False  # an error in the stream is shown on its own line, without the bar
+                raise
         out = cls(tok)
         out.trained_on = sample
         log.info("trained a %d-token BPE tokenizer on %s", out.vocab_size, sample.describe())
