@@ -214,6 +214,24 @@ def test_bad_json_names_the_line(tmp_path):
     assert "is not a readable Parquet file" in _error(tmp_path / "x.parquet")
 
 
+def test_binary_text_and_json_object_files(tmp_path):
+    (tmp_path / "blob").write_bytes(b"PK\x03\x04\x00\x00binary")  # no extension: text, unless it is binary
+    assert "holds NUL bytes, so it is not UTF-8 text" in _error(tmp_path / "blob")
+    (tmp_path / "utf16.txt").write_text("hello", encoding="utf-16")
+    assert "holds NUL bytes" in _error(tmp_path / "utf16.txt")
+    (tmp_path / "squad.json").write_text('{\n  "data": []\n}\n')  # one pretty-printed object
+    assert _error(tmp_path / "squad.json").startswith(
+        f"{tmp_path / 'squad.json'} line 1: invalid JSON (Expecting property name enclosed in double quotes at "
+        "column 2); a .json source holds one JSON object per line or one array of objects")
+
+
+def test_folder_without_matches_names_what_it_holds(tmp_path):
+    for name in ("a.jsonl.gz", "b.jsonl.gz", "LICENSE"):
+        (tmp_path / name).write_bytes(b"x")
+    assert _error(tmp_path) == (f"no files matching '**/*.txt' under directory '{tmp_path}'; it holds 2 .jsonl.gz, "
+                                "1 (no extension) files: change data.glob (e.g. data.glob='**/*.jsonl.gz')")
+
+
 def test_datasetdict_folder_names_its_splits(tmp_path):
     datasets = pytest.importorskip("datasets")
     d = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"]}),

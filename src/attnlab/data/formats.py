@@ -115,12 +115,21 @@ def _open_text(path: Path, encoding: str = "utf-8", newline: str | None = None) 
 
 
 def read_text(path: Path, name: str) -> Iterator[Doc]:
-    """The whole file as one document (UTF-8; bad bytes become U+FFFD)."""
+    """The whole file as one document (UTF-8; bad bytes become U+FFFD).
+
+    Raises:
+        AttnlabError: the file holds a NUL byte: it is binary (or UTF-16), not UTF-8 text.
+    """
     try:
         with _open_text(path, newline="") as f:
             text = f.read()
     except (OSError, EOFError) as e:
         raise AttnlabError(f"cannot read '{path}': {e}") from None
+    if "\x00" in text:
+        raise AttnlabError(
+            f"'{path}' holds NUL bytes, so it is not UTF-8 text (a binary file, or UTF-16); "
+            "convert it to UTF-8 or leave it out of data.glob"
+        )
     yield name, text
 
 
@@ -163,7 +172,9 @@ def read_json(path: Path, name: str, text_field: str) -> Iterator[Doc]:
             one without a string ``text_field``.
     """
     try:
-        if _split_compression(path.name.lower())[0].endswith(".json") and _first_char(path) == "[":
+        is_json = _split_compression(path.name.lower())[0].endswith(".json")
+        what = "a .json source holds" if is_json else "JSON Lines hold"
+        if is_json and _first_char(path) == "[":
             with _open_text(path, "utf-8-sig") as f:
                 try:
                     records = json.load(f)
@@ -177,11 +188,11 @@ def read_json(path: Path, name: str, text_field: str) -> Iterator[Doc]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     raise AttnlabError(
-                        f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno}); "
-                        "JSON Lines hold one JSON object per line"
+                        f"{path} line {n}: invalid JSON ({e.msg} at column {e.pos + 1}); {what} one JSON object "
+                        "per line" + (" or one array of objects" if is_json else "")
                     ) from None
                 yield f"{name}:{n}", _text_of(record, f"{path} line {n}", text_field)
     except (OSError, EOFError) as e:
