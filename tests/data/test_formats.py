@@ -204,6 +204,18 @@ def test_non_string_field(tmp_path):
     assert _error(tmp_path / "null.parquet").endswith("null.parquet row 1: column 'text' is null, not a string")
 
 
+def test_arrow_string_types_and_nulls(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    pq.write_table(pa.table({"text": pa.array(["a", "b", "a"]).dictionary_encode()}), tmp_path / "cat.parquet")
+    pq.write_table(pa.table({"text": pa.array(["a", "b"], pa.large_string())}), tmp_path / "large.parquet")
+    assert [t for _, t in read_documents(str(tmp_path / "*.parquet"))] == ["a", "b", "a", "a", "b"]
+    datasets.Dataset.from_dict({"text": ["a", None], "n": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
+    assert _error(tmp_path / "ds").endswith("ds row 1: column 'text' is null, not a string")
+    assert _error(tmp_path / "ds", text_field="n").endswith("ds: column 'n' holds int64, not strings")
+
+
 def test_bad_json_names_the_line(tmp_path):
     f = tmp_path / "c.jsonl.gz"
     with gzip.open(f, "wt") as g:

@@ -209,7 +209,9 @@ def _check_column(schema: Any, path: Path, text_field: str) -> None:
             "set data.text_field to the column holding the text"
         )
     typ = schema.field(text_field).type
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)):
+    values = typ.value_type if pa.types.is_dictionary(typ) else typ  # pandas categoricals are dictionaries
+    is_view = getattr(pa.types, "is_string_view", lambda t: False)  # pyarrow >= 16
+    if not (pa.types.is_string(values) or pa.types.is_large_string(values) or is_view(values)):
         raise AttnlabError(f"{path}: column '{text_field}' holds {typ}, not strings")
 
 
