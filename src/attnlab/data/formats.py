@@ -4,7 +4,8 @@ Each reader streams ``(name, text)`` documents from one file (or one saved ``dat
 folder) and never holds more than one batch of records in memory:
 
 - text (``.txt .md .text .rst``, a file without an extension, or an extension that
-  ``data.glob`` names): the whole file is one document;
+  ``data.glob`` names): the whole file is one document (refused if it holds a NUL byte:
+  a binary or UTF-16 file);
 - JSON Lines (``.jsonl .ndjson``, or ``.json`` holding one object per line) and a ``.json``
   array of objects: one document per record's text field;
 - Parquet (``.parquet``, read with pyarrow in record batches): one document per row;
@@ -81,7 +82,7 @@ def detect_format(path: Path, text_extension: str = "") -> str:
     name = path.name.lower()
     if name.endswith(PARQUET_SUFFIX):
         return "parquet"
-    base, compression = _split_compression(name)
+    base, _ = _split_compression(name)
     if base.endswith(JSON_SUFFIXES):
         return "json"
     if base.endswith(TEXT_SUFFIXES) or "." not in base.lstrip("."):
