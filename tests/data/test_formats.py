@@ -204,6 +204,18 @@ def test_non_string_field(tmp_path):
     assert _error(tmp_path / "null.parquet").endswith("null.parquet row 1: column 'text' is null, not a string")
 
 
+def test_arrow_string_types_and_nulls(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    pq.write_table(pa.table({"text": pa.array(["a", "b", "a"]).dictionary_encode()}), tmp_path / "cat.parquet")
+    pq.write_table(pa.table({"text": pa.array(["a", "b"], pa.large_string())}), tmp_path / "large.parquet")
+    assert [t for _, t in read_documents(str(tmp_path / "*.parquet"))] == ["a", "b", "a", "a", "b"]
+    datasets.Dataset.from_dict({"text": ["a", None], "n": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
+    assert _error(tmp_path / "ds").endswith("ds row 1: column 'text' is null, not a string")
+    assert _error(tmp_path / "ds", text_field="n").endswith("ds: column 'n' holds int64, not strings")
+
+
 def test_bad_json_names_the_line(tmp_path):
     f = tmp_path / "c.jsonl.gz"
     with gzip.open(f, "wt") as g:
@@ -212,6 +224,24 @@ def test_bad_json_names_the_line(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"not parquet")
     pytest.importorskip("pyarrow")
     assert "is not a readable Parquet file" in _error(tmp_path / "x.parquet")
+
+
+def test_binary_text_and_json_object_files(tmp_path):
+    (tmp_path / "blob").write_bytes(b"PK\x03\x04\x00\x00binary")  # no extension: text, unless it is binary
+    assert "holds NUL bytes, so it is not UTF-8 text" in _error(tmp_path / "blob")
+    (tmp_path / "utf16.txt").write_text("hello", encoding="utf-16")
+    assert "holds NUL bytes" in _error(tmp_path / "utf16.txt")
+    (tmp_path / "squad.json").write_text('{\n  "data": []\n}\n')  # one pretty-printed object
+    assert _error(tmp_path / "squad.json").startswith(
+        f"{tmp_path / 'squad.json'} line 1: invalid JSON (Expecting property name enclosed in double quotes at "
+        "column 2); a .json source holds one JSON object per line or one array of objects")
+
+
+def test_folder_without_matches_names_what_it_holds(tmp_path):
+    for name in ("a.jsonl.gz", "b.jsonl.gz", "LICENSE"):
+        (tmp_path / name).write_bytes(b"x")
+    assert _error(tmp_path) == (f"no files matching '**/*.txt' under directory '{tmp_path}'; it holds 2 .jsonl.gz, "
+                                "1 (no extension) files: change data.glob (e.g. data.glob='**/*.jsonl.gz')")
 
 
 def test_datasetdict_folder_names_its_splits(tmp_path):
