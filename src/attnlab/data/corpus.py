@@ -75,6 +75,23 @@ def _glob_root(pattern: str) -> Path:
     return Path(*literal) if literal else Path(".")
 
 
+def _glob_hint(folder: Path, limit: int = 10_000) -> str:
+    """What to do when ``data.glob`` matched nothing: name the extensions the folder does hold."""
+    counts: dict[str, int] = {}
+    for i, p in enumerate(folder.rglob("*")):
+        if i >= limit:
+            break
+        if p.is_file() and not p.name.startswith("."):
+            ext = "".join(p.suffixes[-2:]) if p.suffix in (".gz", ".zst") else p.suffix
+            counts[ext or "(no extension)"] = counts.get(ext or "(no extension)", 0) + 1
+    if not counts:
+        return "add text files or change data.glob"
+    top = sorted(counts, key=lambda e: (-counts[e], e))[:3]
+    held = ", ".join(f"{counts[e]} {e}" for e in top)
+    example = next((e for e in top if e.startswith(".")), "")
+    return f"it holds {held} files: change data.glob" + (f" (e.g. data.glob='**/*{example}')" if example else "")
+
+
 def source_files(source: str, glob: str = "**/*.txt") -> list[tuple[Path, str, str]]:
     """The ``(path, name, format)`` of every file (or datasets folder) of a non-builtin source.
 
@@ -92,9 +109,7 @@ def source_files(source: str, glob: str = "**/*.txt") -> list[tuple[Path, str, s
         if path.is_dir():
             files = sorted(p for p in path.glob(glob) if p.is_file())
             if not files:
-                raise AttnlabError(
-                    f"no files matching '{glob}' under directory '{source}'; add text files or change data.glob"
-                )
+                raise AttnlabError(f"no files matching '{glob}' under directory '{source}'; {_glob_hint(path)}")
             ext = glob_extension(glob)
             return [(p, p.relative_to(path).as_posix(), detect_format(p, ext)) for p in files]
         return [(path, path.name, detect_format(path))]
@@ -161,7 +176,7 @@ def _nonempty(docs: Iterator[tuple[str, str]], source: str) -> Iterator[tuple[st
             n += 1
             yield name, text
     if not n:
-        raise AttnlabError(f"data source '{source}' holds no text (empty files only); add some text")
+        raise AttnlabError(f"data source '{source}' holds no text (only empty documents); add some text")
 
 
 def read_documents(source: str, glob: str = "**/*.txt", text_field: str = "text") -> list[tuple[str, str]]:

@@ -4,7 +4,8 @@ Each reader streams ``(name, text)`` documents from one file (or one saved ``dat
 folder) and never holds more than one batch of records in memory:
 
 - text (``.txt .md .text .rst``, a file without an extension, or an extension that
-  ``data.glob`` names): the whole file is one document;
+  ``data.glob`` names): the whole file is one document (refused if it holds a NUL byte:
+  a binary or UTF-16 file);
 - JSON Lines (``.jsonl .ndjson``, or ``.json`` holding one object per line) and a ``.json``
   array of objects: one document per record's text field;
 - Parquet (``.parquet``, read with pyarrow in record batches): one document per row;
@@ -81,7 +82,7 @@ def detect_format(path: Path, text_extension: str = "") -> str:
     name = path.name.lower()
     if name.endswith(PARQUET_SUFFIX):
         return "parquet"
-    base, compression = _split_compression(name)
+    base, _ = _split_compression(name)
     if base.endswith(JSON_SUFFIXES):
         return "json"
     if base.endswith(TEXT_SUFFIXES) or "." not in base.lstrip("."):
@@ -115,19 +116,30 @@ def _open_text(path: Path, encoding: str = "utf-8", newline: str | None = None) 
 
 
 def read_text(path: Path, name: str) -> Iterator[Doc]:
-    """The whole file as one document (UTF-8; bad bytes become U+FFFD)."""
+    """The whole file as one document (UTF-8; bad bytes become U+FFFD).
+
+    Raises:
+        AttnlabError: the file holds a NUL byte: it is binary (or UTF-16), not UTF-8 text.
+    """
     try:
         with _open_text(path, newline="") as f:
             text = f.read()
     except (OSError, EOFError) as e:
         raise AttnlabError(f"cannot read '{path}': {e}") from None
+    if "\x00" in text:
+        raise AttnlabError(
+            f"'{path}' holds NUL bytes, so it is not UTF-8 text (a binary file, or UTF-16); "
+            "convert it to UTF-8 or leave it out of data.glob"
+        )
     yield name, text
 
 
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number"}
+
+
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _text_of(record: Any, where: str, text_field: str) -> str:
@@ -153,15 +165,17 @@ def _first_char(path: Path) -> str:
 
 
 def read_json(path: Path, name: str, text_field: str) -> Iterator[Doc]:
-    """JSON Lines (one object per line; documents ``name:LINE``, from 1), or a JSON array of objects
-    (documents ``name:ROW``, from 0; the array is parsed whole: use JSON Lines for big corpora).
+    """JSON Lines (one object per line; documents ``name:LINE``, from 1), or a ``.json`` file holding one
+    array of objects (documents ``name:ROW``, from 0; parsed whole: use JSON Lines for big corpora).
 
     Raises:
         AttnlabError: invalid JSON (naming the line), a record that is not an object, or
             one without a string ``text_field``.
     """
     try:
-        if _first_char(path) == "[":
+        is_json = _split_compression(path.name.lower())[0].endswith(".json")
+        what = "a .json source holds" if is_json else "JSON Lines hold"
+        if is_json and _first_char(path) == "[":
             with _open_text(path, "utf-8-sig") as f:
                 try:
                     records = json.load(f)
@@ -175,11 +189,11 @@ def read_json(path: Path, name: str, text_field: str) -> Iterator[Doc]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     raise AttnlabError(
-                        f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno}); "
-                        "JSON Lines hold one JSON object per line"
+                        f"{path} line {n}: invalid JSON ({e.msg} at column {e.pos + 1}); {what} one JSON object "
+                        "per line" + (" or one array of objects" if is_json else "")
                     ) from None
                 yield f"{name}:{n}", _text_of(record, f"{path} line {n}", text_field)
     except (OSError, EOFError) as e:
@@ -196,7 +210,9 @@ def _check_column(schema: Any, path: Path, text_field: str) -> None:
             "set data.text_field to the column holding the text"
         )
     typ = schema.field(text_field).type
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)):
+    values = typ.value_type if pa.types.is_dictionary(typ) else typ  # pandas categoricals are dictionaries
+    is_view = getattr(pa.types, "is_string_view", lambda t: False)  # pyarrow >= 16
+    if not (pa.types.is_string(values) or pa.types.is_large_string(values) or is_view(values)):
         raise AttnlabError(f"{path}: column '{text_field}' holds {typ}, not strings")
 
 
