@@ -291,3 +291,16 @@ def test_statistics_sane_on_real_data(data):
     assert 1.0 < bpt < 8.0
     h = data.unigram_entropy("train")
     assert 0 < h < math.log(data.vocab_size)
+
+
+def test_tokenizer_sample_mb_reaches_the_trainer_and_keys_the_cache(corpus, data, tmp_path, monkeypatch):
+    seen = {}
+    real = Tokenizer.train_bpe.__func__
+
+    def spy(cls, texts, vocab_size, **kw):
+        seen.update(kw)
+        return real(cls, texts, vocab_size, **kw)
+
+    monkeypatch.setattr(Tokenizer, "train_bpe", classmethod(spy))
+    sampled = prepare(cfg_for(corpus, tokenizer_sample_mb=0.005), cache_root=tmp_path / "cache", progress=False)
+    assert seen["sample_mb"] == 0.005 and sampled.dir != data.dir

@@ -197,8 +197,8 @@ def _tokenizer_for(
     if tok is None:
         if progress:
             print(f"training a {bpe_vocab}-token BPE tokenizer on the training text...", file=sys.stderr)
-        sample = {"sample_mb": cfg.tokenizer_sample_mb} if cfg.tokenizer_sample_mb else {}
-        tok = Tokenizer.train_bpe(_training_texts(cfg), bpe_vocab, **sample)
+        tok = Tokenizer.train_bpe(_training_texts(cfg), bpe_vocab, sample_mb=cfg.tokenizer_sample_mb,
+                                  progress=progress)
     tok.save(saved)
     durable.fsync_file(work)
     return tok
