@@ -13,7 +13,8 @@ of 2 to 60 lines; written to a temporary folder, never committed), trains one BP
    committed progress (``progress.json``) passes half of the documents, mid-way through the next
    shard, then rerun to the end; its shards' sha256 must equal those of run 1.
 
-Results are appended to ``results/data_prepare-cpu.{json,md}``.
+Runs 1 and 2 alternate for ``--rounds`` rounds (medians reported). Results are appended to
+``results/data_prepare-cpu.{json,md}``.
 
     python benchmarks/data_prepare.py                  # 2 GB: the recorded run
     python benchmarks/data_prepare.py --size-mb 200    # a quick look
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +111,13 @@ def run(script: str, *args: str, env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (peak RSS: the largest of all runs)."""
+    mid = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    return {**mid, "rss_main_mb": max(r["rss_main_mb"] for r in runs),
+            "rss_worker_mb": max(r["rss_worker_mb"] for r in runs)}
+
+
 def shard_sums(folder: Path) -> dict[str, str]:
     out = {}
     for p in sorted(folder.glob("*.bin")):
@@ -148,6 +157,7 @@ def main() -> None:
     ap.add_argument("--num-proc", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--sample-mb", type=float, default=20, help="MB of the corpus the tokenizer is trained on")
+    ap.add_argument("--rounds", type=int, default=1, help="alternated rounds of both (medians reported)")
     ap.add_argument("--shard-tokens", type=int, default=0, help="prepare's shard_tokens (0: its default)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     ap.add_argument("--note", default="")
@@ -176,12 +186,17 @@ def main() -> None:
         tok_path = Tokenizer.train_bpe(sample(), args.vocab).save(work / "tokenizer.json")
         mb = n_bytes / 1e6
         ours_args = [str(src), str(tok_path), str(args.num_proc), str(args.shard_tokens)]
-        ours = run(OURS, *ours_args[:2], str(work / "ours"), *ours_args[2:], env=env)
-        print(f"ours: {mb / ours['seconds']:.2f} MB/s, peak RSS {ours['rss_main_mb']:.0f} MB (+ workers "
-              f"{ours['rss_worker_mb']:.0f} MB)")
-        theirs = run(DATASETS, str(src), str(tok_path), str(work / "hf"), str(args.num_proc), env=env)
-        print(f"datasets: {mb / theirs['seconds']:.2f} MB/s (map alone {mb / theirs['map_seconds']:.2f}), "
-              f"peak RSS {theirs['rss_main_mb']:.0f} MB")
+        ours_runs, their_runs = [], []
+        for r in range(args.rounds):  # alternated, so that a noisy neighbour hits both alike
+            shutil.rmtree(work / "ours", ignore_errors=True)
+            shutil.rmtree(work / "hf", ignore_errors=True)
+            ours_runs.append(run(OURS, *ours_args[:2], str(work / "ours"), *ours_args[2:], env=env))
+            their_runs.append(run(DATASETS, str(src), str(tok_path), str(work / "hf"), str(args.num_proc), env=env))
+            o, t = ours_runs[-1], their_runs[-1]
+            print(f"round {r + 1}: ours {mb / o['seconds']:.2f} MB/s, peak RSS {o['rss_main_mb']:.0f} MB (+ workers "
+                  f"{o['rss_worker_mb']:.0f} MB); datasets {mb / t['seconds']:.2f} MB/s (map alone "
+                  f"{mb / t['map_seconds']:.2f}), peak RSS {t['rss_main_mb']:.0f} MB")
+        ours, theirs = median_run(ours_runs), median_run(their_runs)
         resumed = kill_and_resume(ours_args, work / "killed", n_docs, env)
         same = shard_sums(Path(resumed["dir"])) == shard_sums(Path(ours["dir"]))
         print(f"kill + resume: killed={resumed['killed']} after {resumed['killed_after_s']} s with "
@@ -192,8 +207,10 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)", "load_end": list(os.getloadavg()),
         "size_mb": round(mb, 1), "documents": n_docs, "num_proc": args.num_proc, "vocab": args.vocab,
         "shard_tokens": args.shard_tokens or "default",
-        "ours": {**ours, "mb_per_s": mb / ours["seconds"]},
-        "datasets_map": {**theirs, "mb_per_s": mb / theirs["seconds"], "map_mb_per_s": mb / theirs["map_seconds"]},
+        "rounds": args.rounds,
+        "ours": {**ours, "mb_per_s": mb / ours["seconds"], "seconds_each": [round(r["seconds"], 1) for r in ours_runs]},
+        "datasets_map": {**theirs, "mb_per_s": mb / theirs["seconds"], "map_mb_per_s": mb / theirs["map_seconds"],
+                         "seconds_each": [round(r["seconds"], 1) for r in their_runs]},
         "speedup_vs_datasets": theirs["seconds"] / ours["seconds"],
         "kill_resume": {**resumed, "same_shards_as_uninterrupted": same},
         "note": args.note,
@@ -216,7 +233,9 @@ def write_results(session: dict) -> None:
         o, d, k = s["ours"], s["datasets_map"], s["kill_resume"]
         lines += [f"## {s['date']}: {s['size_mb']:.0f} MB, {s['documents']:,} documents, num_proc {s['num_proc']}, "
                   f"bpe:{s['vocab']}, {s['machine']}, load average at the end {[round(x, 2) for x in s['load_end']]}",
-                  "", "| run | seconds | MB/s | × datasets | peak RSS main (MB) | peak RSS worker (MB) | tokens |",
+                  "", f"Medians of {s.get('rounds', 1)} alternated round(s) (seconds each: ours "
+                  f"{o.get('seconds_each')}, datasets {d.get('seconds_each')}).", "",
+                  "| run | seconds | MB/s | × datasets | peak RSS main (MB) | peak RSS worker (MB) | tokens |",
                   "|---|---|---|---|---|---|---|",
                   f"| attnlab prepare | {o['seconds']:.1f} | {o['mb_per_s']:.2f} | {s['speedup_vs_datasets']:.2f} | "
                   f"{o['rss_main_mb']:.0f} | {o['rss_worker_mb']:.0f} | {o['tokens']:,} |",
