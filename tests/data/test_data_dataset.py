@@ -13,6 +13,7 @@ import torch
 from attnlab.config import DataConfig
 from attnlab.data import dataset as ds
 from attnlab.data.dataset import TokenData, bits_per_byte, prepare, split_documents, token_dtype
+from attnlab.data.shards import TokenShards
 from attnlab.data.tokenizer import EOS_TOKEN, Tokenizer
 from attnlab.errors import AttnlabError
 
@@ -89,14 +90,16 @@ def test_dtype_choice():
 
 def test_prepare_writes_cache(data, corpus):
     files = sorted(p.name for p in data.dir.iterdir())
-    assert files == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
-    assert not [p for p in data.dir.parent.iterdir() if p.name.startswith(".tmp")]
+    assert files == ["meta.json", "tokenizer.json", "train-00000.bin", "val-00000.bin"]  # shards + index in meta
+    assert not [p for p in data.dir.parent.iterdir() if p.name.startswith(".")]  # no work folder, no lock left
     m = data.meta
     assert m["vocab_size"] == data.tokenizer.vocab_size == VOCAB
-    assert m["dtype"] == "uint16" and data.train.dtype == np.uint16 and isinstance(data.train, np.memmap)
+    assert m["dtype"] == "uint16" and data.train.dtype == np.uint16 and isinstance(data.train, TokenShards)
+    assert m["shards"] == {"train": [{"file": "train-00000.bin", "n_tokens": len(data.train)}],
+                           "val": [{"file": "val-00000.bin", "n_tokens": len(data.val)}]}
     assert m["source"] == str(corpus) and m["tokenizer"] == f"bpe:{VOCAB}" and len(m["fingerprint"]) == 64
     assert m["train"]["n_tokens"] == len(data.train) and m["val"]["n_tokens"] == len(data.val)
-    assert os.path.getsize(data.dir / "train.bin") == 2 * len(data.train)
+    assert os.path.getsize(data.dir / "train-00000.bin") == 2 * len(data.train)
     # the token files are exactly the split texts, joined by <|endoftext|>
     docs = [(p.name, p.read_text()) for p in sorted(corpus.glob("*.txt"))]
     train, val = split_documents(docs, 0.1)
@@ -107,7 +110,7 @@ def test_prepare_writes_cache(data, corpus):
 
 
 def test_prepare_reuses_cache_without_retokenizing(data, corpus, tmp_path, monkeypatch):
-    mtime = os.stat(data.dir / "train.bin").st_mtime_ns
+    mtime = os.stat(data.dir / "train-00000.bin").st_mtime_ns
 
     def boom(*a, **k):
         raise AssertionError("retokenized although the cache matched")
@@ -116,7 +119,7 @@ def test_prepare_reuses_cache_without_retokenizing(data, corpus, tmp_path, monke
     monkeypatch.setattr(Tokenizer, "train_bpe", boom)
     again = prepare(cfg_for(corpus), cache_root=tmp_path / "cache", progress=False)
     assert again.dir == data.dir
-    assert os.stat(again.dir / "train.bin").st_mtime_ns == mtime
+    assert os.stat(again.dir / "train-00000.bin").st_mtime_ns == mtime
     assert np.array_equal(again.train, data.train)
 
 
@@ -129,7 +132,7 @@ def test_cache_key_follows_inputs(data, corpus, tmp_path):
 
 
 def test_incomplete_cache_is_rebuilt(data, corpus, tmp_path):
-    (data.dir / "train.bin").write_bytes(b"\x00\x01")  # as if cut short
+    (data.dir / "train-00000.bin").write_bytes(b"\x00\x01")  # as if cut short
     stale = data.dir.parent / f".tmp-{data.dir.name}-{2**22 + 12345}"  # left by a killed run
     stale.mkdir()
     again = prepare(cfg_for(corpus), cache_root=tmp_path / "cache", progress=False)
@@ -137,28 +140,34 @@ def test_incomplete_cache_is_rebuilt(data, corpus, tmp_path):
     assert not stale.exists()
 
 
-def test_killed_run_leaves_no_trusted_cache(corpus, tmp_path, monkeypatch):
-    real = ds._encode_split
+def test_interrupted_run_leaves_no_trusted_cache_and_resumes(corpus, data, tmp_path, monkeypatch):
+    from attnlab.data import streaming
 
-    def dies_after_train(tok, docs, path, dtype, desc, progress):
-        if "val" in desc:
-            raise KeyboardInterrupt
-        return real(tok, docs, path, dtype, desc, progress)
+    real = streaming.encode_items
 
-    monkeypatch.setattr(ds, "_encode_split", dies_after_train)
-    root = tmp_path / "cache"
+    def dies_in_the_second_document(*a, **k):
+        gen = real(*a, **k)
+        for _ in range(90):  # ~60 items per document
+            yield next(gen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(streaming, "BATCH_CHARS", 100)
+    monkeypatch.setattr(streaming, "encode_items", dies_in_the_second_document)
+    root = tmp_path / "cache2"
     with pytest.raises(KeyboardInterrupt):
-        prepare(cfg_for(corpus), cache_root=root, progress=False)
-    assert list(root.iterdir()) == []  # neither a folder nor a temp folder
-    monkeypatch.setattr(ds, "_encode_split", real)
-    assert len(prepare(cfg_for(corpus), cache_root=root, progress=False).val) > 0
+        prepare(cfg_for(corpus), cache_root=root, progress=False, shard_tokens=1000)
+    assert sorted(p.name for p in root.iterdir()) == [f".lock-{data.dir.name}", f".partial-{data.dir.name}"]
+    monkeypatch.setattr(streaming, "encode_items", real)
+    again = prepare(cfg_for(corpus), cache_root=root, progress=False)
+    assert again.meta["resumed_after_documents"] == 1  # the first document was committed
+    assert np.array_equal(again.train, data.train) and np.array_equal(again.val, data.val)
 
 
 def test_uint32_files_for_large_vocab(corpus, data, tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "token_dtype", lambda vocab_size: np.dtype(np.uint32))
     big = prepare(cfg_for(corpus), tokenizer=data.tokenizer, cache_root=tmp_path / "c32", progress=False)
     assert big.meta["dtype"] == "uint32" and big.train.dtype == np.uint32
-    assert os.path.getsize(big.dir / "train.bin") == 4 * len(big.train)
+    assert os.path.getsize(big.dir / "train-00000.bin") == 4 * len(big.train)
     assert np.array_equal(big.train, data.train)
 
 
@@ -196,7 +205,7 @@ def test_bad_tokenizer_spec(corpus, tmp_path, spec):
 def test_progress_bar(corpus, tmp_path, capsys):
     prepare(cfg_for(corpus), cache_root=tmp_path / "cache", progress=True)
     err = capsys.readouterr().err
-    assert "tokenizing train" in err and "tokenizing val" in err
+    assert "tokenizing" in err and "B/s" in err and "100%" in err  # one pass, bytes per second, ETA
 
 
 # --------------------------------------------------------------------------- batches
@@ -282,3 +291,16 @@ def test_statistics_sane_on_real_data(data):
     assert 1.0 < bpt < 8.0
     h = data.unigram_entropy("train")
     assert 0 < h < math.log(data.vocab_size)
+
+
+def test_tokenizer_sample_mb_reaches_the_trainer_and_keys_the_cache(corpus, data, tmp_path, monkeypatch):
+    seen = {}
+    real = Tokenizer.train_bpe.__func__
+
+    def spy(cls, texts, vocab_size, **kw):
+        seen.update(kw)
+        return real(cls, texts, vocab_size, **kw)
+
+    monkeypatch.setattr(Tokenizer, "train_bpe", classmethod(spy))
+    sampled = prepare(cfg_for(corpus, tokenizer_sample_mb=0.005), cache_root=tmp_path / "cache", progress=False)
+    assert seen["sample_mb"] == 0.005 and sampled.dir != data.dir

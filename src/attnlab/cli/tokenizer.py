@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from attnlab.data.corpus import read_documents
+from attnlab.data.corpus import iter_documents
 from attnlab.data.tokenizer import Tokenizer
 
 
@@ -22,11 +23,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     train = sub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
-    train.add_argument("paths", nargs="+", metavar="PATH", help="text files, directories, or builtin:shakespeare")
+    train.add_argument("paths", nargs="+", metavar="PATH",
+                       help="text, .jsonl/.json(.gz/.zst) or .parquet files, directories, datasets folders, "
+                            "glob patterns, or builtin:shakespeare")
     train.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary")
     train.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge")
     train.add_argument("--out", default="tokenizer.json", help="file to write")
     train.add_argument("--glob", default="**/*.txt", help="file pattern inside directories")
+    train.add_argument("--text-field", default="text", help="the text field of JSON / Parquet / datasets sources")
+    train.add_argument("--sample-mb", type=float, default=0,
+                       help="train on the first N MB of text only (default 0: all of it, streamed)")
 
     encode = sub.add_parser("encode", help="print the token ids and pieces of a text")
     encode.add_argument("tokenizer", help="tokenizer.json, or a directory with it or GPT-2's encoder.json + vocab.bpe")
@@ -48,11 +54,19 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "encode":
         _show(Tokenizer.load(args.tokenizer), args.text)
         return 0
-    docs = [doc for path in args.paths for doc in read_documents(path, args.glob)]
-    tok = Tokenizer.train_bpe((text for _, text in docs), args.vocab_size, min_frequency=args.min_frequency)
+    shown: list[str] = []  # a line of the text, shown encoded at the end
+
+    def texts():  # streamed: the corpus is never held in memory
+        for path in args.paths:
+            for _, text in iter_documents(path, args.glob, args.text_field):
+                if not shown:
+                    shown.append(next((ln.strip() for ln in text[:10_000].splitlines() if len(ln.strip()) > 20),
+                                      text[:60]))
+                yield text
+
+    tok = Tokenizer.train_bpe(texts(), args.vocab_size, min_frequency=args.min_frequency,
+                              sample_mb=args.sample_mb, progress=sys.stderr.isatty())
     out = tok.save(args.out)
-    n_chars = sum(len(t) for _, t in docs)
-    print(f"trained on {len(docs)} document(s), {n_chars:,} characters; vocab size {tok.vocab_size}; wrote {out}")
-    sample = next((line.strip() for _, t in docs for line in t.splitlines() if len(line.strip()) > 20), docs[0][1][:60])
-    _show(tok, sample[:80])
+    print(f"trained on {tok.trained_on.describe()}; vocab size {tok.vocab_size}; wrote {out}")
+    _show(tok, shown[0][:80])
     return 0

@@ -1,22 +1,31 @@
-"""Tokenized text datasets: split, tokenize once, cache as memmaps, serve batches.
+"""Tokenized text datasets: split, tokenize once in a streaming pass, cache as token shards, serve batches.
 
 :func:`prepare` turns a :class:`~attnlab.config.DataConfig` into a :class:`TokenData`:
 
-1. read the documents (:func:`attnlab.data.corpus.read_documents`);
-2. hold out the last ``val_fraction`` of every document for validation
-   (:func:`split_documents`);
-3. train a BPE tokenizer on the *training* text only (``tokenizer: bpe:N``) or load one;
-4. tokenize each split (documents joined by ``<|endoftext|>``) into ``train.bin`` /
-   ``val.bin``, raw ``uint16`` (or ``uint32`` for vocabularies over 65536) arrays, with
-   ``meta.json`` and ``tokenizer.json`` beside them.
+1. stream the documents (:func:`attnlab.data.corpus.iter_documents`), never the whole corpus
+   in memory;
+2. hold out the last ``val_fraction`` of every document for validation (:func:`split_documents`
+   says how: the same cut, applied document by document as they stream);
+3. train a BPE tokenizer on the stream of *training* text only (``tokenizer: bpe:N``, at most
+   ``tokenizer_sample_mb`` of it) or load one;
+4. encode the stream in batches, in ``num_proc`` worker processes
+   (:mod:`attnlab.data.streaming`), appending each split (documents joined by ``<|endoftext|>``)
+   to raw ``uint16`` (``uint32`` for vocabularies over 65536) token shards
+   (:mod:`attnlab.data.shards`), with ``meta.json`` (the shard index and counts) and
+   ``tokenizer.json`` beside them. A progress bar shows MB/s and the time left.
 
-The folder is keyed by a sha256 fingerprint of the inputs (document names and texts,
-``val_fraction``, tokenizer), lives under ``cache_dir``, is built in a temporary folder
-that is flushed and renamed into place (:func:`attnlab.io.durable.write_folder`; ``meta.json``
-records the token counts that tell a complete folder), and is reused whenever the fingerprint matches.
+The folder is keyed by a sha256 fingerprint of the inputs: the source's files (path, size and
+modification time of each: a cache hit costs no pass over gigabytes, and any write to a file
+moves its size or time; see :func:`attnlab.data.streaming.source_signature`), ``glob``,
+``text_field``, ``val_fraction`` and the tokenizer. It is built in a work folder
+``.partial-NAME`` beside it, under a lock; progress is committed durably every ``shard_tokens``
+tokens, so a killed preparation resumes from its last commit and ends with the same shards as
+one that never stopped; the finished folder is flushed and renamed into place
+(:func:`attnlab.io.durable.replace_folder`) and reused whenever the fingerprint matches.
 
-Batches are stateless functions of ``(seed, split, step, micro)``, so a resumed run
-sees exactly the batches it would have seen without the interruption.
+Batches are stateless functions of ``(seed, split, step, micro)`` over the token stream
+(:class:`~attnlab.data.token_data.TokenData`, re-exported here), so a resumed run sees exactly the
+batches it would have seen without the interruption, whatever the shard layout.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -32,20 +42,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from attnlab.config import DataConfig
-from attnlab.data.corpus import read_documents
+from attnlab.data import streaming
+from attnlab.data.corpus import iter_documents
+from attnlab.data.shards import PROGRESS, ShardWriter, exclusive
+from attnlab.data.token_data import TokenData, seeded_generator
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.errors import AttnlabError
 from attnlab.io import durable
 
-CACHE_FORMAT = 1
+__all__ = ["TokenData", "bits_per_byte", "cut_point", "fingerprint", "parse_bpe_spec", "prepare", "seeded_generator",
+           "split_documents", "token_dtype"]
+
+CACHE_FORMAT = 2  # 2: token shards + index (1: one train.bin / val.bin, still readable)
 SPLITS = ("train", "val")
+SHARD_TOKENS = 1 << 25  # tokens (both splits) between commits: about 64 MB of uint16 shards
 _BPE_SPEC = re.compile(r"^bpe:(\d+)$")
-_ENCODE_BATCH_CHARS = 1 << 19  # characters handed to one encode_batch call
-_CHUNK_CHARS = 1 << 14  # characters per piece inside a batch
 
 Documents = list[tuple[str, str]]
 
@@ -59,7 +73,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def _cut_point(text: str, val_fraction: float) -> int:
+def cut_point(text: str, val_fraction: float) -> int:
     """Index where validation text starts: about ``val_fraction`` from the end, at a line start."""
     n = len(text)
     k = n - round(n * val_fraction)
@@ -85,7 +99,7 @@ def split_documents(docs: Documents, val_fraction: float) -> tuple[Documents, Do
     """
     train, val = [], []
     for name, text in docs:
-        k = _cut_point(text, val_fraction)
+        k = cut_point(text, val_fraction)
         if text[:k]:
             train.append((name, text[:k]))
         if text[k:]:
@@ -99,26 +113,23 @@ def parse_bpe_spec(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def seeded_generator(*parts: object) -> torch.Generator:
-    """A CPU generator seeded by a hash of ``parts`` (e.g. ``seed, "train", step, micro``).
-
-    Randomness that is a pure function of where a run is keeps resumed runs exact.
-    """
-    key = "|".join(map(str, parts)).encode()
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
-
-
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
-def fingerprint(docs: Documents, val_fraction: float, tokenizer_key: str) -> str:
-    """sha256 of everything that determines the token files: texts, split and tokenizer."""
+def fingerprint(cfg: DataConfig, tokenizer_key: str) -> str:
+    """sha256 of everything that determines the token files: the source's files, the split and the tokenizer.
+
+    The source enters by :func:`attnlab.data.streaming.source_signature` (each file's path, size
+    and modification time; a builtin corpus by content).
+    """
     payload = {
         "format": CACHE_FORMAT,
-        "val_fraction": val_fraction,
+        "source": streaming.source_signature(cfg.source, cfg.glob, cfg.text_field),
+        "glob": cfg.glob,
+        "text_field": cfg.text_field,
+        "val_fraction": cfg.val_fraction,
         "tokenizer": tokenizer_key,
-        "documents": [[name, _sha256(text)] for name, text in docs],
     }
     return _sha256(json.dumps(payload, sort_keys=True))
 
@@ -129,149 +140,18 @@ def _folder_name(source: str, spec: str, fp: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# TokenData: the memmapped splits and batch access
-
-
-def _open_split(path: Path, dtype: np.dtype, n_tokens: int) -> np.ndarray:
-    if n_tokens == 0:  # np.memmap cannot map an empty file
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n_tokens,))
-
-
-class TokenData:
-    """Tokenized train/validation splits, memory-mapped from a cache folder.
-
-    Attributes:
-        train: training token ids, shape (N_train,), uint16 or uint32 memmap.
-        val: validation token ids, shape (N_val,).
-        tokenizer: the :class:`~attnlab.data.tokenizer.Tokenizer` that produced them.
-        meta: contents of ``meta.json`` (vocab size, dtype, per-split token and byte counts, ...).
-        dir: the cache folder.
-    """
-
-    def __init__(self, dir: str | Path) -> None:
-        self.dir = Path(dir)
-        meta_path = self.dir / "meta.json"
-        if not meta_path.is_file():
-            raise AttnlabError(f"'{self.dir}' is not a prepared data folder (no meta.json); run prepare() on it")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        self.tokenizer = Tokenizer.load(self.dir / "tokenizer.json")
-        dtype = np.dtype(self.meta["dtype"])
-        self.train = _open_split(self.dir / "train.bin", dtype, self.meta["train"]["n_tokens"])
-        self.val = _open_split(self.dir / "val.bin", dtype, self.meta["val"]["n_tokens"])
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids of the tokenizer."""
-        return int(self.meta["vocab_size"])
-
-    def split(self, split: str) -> np.ndarray:
-        """The token array of ``"train"`` or ``"val"``."""
-        if split not in SPLITS:
-            raise AttnlabError(f"unknown split '{split}'; use 'train' or 'val'")
-        return self.train if split == "train" else self.val
-
-    def _checked(self, split: str, seq_len: int, batch_size: int) -> np.ndarray:
-        data = self.split(split)
-        if seq_len <= 0 or batch_size <= 0:
-            raise AttnlabError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
-        if len(data) <= seq_len + 1:
-            raise AttnlabError(
-                f"the {split} split has {len(data)} tokens, too small for seq_len={seq_len} "
-                f"(needs more than {seq_len + 1}); lower train.seq_len or add text"
-            )
-        return data
-
-    @staticmethod
-    def _windows(data: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = starts[:, None] + np.arange(seq_len + 1)  # (B, T+1)
-        w = torch.from_numpy(data[idx].astype(np.int64))  # (B, T+1) int64
-        return w[:, :-1].contiguous(), w[:, 1:].contiguous()
-
-    def get_batch(
-        self, split: str, step: int, batch_size: int, seq_len: int, seed: int, micro: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows for one (micro-)step, a pure function of its arguments.
-
-        Args:
-            split: ``"train"`` or ``"val"``.
-            step: optimizer step; with ``seed`` and ``micro`` it alone picks the windows.
-            batch_size: sequences B.
-            seq_len: tokens T per sequence.
-            seed: run seed.
-            micro: micro-batch index within the step (gradient accumulation).
-
-        Returns:
-            ``(x, y)``, int64 CPU tensors of shape (B, T); ``y`` is ``x`` shifted left by one
-            token (the next-token targets: ``y[:, t] == x[:, t + 1]``).
-
-        Raises:
-            AttnlabError: if the split holds no more than ``seq_len + 1`` tokens.
-        """
-        data = self._checked(split, seq_len, batch_size)
-        g = seeded_generator(seed, split, step, micro)
-        starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=g).numpy()  # (B,)
-        return self._windows(data, starts, seq_len)
-
-    def eval_batches(
-        self, split: str, batch_size: int, seq_len: int, max_batches: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Fixed, evenly spaced, non-overlapping windows spanning the whole split.
-
-        The same arguments always give the same batches, so losses are comparable
-        across runs. All batches are full, except when the split holds fewer than
-        ``batch_size`` windows: then a single smaller batch comes back.
-
-        Yields:
-            ``(x, y)`` int64 tensors of shape (B, T), as :meth:`get_batch`.
-        """
-        data = self._checked(split, seq_len, batch_size)
-        if max_batches <= 0:
-            return
-        room = len(data) - seq_len - 1  # last valid window start
-        fit = (len(data) - 1) // seq_len  # non-overlapping windows that fit
-        n = min(max_batches, fit // batch_size) * batch_size or fit
-        # Spacing room/(n-1) >= seq_len because n <= fit, so windows never overlap.
-        starts = np.array([k * room // (n - 1) for k in range(n)] if n > 1 else [0], dtype=np.int64)
-        for i in range(0, n, batch_size):
-            yield self._windows(data, starts[i : i + batch_size], seq_len)
-
-    def bytes_per_token(self, split: str = "val") -> float:
-        """UTF-8 bytes of text per token in ``split``: bits/byte = loss / ln 2 / bytes_per_token."""
-        self.split(split)  # validates the name
-        m = self.meta[split]
-        return m["n_bytes"] / max(m["n_tokens"], 1)
-
-    def unigram_entropy(self, split: str = "train") -> float:
-        """Entropy of the token frequency distribution of ``split``, in nats per token.
-
-        The loss of a model that ignores context; a trained LM should go well below it.
-        """
-        data = self.split(split)
-        if len(data) == 0:
-            return 0.0
-        counts = np.bincount(np.asarray(data), minlength=self.vocab_size)
-        p = counts[counts > 0] / len(data)
-        return float(-(p * np.log(p)).sum())
-
-    def __repr__(self) -> str:
-        return (
-            f"TokenData(dir='{self.dir}', vocab_size={self.vocab_size}, "
-            f"train={len(self.train)}, val={len(self.val)} tokens)"
-        )
-
-
-# ---------------------------------------------------------------------------
 # Building the cache
 
 
-def _resolve_tokenizer(spec: str, tokenizer: Tokenizer | None) -> tuple[Tokenizer | None, int | None, str]:
+def _resolve_tokenizer(
+    spec: str, tokenizer: Tokenizer | None, sample_mb: float
+) -> tuple[Tokenizer | None, int | None, str]:
     """Returns (tokenizer or None if it must be trained, bpe vocab size, fingerprint key)."""
     if tokenizer is not None:
         return tokenizer, None, "json:" + _sha256(tokenizer.to_json())
     vocab = parse_bpe_spec(spec)
     if vocab is not None:
-        return None, vocab, f"bpe:{vocab}:min_frequency=2"
+        return None, vocab, f"bpe:{vocab}:min_frequency=2:sample_mb={sample_mb:g}"
     if spec.strip().startswith("bpe:") or not Path(spec).expanduser().exists():
         raise AttnlabError(
             f"data.tokenizer '{spec}' is neither 'bpe:N' (train one, e.g. bpe:4096) "
@@ -281,43 +161,126 @@ def _resolve_tokenizer(spec: str, tokenizer: Tokenizer | None) -> tuple[Tokenize
     return tok, None, "json:" + _sha256(tok.to_json())
 
 
-def _encode_split(
-    tokenizer: Tokenizer, docs: Documents, path: Path, dtype: np.dtype, desc: str, progress: bool
-) -> int:
-    """Tokenize ``docs`` (joined by eos) straight into the raw file ``path``; return the token count."""
-    eos = tokenizer.eos_id
-    eos_arr = np.array([eos] if eos is not None else [], dtype=dtype)
-    total = sum(len(t) for _, t in docs)
-    n_tokens = 0
-    with open(path, "wb") as f, tqdm(
-        total=total, desc=desc, unit="char", unit_scale=True, disable=not progress, file=sys.stderr
-    ) as bar:
-        for d, (_, text) in enumerate(docs):
-            if d:
-                eos_arr.tofile(f)
-                n_tokens += len(eos_arr)
-            pieces = tokenizer.chunk_text(text, _CHUNK_CHARS)
-            per_batch = max(1, _ENCODE_BATCH_CHARS // _CHUNK_CHARS)
-            for i in range(0, len(pieces), per_batch):
-                batch = pieces[i : i + per_batch]
-                for ids in tokenizer.encode_batch(batch):
-                    np.asarray(ids, dtype=dtype).tofile(f)
-                    n_tokens += len(ids)
-                bar.update(sum(len(p) for p in batch))
-    return n_tokens
-
-
 def _is_complete(folder: Path, fp: str) -> bool:
+    """Whether ``folder`` is a finished preparation of fingerprint ``fp`` (every shard at its size)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
-        return (
-            meta.get("fingerprint") == fp
-            and (folder / "tokenizer.json").is_file()
-            and all((folder / f"{s}.bin").stat().st_size == meta[s]["n_tokens"] * itemsize for s in SPLITS)
-        )
+        if meta.get("fingerprint") != fp or not (folder / "tokenizer.json").is_file():
+            return False
+        for s in SPLITS:
+            index = meta["shards"][s]
+            if sum(sh["n_tokens"] for sh in index) != meta[s]["n_tokens"]:
+                return False
+            if any((folder / sh["file"]).stat().st_size != sh["n_tokens"] * itemsize for sh in index):
+                return False
+        return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _training_texts(cfg: DataConfig) -> Iterator[str]:
+    """The training part of every document, streamed."""
+    for _, text in iter_documents(cfg.source, cfg.glob, cfg.text_field):
+        k = cut_point(text, cfg.val_fraction)
+        if k:
+            yield text[:k]
+
+
+def _tokenizer_for(
+    work: Path, tok: Tokenizer | None, bpe_vocab: int | None, cfg: DataConfig, progress: bool
+) -> Tokenizer:
+    """The given tokenizer, the one an interrupted attempt trained, or a newly trained one; kept in ``work``."""
+    saved = work / "tokenizer.json"
+    if tok is None and saved.is_file():
+        return Tokenizer.load(saved)  # trained before an interruption (written atomically)
+    if tok is None:
+        if progress:
+            print(f"training a {bpe_vocab}-token BPE tokenizer on the training text...", file=sys.stderr)
+        tok = Tokenizer.train_bpe(_training_texts(cfg), bpe_vocab, sample_mb=cfg.tokenizer_sample_mb,
+                                  progress=progress)
+    tok.save(saved)
+    durable.fsync_file(work)
+    return tok
+
+
+def _documents(cfg: DataConfig, writer: ShardWriter) -> Iterator[tuple[int, str, str]]:
+    """``(index, name, text)`` of the documents not yet in committed shards (the others are read and skipped)."""
+    skip, d, same = writer.docs_done, -1, True
+    for d, (name, text) in enumerate(iter_documents(cfg.source, cfg.glob, cfg.text_field)):
+        if d >= skip:
+            yield d, name, text
+        elif d == skip - 1 and name != writer.last_name:
+            same = False
+            break
+    if not same or d < skip - 1:  # another document where the last commit was, or fewer documents
+        raise AttnlabError(
+            f"the source no longer matches the interrupted preparation in '{writer.folder}' (document "
+            f"{skip} was '{writer.last_name}'); delete that folder and rerun"
+        )
+
+
+def _encode(cfg: DataConfig, tok: Tokenizer, writer: ShardWriter, progress: bool) -> None:
+    """Stream the documents not yet done through the encoder into the shards; commit at the end."""
+    started = [writer.splits[s].n_documents > 0 for s in SPLITS]
+    items = streaming.work_items(_documents(cfg, writer), lambda t: cut_point(t, cfg.val_fraction), started,
+                                 tok.chunk_text, writer.bytes_done, streaming.BATCH_CHARS)
+    total = streaming.text_bytes_estimate(cfg.source, cfg.glob, cfg.text_field)
+    with tqdm(total=total, initial=writer.bytes_done, desc="tokenizing", unit="B", unit_scale=True,
+              disable=not progress, file=sys.stderr, smoothing=0.1) as bar:
+        try:
+            for item, (arrays, n_bytes) in streaming.encode_items(items, tok, writer.dtype, cfg.num_proc):
+                for s, split in enumerate(SPLITS):
+                    if len(arrays[s]) or item.n_documents[s]:
+                        writer.append(split, arrays[s], n_bytes[s], item.n_documents[s])
+                if bar.total is not None and bar.n + sum(n_bytes) > bar.total:
+                    bar.total = bar.n + sum(n_bytes)  # the estimate was short (JSON escapes, a guess)
+                bar.update(sum(n_bytes))
+                if item.boundary is not None:
+                    writer.documents_done(*item.boundary)
+            writer.commit()
+        finally:
+            writer.close()
+        bar.total = bar.n
+        bar.refresh()
+
+
+def _build(cfg: DataConfig, work: Path, fp: str, tok: Tokenizer | None, bpe_vocab: int | None,
+           given: bool, progress: bool, shard_tokens: int) -> None:
+    """Fill the work folder: tokenizer, shards (resuming committed work), then ``meta.json``."""
+    t0 = time.perf_counter()
+    tok = _tokenizer_for(work, tok, bpe_vocab, cfg, progress)
+    t_tok = time.perf_counter() - t0
+    dtype = token_dtype(tok.vocab_size)
+    writer = ShardWriter.open(work, dtype, shard_tokens, key=fp)
+    resumed = writer.docs_done
+    if resumed and progress:
+        print(f"resuming the interrupted preparation after {resumed:,} documents", file=sys.stderr)
+    t1 = time.perf_counter()
+    _encode(cfg, tok, writer, progress)
+    if fingerprint(cfg, _resolve_tokenizer(cfg.tokenizer, tok if given else None, cfg.tokenizer_sample_mb)[2]) != fp:
+        shutil.rmtree(work, ignore_errors=True)
+        raise AttnlabError(f"the source '{cfg.source}' changed while it was being tokenized; rerun")
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "fingerprint": fp,
+        "source": cfg.source,
+        "glob": cfg.glob,
+        "text_field": cfg.text_field,
+        "tokenizer": cfg.tokenizer if not given else "given",
+        "val_fraction": cfg.val_fraction,
+        "vocab_size": tok.vocab_size,
+        "eos_id": tok.eos_id,
+        "dtype": dtype.name,
+        "n_documents": writer.docs_done,
+        "shard_tokens": writer.shard_tokens,
+        "shards": writer.index(),
+        **{s: {"n_tokens": sp.n_tokens, "n_bytes": sp.n_bytes, "n_documents": sp.n_documents}
+           for s, sp in writer.splits.items()},
+        "resumed_after_documents": resumed,
+        "seconds": {"tokenizer": round(t_tok, 3), "tokenize": round(time.perf_counter() - t1, 3)},
+    }
+    durable.write_file(work / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def prepare(
@@ -325,71 +288,50 @@ def prepare(
     tokenizer: Tokenizer | None = None,
     cache_root: str | Path | None = None,
     progress: bool = True,
+    *,
+    shard_tokens: int = SHARD_TOKENS,
 ) -> TokenData:
-    """Split, tokenize and cache a text source; reuse the cache when the inputs match.
+    """Split, tokenize and cache a text source in one streaming pass; reuse the cache when the inputs match.
+
+    Memory stays bounded whatever the corpus size; a preparation that was killed resumes from
+    its last committed shard when called again with the same inputs.
 
     Args:
-        cfg: the data section of the config (``source``, ``glob``, ``tokenizer``,
-            ``val_fraction``, ``cache_dir``).
+        cfg: the data section of the config (``source``, ``glob``, ``text_field``, ``tokenizer``,
+            ``tokenizer_sample_mb``, ``val_fraction``, ``cache_dir``, ``num_proc``).
         tokenizer: use this tokenizer instead of the one ``cfg.tokenizer`` names.
         cache_root: folder for the cache (default ``cfg.cache_dir``).
-        progress: show a progress bar on stderr while tokenizing.
+        progress: show a progress bar (MB/s, time left) on stderr while tokenizing.
+        shard_tokens: tokens between durable commits (the shard size; both splits together).
 
     Returns:
         The memory-mapped :class:`TokenData`.
 
     Raises:
-        AttnlabError: for a missing or empty source, or a bad tokenizer spec.
+        AttnlabError: for a missing, unreadable or empty source, or a bad tokenizer spec.
     """
-    docs = read_documents(cfg.source, cfg.glob)
-    train_docs, val_docs = split_documents(docs, cfg.val_fraction)
-    tok, bpe_vocab, tok_key = _resolve_tokenizer(cfg.tokenizer, tokenizer)
-    fp = fingerprint(docs, cfg.val_fraction, tok_key)
-
+    if shard_tokens <= 0:
+        raise AttnlabError(f"shard_tokens must be positive, got {shard_tokens}")
+    tok, bpe_vocab, tok_key = _resolve_tokenizer(cfg.tokenizer, tokenizer, cfg.tokenizer_sample_mb)
+    fp = fingerprint(cfg, tok_key)
     root = Path(cache_root if cache_root is not None else cfg.cache_dir).expanduser()
     name = _folder_name(cfg.source, cfg.tokenizer, fp)
     folder = root / name
     if _is_complete(folder, fp):
         return TokenData(folder)
-
-    t0 = time.perf_counter()
-    if tok is None:
-        if progress:
-            print(f"training a {bpe_vocab}-token BPE tokenizer on the training text...", file=sys.stderr)
-        tok = Tokenizer.train_bpe((text for _, text in train_docs), bpe_vocab)
-    t_tok = time.perf_counter() - t0
-    dtype = token_dtype(tok.vocab_size)
-
-    def fill(tmp: Path) -> None:
-        meta: dict[str, Any] = {
-            "format": CACHE_FORMAT,
-            "fingerprint": fp,
-            "source": cfg.source,
-            "glob": cfg.glob,
-            "tokenizer": cfg.tokenizer if tokenizer is None else "given",
-            "val_fraction": cfg.val_fraction,
-            "vocab_size": tok.vocab_size,
-            "eos_id": tok.eos_id,
-            "dtype": dtype.name,
-            "n_documents": len(docs),
-        }
-        t1 = time.perf_counter()
-        for split, split_docs in (("train", train_docs), ("val", val_docs)):
-            n = _encode_split(tok, split_docs, tmp / f"{split}.bin", dtype, f"tokenizing {split}", progress)
-            meta[split] = {
-                "n_tokens": n,
-                "n_bytes": sum(len(t.encode("utf-8", errors="surrogatepass")) for _, t in split_docs),
-                "n_documents": len(split_docs),
-            }
-        meta["seconds"] = {"tokenizer": round(t_tok, 3), "tokenize": round(time.perf_counter() - t1, 3)}
-        tok.save(tmp / "tokenizer.json")
-        durable.write_file(tmp / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
-
-    try:  # staged beside the cache folder, flushed, renamed into place (an incomplete one is replaced)
-        durable.write_folder(folder, fill, manifest=None)
-    except OSError:
-        if not _is_complete(folder, fp):  # another process did not win the race either
-            raise
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / f".lock-{name}"
+    with exclusive(lock, waiting=f"waiting for another process that is preparing '{folder}'..."):
+        if not _is_complete(folder, fp):  # nobody finished it while we waited
+            durable.remove_stale(folder)
+            work = root / f".partial-{name}"
+            work.mkdir(exist_ok=True)
+            if not _is_complete(work, fp):  # else killed between finishing and the rename
+                _build(cfg, work, fp, tok, bpe_vocab, tokenizer is not None, progress, shard_tokens)
+            (work / PROGRESS).unlink(missing_ok=True)
+            durable.digests(work, hash_files=False)  # flush every file before the rename
+            durable.replace_folder(work, folder)
+        lock.unlink(missing_ok=True)
     return TokenData(folder)
 
 

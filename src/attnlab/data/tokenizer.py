@@ -13,28 +13,30 @@ initial alphabet holds all 256 byte values, so nothing is ever unknown::
 GPT-2's tokenizer loads from its ``encoder.json`` + ``vocab.bpe`` (or a ``tokenizer.json``)::
 
     gpt2 = Tokenizer.load("path/to/dir_with_encoder_json_and_vocab_bpe")
+
+Training streams: ``texts`` may be a generator over a corpus of any size, read lazily
+(see :mod:`attnlab.data.bpe_stream`); ``sample_mb`` stops it after that many megabytes.
 """
 
 from __future__ import annotations
 
 import functools
-import re
+import logging
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
 
+from attnlab.data.bpe_stream import MB, TrainSample, safe_pieces, training_batches
 from attnlab.errors import AttnlabError
 from attnlab.io.durable import atomic_write_text
 
 EOS_TOKEN = "<|endoftext|>"
 
-# Positions where a byte-level (GPT-2 regex) pre-tokenizer always splits, whatever
-# comes before or after: before a single space between two non-spaces ("a| b"), and
-# after a single newline between two non-spaces ("a\n|b"). Encoding the pieces cut
-# there separately gives exactly the ids of encoding the whole text.
-_SAFE_CUT = re.compile(r"(?<=\S)(?= \S)|(?<=\S\n)(?=\S)")
+log = logging.getLogger("attnlab.data")
 
 _EXPECTED_FILES = "a tokenizer.json file, or a directory with tokenizer.json or GPT-2's encoder.json + vocab.bpe"
 
@@ -73,10 +75,15 @@ class Tokenizer:
 
     Args:
         backend: the Hugging Face ``tokenizers.Tokenizer`` doing the work.
+
+    Attributes:
+        trained_on: for a tokenizer from :meth:`train_bpe`, how much text it was trained on;
+            ``None`` for a loaded one.
     """
 
     def __init__(self, backend: tokenizers.Tokenizer) -> None:
         self._tok = backend
+        self.trained_on: TrainSample | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -87,27 +94,43 @@ class Tokenizer:
         vocab_size: int,
         min_frequency: int = 2,
         special_tokens: Sequence[str] = (EOS_TOKEN,),
+        sample_mb: float = 0,
+        progress: bool = False,
     ) -> Tokenizer:
-        """Train a byte-level BPE tokenizer on ``texts``.
+        """Train a byte-level BPE tokenizer on ``texts``, streamed.
+
+        ``texts`` is read once, lazily: a generator over a corpus larger than memory is
+        fine (each document is cut into pieces that train exactly as the whole would).
+        A list and a generator of the same texts give the same tokenizer.
 
         Args:
-            texts: the training text, as any iterable of strings (documents or chunks).
+            texts: the training text, as any iterable of strings (documents or chunks),
+                e.g. a generator; a single string is one document.
             vocab_size: target number of tokens, special tokens and the 256 bytes included.
             min_frequency: a pair must occur this often to be merged.
             special_tokens: tokens that get the first ids and are never split.
+            sample_mb: if > 0, stop after this many megabytes (10^6 UTF-8 bytes) of text;
+                the document that reaches the limit is cut there.
+            progress: show a bar (MB read, MB/s) on stderr while reading.
 
         Returns:
             The trained tokenizer (it may hold fewer than ``vocab_size`` tokens when the
-            text runs out of pairs to merge).
+            text runs out of pairs to merge); its :attr:`trained_on` says how much text it
+            read, which is also logged (logger ``attnlab.data``, INFO).
 
         Raises:
-            AttnlabError: if ``vocab_size`` cannot even hold the byte alphabet.
+            AttnlabError: if ``vocab_size`` cannot even hold the byte alphabet, if
+                ``sample_mb`` is negative, or if an item of ``texts`` is not a string.
         """
         minimum = 256 + len(special_tokens)
         if vocab_size < minimum:
             raise AttnlabError(
                 f"BPE vocab size {vocab_size} is too small: it must hold the 256 bytes and "
                 f"{len(special_tokens)} special token(s); use at least {minimum}, e.g. bpe:4096"
+            )
+        if not sample_mb >= 0:  # also refuses NaN
+            raise AttnlabError(
+                f"tokenizer sample size {sample_mb} MB is not >= 0; use 0 (all the text) or a size in MB, e.g. 100"
             )
         if isinstance(texts, str):
             texts = [texts]
@@ -121,8 +144,24 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tok.train_from_iterator(texts, trainer=trainer)
-        return cls(tok)
+        sample = TrainSample(limit_bytes=round(sample_mb * MB))
+        with tqdm(
+            total=sample.limit_bytes or None,
+            desc="reading text for the BPE tokenizer",
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar:
+            try:
+                tok.train_from_iterator(training_batches(texts, sample, bar), trainer=trainer)
+            except BaseException:
+                bar.leave = False  # an error in the stream is shown on its own line, without the bar
+                raise
+        out = cls(tok)
+        out.trained_on = sample
+        log.info("trained a %d-token BPE tokenizer on %s", out.vocab_size, sample.describe())
+        return out
 
     @classmethod
     def from_gpt2_files(cls, encoder_json: str | Path, vocab_bpe: str | Path) -> Tokenizer:
@@ -329,17 +368,9 @@ class Tokenizer:
         cut only where the pre-tokenizer always splits; for tokenizers where that is not
         known (:attr:`chunk_safe` false) the text comes back whole.
         """
-        if not self.chunk_safe or len(text) <= size:
+        if not self.chunk_safe:
             return [text]
-        pieces, start = [], 0
-        while len(text) - start > size:
-            m = _SAFE_CUT.search(text, start + size)
-            if m is None:
-                break
-            pieces.append(text[start : m.start()])
-            start = m.start()
-        pieces.append(text[start:])
-        return pieces
+        return list(safe_pieces(text, size))
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id})"

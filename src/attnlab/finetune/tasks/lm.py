@@ -79,7 +79,7 @@ class LMTask(Task):
             rows = read_records(path)
             require_columns(rows, [col], str(path), hint="set options.text_column")
             return rows
-        return [{"name": name, col: text} for name, text in read_documents(path)]
+        return [{"name": name, col: text} for name, text in read_documents(path, text_field=col)]
 
     def holdout(self, train: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         col = self.opt.text_column
