@@ -207,13 +207,16 @@ class DataConfig:
     """Where text comes from and how it becomes tokens.
 
     Attributes:
-        source: ``"builtin:shakespeare"`` (ships with attnlab), a text file, or a directory.
+        source: ``"builtin:shakespeare"`` (ships with attnlab), a text file, a JSON Lines / JSON file
+            (``.gz`` / ``.zst`` too), a ``.parquet`` file, a ``datasets`` folder (``save_to_disk``), a
+            directory, or a glob pattern (``shards/*.parquet``); see :func:`attnlab.data.corpus.iter_documents`.
         glob: file pattern used when ``source`` is a directory.
         tokenizer: ``"bpe:N"`` trains a byte-level BPE of N tokens on the training text;
             a path loads a saved tokenizer (``tokenizer.json``) or GPT-2's
             ``encoder.json`` + ``vocab.bpe`` directory.
         val_fraction: share of the text held out for validation (taken from the end).
-        cache_dir: where tokenized ``.bin`` files are kept (reused when inputs match).
+        cache_dir: where the token shards (``train-00000.bin``, ... with an index in ``meta.json``) are kept,
+            reused when the inputs match; an interrupted preparation resumes there.
         text_field: the column holding the text in JSON Lines / JSON / Parquet / ``datasets`` sources.
         num_proc: worker processes that tokenize the corpus.
         tokenizer_sample_mb: train a ``bpe:N`` tokenizer on at most this many MB of the training text

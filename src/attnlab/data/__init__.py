@@ -5,7 +5,7 @@
     x, y = data.get_batch("train", step, 16, 256, seed=cfg.train.seed)   # (B, T) int64
 """
 
-from attnlab.data.corpus import builtin_names, read_documents
+from attnlab.data.corpus import builtin_names, iter_documents, read_documents
 from attnlab.data.dataset import (
     TokenData,
     bits_per_byte,
@@ -28,6 +28,7 @@ __all__ = [
     "builtin_names",
     "parse_bpe_spec",
     "prepare",
+    "iter_documents",
     "read_documents",
     "split_documents",
     "token_dtype",
