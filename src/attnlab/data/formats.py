@@ -23,6 +23,7 @@ pyarrow. pyarrow, datasets and zstandard are imported only when such a file is r
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import os
@@ -96,14 +97,19 @@ def detect_format(path: Path, text_extension: str = "") -> str:
     )
 
 
-def _open_text(path: Path, encoding: str = "utf-8", newline: str | None = None) -> IO[str]:
-    """``path`` opened for reading text, decompressing ``.gz`` / ``.zst``; bad bytes become U+FFFD.
+def open_text(path: Path, encoding: str = "utf-8", newline: str | None = None, errors: str = "replace") -> IO[str]:
+    """``path`` opened for reading text, decompressing ``.gz`` / ``.bz2`` / ``.zst`` by its name.
 
-    ``newline=""`` keeps line endings as they are (``\\r\\n`` stays), as text documents need.
+    The one opener of data files: corpora (bad bytes become U+FFFD) and task files
+    (``errors="strict"``, ``encoding="utf-8-sig"``: a spreadsheet's byte-order mark is not part of the
+    first column's name). ``newline=""`` keeps line endings as they are (``\\r\\n`` stays).
     """
-    _, compression = _split_compression(path.name.lower())
+    name = path.name.lower()
+    compression = ".bz2" if name.endswith(".bz2") else _split_compression(name)[1]  # .bz2: task files only
     if compression == ".gz":
-        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline=newline)
+        return gzip.open(path, "rt", encoding=encoding, errors=errors, newline=newline)
+    if compression == ".bz2":
+        return bz2.open(path, "rt", encoding=encoding, errors=errors, newline=newline)
     if compression == ".zst":
         try:
             import zstandard
@@ -111,8 +117,8 @@ def _open_text(path: Path, encoding: str = "utf-8", newline: str | None = None) 
             raise AttnlabError(
                 f"'{path}' is zstandard-compressed; install the data extra (pip install 'attnlab[data]')"
             ) from None
-        return zstandard.open(path, "rt", encoding=encoding, errors="replace", newline=newline)
-    return open(path, encoding=encoding, errors="replace", newline=newline)
+        return zstandard.open(path, "rt", encoding=encoding, errors=errors, newline=newline)
+    return open(path, encoding=encoding, errors=errors, newline=newline)
 
 
 def read_text(path: Path, name: str) -> Iterator[Doc]:
@@ -122,7 +128,7 @@ def read_text(path: Path, name: str) -> Iterator[Doc]:
         AttnlabError: the file holds a NUL byte: it is binary (or UTF-16), not UTF-8 text.
     """
     try:
-        with _open_text(path, newline="") as f:
+        with open_text(path, newline="") as f:
             text = f.read()
     except (OSError, EOFError) as e:
         raise AttnlabError(f"cannot read '{path}': {e}") from None
@@ -157,7 +163,7 @@ def _text_of(record: Any, where: str, text_field: str) -> str:
 
 
 def _first_char(path: Path) -> str:
-    with _open_text(path, "utf-8-sig") as f:
+    with open_text(path, "utf-8-sig") as f:
         while chunk := f.read(4096):
             if stripped := chunk.lstrip():
                 return stripped[0]
@@ -176,7 +182,7 @@ def read_json(path: Path, name: str, text_field: str) -> Iterator[Doc]:
         is_json = _split_compression(path.name.lower())[0].endswith(".json")
         what = "a .json source holds" if is_json else "JSON Lines hold"
         if is_json and _first_char(path) == "[":
-            with _open_text(path, "utf-8-sig") as f:
+            with open_text(path, "utf-8-sig") as f:
                 try:
                     records = json.load(f)
                 except json.JSONDecodeError as e:
@@ -184,7 +190,7 @@ def read_json(path: Path, name: str, text_field: str) -> Iterator[Doc]:
             for i, record in enumerate(records):
                 yield f"{name}:{i}", _text_of(record, f"{path} item {i}", text_field)
             return
-        with _open_text(path, "utf-8-sig") as f:
+        with open_text(path, "utf-8-sig") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue

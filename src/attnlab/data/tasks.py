@@ -13,9 +13,7 @@ Compressed files (``.gz``, ``.bz2``) are read transparently.
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import io
 import json
 import random
@@ -25,6 +23,7 @@ from typing import Any
 
 import torch
 
+from attnlab.data.formats import open_text
 from attnlab.errors import AttnlabError
 from attnlab.io.durable import atomic_write_text
 
@@ -32,12 +31,7 @@ FORMATS = (".jsonl", ".json", ".csv", ".tsv")
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig")
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8-sig")
-    return path.open(encoding="utf-8-sig")
+    return open_text(path, "utf-8-sig", errors="strict")
 
 
 def _format(path: Path) -> str:
